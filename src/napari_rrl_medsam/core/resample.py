@@ -1,0 +1,102 @@
+"""Moving volumes between grids: the native grid of a file and the working grid the models see.
+
+The working grid is RAS-oriented and isotropic (e.g. 2 mm) and covers the whole field of view, so
+every scan reaches the networks the same way whatever its orientation or voxel size. Going back
+to the native grid restores the exact shape and affine. Reorientations (axis flips and
+permutations) are detected and done by exact re-indexing, so they lose nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Grid, Volume
+
+
+def working_grid(grid: Grid | Volume, spacing: float = 2.0) -> Grid:
+    """An RAS-oriented isotropic grid of voxel size `spacing` mm covering `grid`'s field of view."""
+    if isinstance(grid, Volume):
+        grid = grid.grid
+    if spacing <= 0:
+        raise InputError(f"the working spacing must be positive, got {spacing} mm")
+    shape = np.array(grid.shape[:3], dtype=float)
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    low, high = world.min(axis=0), world.max(axis=0)
+    new_shape = np.maximum(np.ceil((high - low) / spacing - 1e-6), 1).astype(int)
+    first_centre = (low + high) / 2 - (new_shape - 1) * spacing / 2
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = first_centre
+    return Grid(tuple(new_shape), affine)
+
+
+def _index_map(source: Grid, target: Grid) -> np.ndarray:
+    """4x4 matrix taking a target voxel index to the source voxel index at the same world point."""
+    return np.linalg.solve(source.affine, target.affine)
+
+
+def is_exact_map(source: Grid, target: Grid, atol: float = 1e-4) -> bool:
+    """True when target voxels sit exactly on source voxels (same spacing, flips/permutations, integer shifts)."""
+    m = _index_map(source, target)
+    return bool(np.allclose(m, np.round(m), atol=atol) and np.allclose(np.abs(np.round(m[:3, :3])).sum(0), 1))
+
+
+def same_voxels(source: Grid, target: Grid) -> bool:
+    """True when `target` holds exactly the voxels of `source`, maybe reoriented: a lossless change of grid."""
+    if not is_exact_map(source, target) or np.prod(source.shape) != np.prod(target.shape):
+        return False
+    m = np.round(_index_map(source, target))
+    corners = np.array([[i, j, k, 1] for i in (0, target.shape[0] - 1) for j in (0, target.shape[1] - 1)
+                        for k in (0, target.shape[2] - 1)]) @ m.T
+    return bool(np.all(corners[:, :3] >= 0) and np.all(corners[:, :3] <= np.array(source.shape) - 1))
+
+
+def resample(volume: Volume, target: Grid, order: int | None = None) -> Volume:
+    """`volume` on the `target` grid; label maps by nearest neighbour, images linearly; outside = 0.
+
+    When the target's voxels coincide with the source's (identity, reorientation, integer shift) the
+    values are copied exactly, whatever `order`.
+    """
+    if volume.array.ndim != 3:
+        raise InputError(f"resampling needs a 3D volume, got shape {volume.shape}")
+    from scipy import ndimage
+
+    if order is None:
+        order = 0 if volume.kind == "labels" else 1
+    m = _index_map(volume.grid, target)
+    if is_exact_map(volume.grid, target):
+        m, order = np.round(m), 0
+    source = volume.array
+    if order > 0 and not np.issubdtype(source.dtype, np.floating):
+        source = source.astype(np.float32)
+    out = ndimage.affine_transform(source, m[:3, :3], offset=m[:3, 3], output_shape=target.shape,
+                                   order=order, mode="constant", cval=0, prefilter=False)
+    return Volume(out, target.affine, volume.kind, volume.path, dict(volume.metadata))
+
+
+def to_working(volume: Volume, spacing: float = 2.0) -> Volume:
+    """`volume` resampled onto its working grid (`working_grid(volume, spacing)`)."""
+    return resample(volume, working_grid(volume, spacing))
+
+
+def reorient_canonical(volume: Volume) -> Volume:
+    """The same voxels with axes flipped/permuted to the closest RAS orientation (exact, no interpolation)."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(volume.affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return volume
+    array = nio.apply_orientation(volume.array, ornt)
+    affine = volume.affine @ nio.inv_ornt_aff(ornt, volume.shape)
+    return Volume(np.ascontiguousarray(array), affine, volume.kind, volume.path, dict(volume.metadata))
+
+
+def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Clip to the [low, high] percentiles and scale to [0, 1] (float32): robust to hot voxels."""
+    array = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(array, [low, high])
+    if hi <= lo:
+        return np.zeros_like(array)
+    return np.clip((array - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)

@@ -1,0 +1,194 @@
+"""The one-shot task: one labelled atlas, unlabelled volumes to learn from, optional labelled evaluation volumes.
+
+A task is built from explicit paths, from a folder (`images/` + `labels/`), or from a `dataset.json`
+(`{"splits": {"oneshot": {"atlas": id, "train_unlabelled": [ids], "validation": [ids]}},
+"eval_labels": [...]}` with files at `images/<id>.nii.gz` and `labels/<id>.nii.gz`).
+Building a task checks every header (files exist, are 3D, labels sit on their image's grid);
+`OneShotTask.check()` also reads the voxels (NaNs, truncated files, label values).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io import SUFFIXES, is_volume_path, load_volume, read_grid
+from .volume import Grid, Volume, volume_id
+
+PathLike = str | Path
+
+
+def check_labels(labels: Volume) -> Volume:
+    """A valid label map as an integer volume: integer values >= 0 and at least one labelled voxel."""
+    array = labels.array
+    where = f"{labels.path}" if labels.path else "the label map"
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.isfinite(array)):
+            raise InputError(f"{where} has data type {array.dtype}; a label map needs integer values.")
+        frac = array[array != np.round(array)]
+        if frac.size:
+            raise InputError(f"{where} has non-integer values (e.g. {float(frac.flat[0]):g}): it looks like an "
+                             "image, not a label map. Give the segmentation file (integer label per voxel).")
+        array = array.astype(np.int32)
+    if array.size and array.min() < 0:
+        raise InputError(f"{where} has negative values ({int(array.min())}); labels must be 0 (background) or positive.")
+    if not array.any():
+        raise InputError(f"{where} is empty: every voxel is 0 (background). The atlas needs at least one "
+                         "labelled structure.")
+    return labels.with_array(array.astype(np.int32) if array.dtype == bool else array, kind="labels")
+
+
+def check_pair(image: Grid, labels: Grid, what: str = "image") -> None:
+    """Labels must sit exactly on their image's grid: same shape, same affine (to 1e-3 mm)."""
+    if image.shape != labels.shape:
+        raise InputError(f"the {what} has shape {image.shape} but its labels have shape {labels.shape}: "
+                         "a label map must be on its image's voxel grid. Check that the files belong together, "
+                         "or resample the labels onto the image (nearest neighbour).")
+    if not np.allclose(image.affine, labels.affine, atol=1e-3):
+        raise InputError(f"the {what} and its labels have the same shape but different affines (voxel-to-world "
+                         f"matrices):\n{np.round(image.affine, 4)}\nvs\n{np.round(labels.affine, 4)}\n"
+                         "They do not line up in space. Check that the files belong together.")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One volume of a task: its image file and, for the atlas and evaluation volumes, its label file."""
+
+    id: str
+    image: Path
+    labels: Path | None = None
+
+    def load(self) -> tuple[Volume, Volume | None]:
+        """Read and validate the image (and labels)."""
+        image = load_volume(self.image, kind="image")
+        if self.labels is None:
+            return image, None
+        labels = load_volume(self.labels, kind="labels")
+        check_pair(image.grid, labels.grid, f"image of {self.id!r}")
+        return image, check_labels(labels)
+
+
+@dataclass
+class OneShotTask:
+    """An atlas (image + labels), unlabelled volumes and optional labelled evaluation volumes."""
+
+    atlas: Case
+    unlabelled: list[Case]
+    evaluation: list[Case] = field(default_factory=list)
+    eval_labels: list[int] | None = None
+    name: str = "task"
+    label_names: dict[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.atlas.labels is None:
+            raise InputError("the atlas needs a label map: give atlas_labels (the one labelled example).")
+        if not self.unlabelled:
+            raise InputError("the task has no unlabelled volumes; give at least one volume to segment.")
+        for case in [self.atlas, *self.unlabelled, *self.evaluation]:
+            grid = read_grid(case.image)
+            if case.labels is not None:
+                check_pair(grid, read_grid(case.labels), f"image of {case.id!r}")
+        missing = [c.id for c in self.evaluation if c.labels is None]
+        if missing:
+            raise InputError(f"evaluation volumes need labels; none for {missing}.")
+
+    def cases(self) -> list[Case]:
+        return [self.atlas, *self.unlabelled, *self.evaluation]
+
+    def check(self) -> "OneShotTask":
+        """Read every file once and validate its voxels (slow for big sets; building the task checks headers)."""
+        for case in self.cases():
+            case.load()
+        return self
+
+    def summary(self) -> str:
+        return (f"task {self.name!r}: atlas {self.atlas.id}, {len(self.unlabelled)} unlabelled, "
+                f"{len(self.evaluation)} evaluation volume(s)")
+
+
+def _case(image: PathLike, labels: PathLike | None = None) -> Case:
+    return Case(volume_id(image), Path(image), Path(labels) if labels is not None else None)
+
+
+def _volume_files(folder: Path) -> dict[str, Path]:
+    return {volume_id(p): p for p in sorted(folder.iterdir()) if p.is_file() and is_volume_path(p)}
+
+
+def _from_dataset_json(path: Path, split: str) -> OneShotTask:
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    splits = spec.get("splits", {})
+    if split not in splits:
+        raise InputError(f"{path} has no split {split!r} under 'splits' (it has {sorted(splits)}); "
+                         "choose one with split=...")
+    s, root = splits[split], path.parent
+    for key in ("atlas", "train_unlabelled"):
+        if key not in s:
+            raise InputError(f"split {split!r} of {path} lacks {key!r}.")
+    images, labels = root / spec.get("images", "images"), root / spec.get("labels", "labels")
+    suffix = spec.get("suffix", ".nii.gz")
+
+    def case(i: str, labelled: bool) -> Case:
+        return Case(i, images / f"{i}{suffix}", labels / f"{i}{suffix}" if labelled else None)
+
+    # Unlabelled volumes get no label path at all: their label files (if any) must never feed training.
+    return OneShotTask(case(s["atlas"], True), [case(i, False) for i in s["train_unlabelled"]],
+                       [case(i, True) for i in s.get("validation", [])], spec.get("eval_labels"),
+                       spec.get("name", path.parent.name),
+                       {int(k): v for k, v in spec.get("label_names", {}).items()} or None)
+
+
+def _from_folder(folder: Path, atlas: str | None) -> OneShotTask:
+    if not (folder / "images").is_dir():
+        raise InputError(f"{folder} has neither a dataset.json nor an images/ folder. Lay a task out as "
+                         f"{folder}/images/<id>.nii.gz (+ {folder}/labels/<id>.nii.gz for labelled volumes), "
+                         "or give the files explicitly.")
+    images = _volume_files(folder / "images")
+    labels = _volume_files(folder / "labels") if (folder / "labels").is_dir() else {}
+    if not images:
+        raise InputError(f"{folder / 'images'} holds no volume files ({', '.join(SUFFIXES)}).")
+    labelled = [i for i in images if i in labels]
+    if atlas is None:
+        if len(labelled) != 1:
+            raise InputError(f"{folder}: {len(labelled)} images have labels ({labelled[:5]}); "
+                             "name the atlas with atlas=ID (CLI: --atlas ID).")
+        atlas = labelled[0]
+    if atlas not in labels:
+        raise InputError(f"{folder}: no labels for atlas {atlas!r} in {folder / 'labels'}.")
+    return OneShotTask(Case(atlas, images[atlas], labels[atlas]),
+                       [Case(i, p) for i, p in images.items() if i not in labels],
+                       [Case(i, images[i], labels[i]) for i in labelled if i != atlas], name=folder.name)
+
+
+def load_task(source: PathLike | None = None, *, atlas_image: PathLike | None = None,
+              atlas_labels: PathLike | None = None, unlabelled: Iterable[PathLike] = (),
+              evaluation: Iterable[tuple[PathLike, PathLike]] = (), atlas: str | None = None,
+              split: str = "oneshot", eval_labels: Sequence[int] | None = None, check: bool = True) -> OneShotTask:
+    """Build a one-shot task from a `dataset.json`, a task folder, or explicit paths.
+
+    `check=True` reads every volume once to validate it; `check=False` only reads headers.
+    """
+    if source is not None:
+        if atlas_image is not None or atlas_labels is not None:
+            raise InputError("give either a dataset.json / folder or explicit atlas paths, not both.")
+        source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: no such file or folder.")
+        if source.is_dir() and (source / "dataset.json").exists():
+            source = source / "dataset.json"
+        task = _from_dataset_json(source, split) if source.is_file() else _from_folder(source, atlas)
+    else:
+        if atlas_image is None or atlas_labels is None:
+            raise InputError("a one-shot task needs atlas_image and atlas_labels (or a dataset.json / folder).")
+        task = OneShotTask(_case(atlas_image, atlas_labels), [_case(p) for p in unlabelled],
+                           [_case(i, lab) for i, lab in evaluation])
+    if eval_labels is not None:
+        task.eval_labels = [int(v) for v in eval_labels]
+    return task.check() if check else task

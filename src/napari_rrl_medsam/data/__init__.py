@@ -1,0 +1,1 @@
+"""Synthetic sample data (offline brain MRI phantom) for the plugin."""
