@@ -203,11 +203,21 @@ def save_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Pa
             _write_nifti(volume, array, tmp)
         else:
             _write_tiff(volume, array, tmp)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain `open(path, "w")` would give (mkstemp makes private 0600 files)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_nifti(volume: Volume, array: np.ndarray, tmp: str) -> None:
