@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -68,6 +69,15 @@ def _crop(a: np.ndarray, b: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
     return tuple(slice(max(int(i.min()) - margin, 0), int(i.max()) + margin + 1) for i in idx)
 
 
+def _hd95(pred, truth, spacing) -> float:
+    from monai.metrics import compute_hausdorff_distance
+
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        return float(compute_hausdorff_distance(pred, truth, include_background=True, percentile=95,
+                                                spacing=list(spacing))[0, 0])
+
+
 def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels: Sequence[int] | None = None,
              hd95: bool = True, spacing: Sequence[float] | None = None,
              names: dict[int, str] | None = None) -> Evaluation:
@@ -77,7 +87,7 @@ def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels
     from the truth's affine, or `spacing` for bare arrays.
     """
     import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.metrics import compute_dice
 
     pred_arr, true_arr = (v.array if isinstance(v, Volume) else np.asarray(v) for v in (prediction, truth))
     if pred_arr.shape != true_arr.shape:
@@ -100,7 +110,5 @@ def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels
         pt, tt = (torch.from_numpy(np.ascontiguousarray(x[box]))[None, None] for x in (p, t))
         dice[lab] = float(compute_dice(pt, tt, include_background=True, ignore_empty=False)[0, 0])
         if hd95:
-            hd[lab] = (float(compute_hausdorff_distance(pt, tt, include_background=True, percentile=95,
-                                                        spacing=list(spacing))[0, 0])
-                       if p.any() and t.any() else math.nan)
+            hd[lab] = _hd95(pt, tt, spacing) if p.any() and t.any() else math.nan
     return Evaluation([int(v) for v in labels], dice, hd, names)

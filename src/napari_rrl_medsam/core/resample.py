@@ -54,26 +54,64 @@ def same_voxels(source: Grid, target: Grid) -> bool:
 
 
 def resample(volume: Volume, target: Grid, order: int | None = None) -> Volume:
-    """`volume` on the `target` grid; label maps by nearest neighbour, images linearly; outside = 0.
+    """`volume` on the `target` grid; outside the source's field of view is 0.
 
-    When the target's voxels coincide with the source's (identity, reorientation, integer shift) the
-    values are copied exactly, whatever `order`.
+    Images: linear by default (`order` is the spline order). Label maps: nearest neighbour by
+    default; `order=1` interpolates each label's mask linearly and keeps the most likely label,
+    which follows boundaries much better when changing resolution. When the target's voxels
+    coincide with the source's (identity, reorientation, integer shift), values are copied exactly.
     """
     if volume.array.ndim != 3:
         raise InputError(f"resampling needs a 3D volume, got shape {volume.shape}")
-    from scipy import ndimage
-
     if order is None:
         order = 0 if volume.kind == "labels" else 1
     m = _index_map(volume.grid, target)
     if is_exact_map(volume.grid, target):
         m, order = np.round(m), 0
-    source = volume.array
-    if order > 0 and not np.issubdtype(source.dtype, np.floating):
-        source = source.astype(np.float32)
-    out = ndimage.affine_transform(source, m[:3, :3], offset=m[:3, 3], output_shape=target.shape,
-                                   order=order, mode="constant", cval=0, prefilter=False)
+    if volume.kind == "labels" and order > 0:
+        out = _soft_labels(volume.array, m, target.shape)
+    else:
+        out = _affine(volume.array, m, target.shape, order)
     return Volume(out, target.affine, volume.kind, volume.path, dict(volume.metadata))
+
+
+def _affine(array: np.ndarray, m: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    from scipy import ndimage
+
+    if order > 0 and not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    return ndimage.affine_transform(array, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
+                                    mode="constant", cval=0, prefilter=False)
+
+
+def _soft_labels(labels: np.ndarray, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Linear interpolation of each label's one-hot mask, then the arg-max (background where all are < 0.5).
+
+    Each label is interpolated only inside the target box its source bounding box maps to.
+    """
+    best = np.full(shape, 0.5, dtype=np.float32)  # background wins ties below one half
+    out = np.zeros(shape, dtype=labels.dtype)
+    inv = np.linalg.inv(m)
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        idx = np.nonzero(labels == value)
+        lo = np.array([i.min() for i in idx]) - 1
+        hi = np.array([i.max() for i in idx]) + 1
+        corners = np.array([[a, b, c, 1] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        tc = corners @ inv.T
+        start = np.clip(np.floor(tc[:, :3].min(0)).astype(int), 0, shape)
+        stop = np.clip(np.ceil(tc[:, :3].max(0)).astype(int) + 1, 0, shape)
+        if np.any(stop <= start):
+            continue
+        shift = np.eye(4)
+        shift[:3, 3] = start
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        prob = _affine((labels == value).astype(np.float32), m @ shift, tuple(stop - start), 1)
+        better = prob > best[box]
+        best[box][better] = prob[better]
+        out[box][better] = value
+    return out
 
 
 def to_working(volume: Volume, spacing: float = 2.0) -> Volume:
