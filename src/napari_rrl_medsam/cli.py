@@ -80,6 +80,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .api import distill, load_task
+
+    volumes = list(args.volumes)
+    if args.task:
+        task = load_task(args.task, check=False)
+        volumes += [case.image for case in task.unlabelled]
+    natural = False if args.no_natural else args.natural
+    settings = {k: v for k, v in {"natural_steps": args.natural_steps, "medical_steps": args.medical_steps,
+                                  "batch_size": args.batch_size, "slices_per_volume": args.slices_per_volume,
+                                  "device": args.device, "spacing": args.spacing}.items() if v is not None}
+    out = distill(volumes, natural, args.teacher, args.sam_checkpoint, args.out, args.resume, **settings)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrl-medsam", description="One-shot 3D medical image segmentation "
                                      "guided by SAM (RRL-MedSAM).")
@@ -90,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the output NIfTI files")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("distill", help="distil a SAM teacher into the lightweight general encoder (DSKD)")
+    p.add_argument("volumes", nargs="*", help="unlabelled volumes for the medical stage")
+    p.add_argument("--task", help="a dataset.json or task folder: its unlabelled volumes are used")
+    p.add_argument("--natural", help="folder of photographs for stage 1 (default: scikit-image's photographs)")
+    p.add_argument("--no-natural", action="store_true", help="skip the natural-image stage")
+    p.add_argument("--teacher", default="auto", choices=["auto", "litemedsam", "sam_vit_b"])
+    p.add_argument("--sam-checkpoint", help="SAM ViT-B checkpoint file (else downloaded, for --teacher sam_vit_b)")
+    p.add_argument("--out", default="general_encoder.pt", help="checkpoint to write (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--natural-steps", type=int)
+    p.add_argument("--medical-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--slices-per-volume", type=int)
+    p.add_argument("--spacing", type=float, help="working resolution in mm (default 2)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("info", help="print the geometry of volume files")
     p.add_argument("paths", nargs="+")

@@ -1,0 +1,46 @@
+"""Checkpoints: atomic writes and safe loads (`weights_only=True`), with clear errors for bad files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` with torch.save to a temporary file, then rename: a crash never leaves half a file."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint of ours on the CPU; `kind` (e.g. "distill") must match the one it was saved as."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it is truncated, corrupt "
+                         "or not a napari-rrl-medsam checkpoint.") from exc
+    if not isinstance(state, dict) or "kind" not in state:
+        raise InputError(f"{path} is not a napari-rrl-medsam checkpoint (no 'kind' entry).")
+    if kind is not None and state["kind"] != kind:
+        raise InputError(f"{path} is a {state['kind']!r} checkpoint, but a {kind!r} checkpoint is needed here.")
+    return state

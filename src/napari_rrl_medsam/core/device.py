@@ -1,0 +1,18 @@
+"""Device choice: "auto" means CUDA when present, else the CPU."""
+
+from __future__ import annotations
+
+from .errors import InputError
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but no CUDA GPU is available; use device='cpu' or 'auto'.")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.") from exc

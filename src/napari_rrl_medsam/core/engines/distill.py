@@ -1,0 +1,259 @@
+"""Dual-stage knowledge distillation (DSKD) of the lightweight general encoder from a frozen SAM teacher.
+
+Stage 1 ("natural") regresses the teacher's embeddings of photographs (general knowledge), stage 2
+("medical") those of slices of the user's unlabelled volumes. Loss: MSE + `cosine_weight` * (1 - cosine
+similarity over channels). Teacher embeddings are computed once (cached on disk). Augmentation acts on
+the student's input intensities only (brightness, contrast, gamma, noise), so the cached teacher
+targets stay exact while the student learns to ignore such changes.
+
+The engine is a generator of `Progress` events. Closing it (Stop) or an error saves a checkpoint;
+running it again on that checkpoint with `resume=True` continues from the saved step. The learning
+rate and the batches are functions of the step, so a resumed run follows the same schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import resolve_device
+from ..errors import InputError
+from ..models.encoder import EncoderConfig, LightEncoder
+from .events import Progress
+
+KIND = "distill"
+
+
+@dataclass
+class DistillConfig:
+    natural_steps: int = 600
+    medical_steps: int = 600
+    batch_size: int = 8
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05  # cosine decay within each stage down to lr * min_lr_ratio
+    weight_decay: float = 1e-4
+    cosine_weight: float = 1.0
+    augment: bool = True
+    image_size: int | None = None  # student input; None: 4 x the teacher's embedding grid (256 for SAM)
+    slices_per_volume: int = 24  # evenly spaced through the slices with foreground
+    axis: int = 2  # slicing axis of the RAS working grid (2: axial)
+    spacing: float = 2.0  # working resolution in mm
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    teacher_batch: int = 4
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["encoder"] = self.encoder.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["encoder"] = EncoderConfig.from_dict(d.get("encoder", {}))
+        return cls(**d)
+
+
+def teacher_embeddings(teacher, images, cache, batch_size: int, label: str):
+    """Yield progress batch by batch while the cache fills; return the (N, C, h, w) float16 targets."""
+    import torch
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        out.append(cache.embed(teacher, images[i:i + batch_size], batch_size=batch_size))
+        yield Progress("teacher", min(i + batch_size, len(images)), len(images),
+                       message=f"teacher embeddings of {label}")
+    return torch.cat(out)
+
+
+def _augment(x, gen):
+    """Random brightness/contrast/gamma and noise per image, on the student's input only."""
+    import torch
+
+    def uniform(low: float, high: float):
+        return torch.empty(x.shape[0], 1, 1, 1).uniform_(low, high, generator=gen).to(x.device)
+
+    gamma, contrast, bright, sigma = uniform(-0.3, 0.3).exp(), uniform(0.8, 1.2), uniform(-0.1, 0.1), uniform(0, 0.03)
+    noise = torch.randn(x.shape, generator=gen).to(x.device) * sigma
+    return ((x.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5 + bright + noise).clamp(0, 1)
+
+
+def distill_loss(pred, target, cosine_weight: float):
+    import torch.nn.functional as F
+
+    mse = F.mse_loss(pred, target)
+    cos = F.cosine_similarity(pred, target, dim=1).mean()
+    return mse + cosine_weight * (1 - cos), {"mse": float(mse.detach()), "cosine": float(cos.detach())}
+
+
+def _lr(config: DistillConfig, step: int, start: int, length: int) -> float:
+    t = (step - start) / max(length, 1)
+    low = config.lr * config.min_lr_ratio
+    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * t))
+
+
+def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: DistillConfig | None = None,
+                   resume: bool = False, cache=None) -> Iterator[Progress]:
+    """Distil `teacher` into a `LightEncoder`; yields `Progress`; writes `checkpoint` (also on stop).
+
+    `natural` and `medical` are (N, 3, S, S) float tensors in [0, 1] (either may be None when its
+    stage has 0 steps).
+    """
+    import torch
+
+    from ..cache import EmbeddingCache
+
+    config = config or DistillConfig()
+    checkpoint = Path(checkpoint)
+    cache = cache or EmbeddingCache()
+    for data in (natural, medical):
+        if data is not None and data.shape[-1] != 4 * teacher.embed_size:
+            raise InputError(f"the student sees {data.shape[-1]} px images but its stride-4 embedding must match the "
+                             f"teacher's {teacher.embed_size} x {teacher.embed_size} grid: use image_size="
+                             f"{4 * teacher.embed_size}.")
+    state = None
+    if checkpoint.exists():
+        if not resume:
+            raise InputError(f"{checkpoint} exists; resume from it (resume=True, CLI --resume) or choose another path.")
+        state = load_checkpoint(checkpoint, KIND)
+        if state["teacher"]["id"] != teacher.id:
+            raise InputError(f"{checkpoint} was distilled from teacher {state['teacher']['id']}, not {teacher.id}; "
+                             "resume with the same teacher or start a new checkpoint.")
+        config.encoder = EncoderConfig.from_dict(state["encoder_config"])
+    stages = [("natural", natural, config.natural_steps), ("medical", medical, config.medical_steps)]
+    for name, data, steps in stages:
+        if steps > 0 and (data is None or len(data) == 0):
+            raise InputError(f"the {name} stage has {steps} steps but no {name} images; give some or set its steps to 0.")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    student = LightEncoder(config.encoder).to(device)
+    optimiser = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = 0
+    if state is not None:
+        student.load_state_dict(state["encoder"])
+        optimiser.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    bounds = [0, config.natural_steps, config.natural_steps + config.medical_steps]
+    total = bounds[-1]
+    teacher = teacher.to(device)
+    targets = {}
+    for i, (name, data, steps) in enumerate(stages):
+        if steps > 0 and step < bounds[i + 1]:
+            targets[name] = yield from teacher_embeddings(teacher, data, cache, config.teacher_batch, f"{name} images")
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    saved_step = step if state is not None else -1
+
+    def save() -> Path:
+        return save_checkpoint(checkpoint_state(student, optimiser, step, config, teacher, complete=step >= total),
+                               checkpoint)
+
+    try:
+        student.train()
+        while step < total:
+            i = 0 if step < bounds[1] else 1
+            name, data, _ = stages[i]
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            idx = torch.randint(len(data), (config.batch_size,), generator=gen)
+            x = data[idx].to(device)
+            y = targets[name][idx].to(device).float()
+            if config.augment:
+                x = _augment(x, gen)
+            for group in optimiser.param_groups:
+                group["lr"] = _lr(config, step, bounds[i], bounds[i + 1] - bounds[i])
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                pred = student(x)
+            loss, parts = distill_loss(pred.float(), y, config.cosine_weight)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            step += 1
+            path = None
+            if step % config.checkpoint_every == 0 or step in bounds[1:]:
+                path, saved_step = save(), step
+            yield Progress(name, step, total, {"loss": float(loss.detach()), **parts}, checkpoint=path)
+    finally:
+        if step != saved_step:
+            save()
+
+
+def checkpoint_state(student, optimiser, step: int, config: DistillConfig, teacher, complete: bool) -> dict:
+    return {"kind": KIND, "version": 1, "step": step, "complete": complete, "config": config.to_dict(),
+            "encoder_config": student.config.to_dict(), "encoder": student.state_dict(),
+            "optimizer": optimiser.state_dict() if optimiser is not None else {},
+            "teacher": {"name": teacher.name, "id": teacher.id, "sha256": teacher.weights_sha256,
+                        "input_size": teacher.input_size}}
+
+
+def load_encoder(path: str | Path):
+    """A `LightEncoder` (eval mode) from a distillation checkpoint; `.teacher` says which teacher taught it."""
+    state = load_checkpoint(path, KIND)
+    encoder = LightEncoder(EncoderConfig.from_dict(state["encoder_config"]))
+    encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["encoder"].items()})
+    encoder.teacher = dict(state["teacher"])
+    encoder.steps = int(state["step"])
+    return encoder.eval()
+
+
+def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
+    """A small shippable copy of a distillation checkpoint: encoder weights in float16, no optimiser state."""
+    state = load_checkpoint(checkpoint, KIND)
+    state["encoder"] = {k: v.half() if v.is_floating_point() else v for k, v in state["encoder"].items()}
+    state["optimizer"] = {}
+    return save_checkpoint(state, out)
+
+
+def fidelity(encoder, images, targets, batch_size: int = 8) -> dict[str, float]:
+    """Mean cosine similarity (over channels, per position) and MSE between encoder and teacher embeddings."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(encoder.parameters()).device
+    cos, mse, n = 0.0, 0.0, 0
+    encoder.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            pred = encoder(images[i:i + batch_size].to(device)).float()
+            y = targets[i:i + batch_size].to(device).float()
+            cos += float(F.cosine_similarity(pred, y, dim=1).mean(dim=(1, 2)).sum())
+            mse += float(((pred - y) ** 2).mean(dim=(1, 2, 3)).sum())
+            n += len(pred)
+    return {"cosine": cos / n, "mse": mse / n}
+
+
+def distillation(volumes=(), natural=None, teacher="auto", teacher_checkpoint=None, out: str | Path = "encoder.pt",
+                 config: DistillConfig | None = None, resume: bool = False, cache=None) -> Iterator[Progress]:
+    """The whole DSKD run from user-level inputs: volumes (paths or `Volume`s), a folder of photographs
+    (None: scikit-image's photographs; False: skip stage 1), a teacher name or `Teacher`."""
+    from ..inputs import natural_images, volume_slices
+    from ..io import load_volume
+    from ..teachers import Teacher, get_teacher
+
+    config = config or DistillConfig()
+    if not isinstance(teacher, Teacher):
+        teacher = get_teacher(teacher, checkpoint=teacher_checkpoint, device=config.device)
+    # The student's embedding sits at stride 4 and must match the teacher's grid and channels.
+    config.image_size = config.image_size or 4 * teacher.embed_size
+    config.encoder.embed_dim = teacher.embed_dim
+    if natural is False:
+        config.natural_steps = 0
+    nat = natural_images(natural, config.image_size) if config.natural_steps > 0 else None
+    med = None
+    if config.medical_steps > 0:
+        vols = [v if not isinstance(v, (str, Path)) else load_volume(v) for v in volumes]
+        if not vols:
+            raise InputError("the medical stage needs unlabelled volumes; give some, or set medical_steps=0.")
+        import torch
+
+        med = torch.cat([volume_slices(v, config.axis, config.spacing, config.image_size, config.slices_per_volume)
+                         for v in vols])
+    yield from distill_engine(teacher, nat, med, out, config, resume, cache)

@@ -1,0 +1,54 @@
+"""What a training engine yields: one `Progress` event per step (and per preparation chunk).
+
+Engines are generators so every face drives them the same way: the CLI prints events, the napari
+worker forwards them to layers and plots. Closing the generator stops training; the engine saves a
+checkpoint on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Progress:
+    """`stage` is a phase name (e.g. "teacher", "natural", "medical"); `step` counts from 1 to `total`."""
+
+    stage: str
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    preview: dict[str, Any] | None = None  # arrays for live display (napari layers)
+    checkpoint: Path | None = None  # set when a checkpoint was just written
+    message: str = ""
+
+
+def run(events, progress: bool = True) -> Progress | None:
+    """Drive an engine to the end; with `progress`, one tqdm bar per stage showing the latest losses.
+
+    Ctrl-C closes the engine (which saves its checkpoint) and re-raises.
+    """
+    from tqdm.auto import tqdm
+
+    bar, stage, last = None, None, None
+    try:
+        for last in events:
+            if not progress:
+                continue
+            if last.stage != stage:
+                if bar is not None:
+                    bar.close()
+                stage = last.stage
+                bar = tqdm(total=last.total, desc=last.message or stage, unit="step" if last.losses else "it",
+                           initial=last.step - 1)
+            bar.update(last.step - bar.n)
+            if last.losses:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.losses.items()}, refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+        events.close()
+    return last

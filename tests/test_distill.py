@@ -1,0 +1,131 @@
+"""DSKD engine with a tiny random teacher and a tiny student (seconds on 2 cores)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_rrl_medsam.api import InputError, Volume, distill, distiller
+from napari_rrl_medsam.core.cache import EmbeddingCache
+from napari_rrl_medsam.core.checkpoint import load_checkpoint
+from napari_rrl_medsam.core.engines.distill import DistillConfig, distill_engine, fidelity, load_encoder
+from napari_rrl_medsam.core.models.encoder import EncoderConfig
+from napari_rrl_medsam.core.teachers import Teacher
+
+TINY = EncoderConfig(channels=(4, 8, 8, 8), embed_dim=16, neck_channels=8)
+
+
+class CountingConv(nn.Module):
+    """A random 'teacher': 16 channels at stride 4, counting how many images it encoded."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(123)
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.Tanh(), nn.Conv2d(16, 16, 1))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += len(x)
+        return self.conv(x)
+
+
+@pytest.fixture
+def teacher():
+    return Teacher(CountingConv(), "tiny", "random" * 4, input_size=32)
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(6, 3, 32, 32, generator=g), torch.rand(6, 3, 32, 32, generator=g)
+
+
+def config(**kw):
+    base = dict(natural_steps=3, medical_steps=3, batch_size=2, checkpoint_every=100, device="cpu",
+                encoder=EncoderConfig(**TINY.to_dict()))
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path, teacher, images):
+    cache = EmbeddingCache(tmp_path / "cache")
+    natural, medical = images
+    full = list(distill_engine(teacher, natural, medical, tmp_path / "full.pt", config(), cache=cache))
+    assert [e.step for e in full if e.stage != "teacher"] == [1, 2, 3, 4, 5, 6]
+    assert [e.stage for e in full if e.stage != "teacher"] == ["natural"] * 3 + ["medical"] * 3
+
+    run = distill_engine(teacher, natural, medical, tmp_path / "stopped.pt", config(), cache=cache)
+    for event in run:
+        if event.stage == "medical" and event.step == 4:
+            run.close()  # Stop, as the widget's button does
+            break
+    saved = load_checkpoint(tmp_path / "stopped.pt", "distill")
+    assert saved["step"] == 4 and not saved["complete"]
+    with pytest.raises(InputError, match="resume"):
+        next(distill_engine(teacher, natural, medical, tmp_path / "stopped.pt", config(), cache=cache))
+    rest = [e.step for e in distill_engine(teacher, natural, medical, tmp_path / "stopped.pt", config(),
+                                           resume=True, cache=cache) if e.stage != "teacher"]
+    assert rest == [5, 6]
+    a, b = load_encoder(tmp_path / "full.pt"), load_encoder(tmp_path / "stopped.pt")
+    assert a.steps == b.steps == 6
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa.float(), pb.float(), atol=1e-6), name
+
+
+def test_teacher_embeddings_are_computed_once(tmp_path, teacher, images):
+    cache = EmbeddingCache(tmp_path / "cache")
+    natural, medical = images
+    before = teacher.module.calls
+    list(distill_engine(teacher, natural, medical, tmp_path / "a.pt", config(), cache=cache))
+    assert teacher.module.calls - before == 12
+    list(distill_engine(teacher, natural, medical, tmp_path / "b.pt", config(), cache=cache))
+    assert teacher.module.calls - before == 12  # second run: all from the disk cache
+    assert cache.hits >= 12
+
+
+def test_distillation_brings_the_student_closer_to_the_teacher(tmp_path, teacher, images):
+    natural, _ = images
+    cache = EmbeddingCache(tmp_path / "cache")
+    targets = cache.embed(teacher, natural)
+    cfg = config(natural_steps=60, medical_steps=0, batch_size=4, lr=5e-3, augment=False)
+    events = list(distill_engine(teacher, natural, None, tmp_path / "s.pt", cfg, cache=cache))
+    trained = fidelity(load_encoder(tmp_path / "s.pt"), natural, targets)
+    torch.manual_seed(cfg.seed)
+    from napari_rrl_medsam.core.models.encoder import LightEncoder
+
+    untrained = fidelity(LightEncoder(cfg.encoder), natural, targets)
+    assert trained["mse"] < 0.5 * untrained["mse"] and trained["cosine"] > untrained["cosine"] + 0.1
+    assert events[-1].losses["loss"] < [e for e in events if e.losses][0].losses["loss"]
+
+
+def test_resume_with_another_teacher_is_refused(tmp_path, teacher, images):
+    natural, medical = images
+    list(distill_engine(teacher, natural, medical, tmp_path / "a.pt", config(), cache=EmbeddingCache(tmp_path)))
+    other = Teacher(CountingConv(), "other", "f" * 64, input_size=32)
+    with pytest.raises(InputError, match="distilled from teacher tiny-"):
+        next(distill_engine(other, natural, medical, tmp_path / "a.pt", config(), resume=True,
+                            cache=EmbeddingCache(tmp_path)))
+
+
+def test_api_distill_from_volumes_and_a_photo_folder(tmp_path, teacher, monkeypatch):
+    monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / f"p{i}.jpg")
+    vol = Volume(np.random.default_rng(0).random((40, 40, 30)).astype(np.float32), np.eye(4))
+    out = distill([vol], photos, teacher, out=tmp_path / "enc.pt", progress=False, natural_steps=2,
+                  medical_steps=2, batch_size=2, slices_per_volume=3, device="cpu",
+                  encoder=EncoderConfig(**TINY.to_dict()))
+    encoder = load_encoder(out)
+    assert encoder.teacher["name"] == "tiny" and encoder.steps == 4
+    with pytest.raises(InputError, match="distillation settings are"):
+        distiller([vol], photos, teacher, out=tmp_path / "x.pt", no_such_setting=1)
+
+
+def test_a_volume_too_small_for_the_encoder_is_named(tmp_path, teacher):
+    tiny = Volume(np.ones((10, 12, 8), np.float32), np.eye(4), path=None)
+    with pytest.raises(InputError, match="too small for the encoder: its slices are 5 x 6 voxels at 2 mm"):
+        next(distiller([tiny], False, teacher, out=tmp_path / "x.pt", device="cpu"))
