@@ -5,9 +5,11 @@ from __future__ import annotations
 from .errors import InputError
 
 
-def resolve_device(device: str = "auto"):
+def resolve_device(device="auto"):
+    """A torch.device from "auto", "cpu", "cuda", "cuda:1" or a torch.device."""
     import torch
 
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
