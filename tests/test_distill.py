@@ -129,3 +129,25 @@ def test_a_volume_too_small_for_the_encoder_is_named(tmp_path, teacher):
     tiny = Volume(np.ones((10, 12, 8), np.float32), np.eye(4), path=None)
     with pytest.raises(InputError, match="too small for the encoder: its slices are 5 x 6 voxels at 2 mm"):
         next(distiller([tiny], False, teacher, out=tmp_path / "x.pt", device="cpu"))
+
+
+def test_cli_distill_with_the_real_litemedsam_teacher(tmp_path, monkeypatch, capsys):
+    """End to end from the terminal: bundled teacher, two photographs, two slices of the sample atlas."""
+    from PIL import Image
+
+    from napari_rrl_medsam.cli import main
+    from napari_rrl_medsam.data.sample import SAMPLE_DIR
+
+    monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "enc.pt"
+    args = ["distill", str(SAMPLE_DIR / "images" / "atlas.nii.gz"), "--natural", str(photos), "--teacher",
+            "litemedsam", "--out", str(out), "--natural-steps", "1", "--medical-steps", "1", "--batch-size", "2",
+            "--slices-per-volume", "2", "--device", "cpu"]
+    assert main(args) == 0
+    encoder = load_encoder(out)
+    assert encoder.teacher["name"] == "litemedsam" and encoder.teacher["id"].startswith("litemedsam-79d8c9dca6db")
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # no silent overwrite

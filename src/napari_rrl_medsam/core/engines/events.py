@@ -42,8 +42,9 @@ def run(events, progress: bool = True) -> Progress | None:
                 if bar is not None:
                     bar.close()
                 stage = last.stage
-                bar = tqdm(total=last.total, desc=last.message or stage, unit="step" if last.losses else "it",
-                           initial=last.step - 1)
+                training = bool(last.losses)  # training steps count one by one; preparation in chunks
+                bar = tqdm(total=last.total, desc=last.message or stage, unit="step" if training else "image",
+                           initial=last.step - 1 if training else 0)
             bar.update(last.step - bar.n)
             if last.losses:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.losses.items()}, refresh=False)
