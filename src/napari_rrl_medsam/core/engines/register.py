@@ -1,0 +1,178 @@
+"""Training the registration network atlas -> unlabelled volumes (unsupervised: local NCC + smoothness).
+
+The medical encoder E_m (initialised from the distilled general encoder) gives each volume a 3D feature
+volume, computed once here (E_m is frozen at this stage; co-training updates it later). Each step
+registers the atlas to one unlabelled volume; augmentation jitters both intensities (gamma) so the
+network does not rely on exact contrast. Events carry previews for live display: the current target,
+the warped atlas and its pseudo labels. Stop/crash -> checkpoint; `resume=True` continues.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import resolve_device
+from ..errors import InputError
+from ..models.encoder import EncoderConfig, LightEncoder
+from ..models.registration import RegistrationConfig, RegistrationNet
+from ..registration import KIND, intensities, registration_losses
+from ..resample import resample, working_grid
+from ..task import check_labels
+from ..volume import Volume
+from .events import Progress
+
+
+@dataclass
+class RegistrationTrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    smooth_weight: float = 1.0
+    ncc_kernel: int = 9
+    spacing: float = 2.0
+    axis: int = 2  # slicing axis of the encoder features
+    feature_level: int = 1  # encoder stage whose features enter (stride 4: 64 channels)
+    use_features: bool = True
+    augment: bool = True
+    checkpoint_every: int = 50
+    preview_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    network: RegistrationConfig = field(default_factory=RegistrationConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["network"] = self.network.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegistrationTrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["network"] = RegistrationConfig.from_dict(d.get("network", {}))
+        return cls(**d)
+
+
+def build_networks(config: RegistrationTrainConfig, state: dict | None = None, encoder: LightEncoder | None = None):
+    """The registration network and the medical encoder, from a checkpoint `state` or fresh."""
+    encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state and state.get("encoder_config")
+                      else encoder.config if encoder is not None else None)
+    if config.use_features:
+        if encoder_config is None:
+            raise InputError("registration with encoder features needs an encoder (the shipped one, or a distilled one).")
+        config.network.feature_channels = encoder_config.channels[config.feature_level]
+    else:
+        config.network.feature_channels = 0
+    net = RegistrationNet(config.network)
+    medical = None
+    if config.use_features:
+        medical = LightEncoder(encoder_config)
+        medical.load_state_dict(state["encoder"] if state else encoder.state_dict())
+        medical.teacher = dict(state["teacher"]) if state else dict(getattr(encoder, "teacher", {}))
+        medical.eval().requires_grad_(False)
+    if state is not None:
+        net.load_state_dict(state["network"])
+    return net, medical
+
+
+def _gamma(x, gen):
+    import torch
+
+    return x.clamp(0, 1) ** torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)).item()
+
+
+def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[Volume], checkpoint: str | Path,
+                        encoder: LightEncoder | None = None, config: RegistrationTrainConfig | None = None,
+                        resume: bool = False) -> Iterator[Progress]:
+    import torch
+    from monai.networks.blocks import Warp
+
+    from ..features import volume_features
+
+    config = copy.deepcopy(config) if config is not None else RegistrationTrainConfig()
+    checkpoint = Path(checkpoint)
+    if not targets:
+        raise InputError("registration training needs at least one unlabelled volume.")
+    atlas_labels = check_labels(atlas_labels)
+    if atlas_labels.shape != atlas.shape or not atlas.grid.same_as(atlas_labels.grid, 1e-3):
+        raise InputError(f"the atlas labels (shape {atlas_labels.shape}) are not on the atlas image's grid "
+                         f"(shape {atlas.shape}); give the label map that belongs to this atlas.")
+    state = None
+    if checkpoint.exists():
+        if not resume:
+            raise InputError(f"{checkpoint} exists; resume from it (resume=True, CLI --resume) or choose another path.")
+        state = load_checkpoint(checkpoint, KIND)
+        config = RegistrationTrainConfig.from_dict({**state["config"], "steps": config.steps})
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    net, medical = build_networks(config, state, encoder)
+    net, medical = net.to(device), medical.to(device) if medical is not None else None
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    step = 0
+    if state is not None:
+        optimiser.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    grid = working_grid(atlas, config.spacing)
+    a = intensities(atlas, grid).to(device)
+    ts = [intensities(t, grid) for t in targets]
+    labels_work = torch.from_numpy(resample(atlas_labels, grid).array.astype(np.float32))[None, None].to(device)
+    feats_a, feats_t = None, [None] * len(ts)
+    if medical is not None:
+        with torch.no_grad():
+            feats_a = volume_features(medical, a[0, 0], config.axis, config.feature_level)[None]
+            feats_t = []
+            for i, t in enumerate(ts):
+                feats_t.append(volume_features(medical, t[0, 0].to(device), config.axis, config.feature_level)[None])
+                yield Progress("features", i + 1, len(ts), message="medical encoder features")
+    ncc, smooth = registration_losses(config)
+    warp_image, warp_labels = Warp(), Warp(mode="nearest")
+    label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    saved_step = step if state is not None else -1
+
+    def save() -> Path:
+        return save_checkpoint({
+            "kind": KIND, "version": 1, "step": step, "complete": step >= config.steps, "config": config.to_dict(),
+            "network": net.state_dict(), "optimizer": optimiser.state_dict(),
+            "encoder_config": medical.config.to_dict() if medical is not None else None,
+            "encoder": medical.state_dict() if medical is not None else {},
+            "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
+            "labels": label_values, "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
+        }, checkpoint)
+
+    try:
+        net.train()
+        while step < config.steps:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            i = int(torch.randint(len(ts), (1,), generator=gen))
+            x_a, x_t = a, ts[i].to(device)
+            if config.augment:
+                x_a, x_t = _gamma(x_a, gen), _gamma(x_t, gen)
+            ddf = net(x_a, x_t, feats_a, feats_t[i])
+            sim = ncc(warp_image(x_a, ddf), x_t)
+            reg = smooth(ddf)
+            loss = sim + config.smooth_weight * reg
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            step += 1
+            path = None
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                path, saved_step = save(), step
+            preview = None
+            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+                with torch.no_grad():
+                    d = ddf.detach()
+                    preview = {"case": i, "target": ts[i][0, 0].numpy(),
+                               "warped_atlas": warp_image(a, d)[0, 0].cpu().numpy(),
+                               "pseudo_labels": warp_labels(labels_work, d)[0, 0].cpu().numpy().astype(np.int32)}
+            yield Progress("registration", step, config.steps,
+                           {"loss": float(loss.detach()), "ncc": float(sim.detach()), "smooth": float(reg.detach())},
+                           preview=preview, checkpoint=path)
+    finally:
+        if step != saved_step:
+            save()

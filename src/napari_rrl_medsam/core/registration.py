@@ -1,0 +1,127 @@
+"""One-shot registration at inference: a trained `RegistrationModel` maps the atlas onto any volume.
+
+The network works on the atlas's working grid (RAS, isotropic); its displacement field becomes a
+world-space `Field`, through which the atlas image and labels are warped from their native grid
+straight onto the target's native grid (pseudo labels keep the atlas's native detail). Optional
+instance optimisation refines the field on the pair itself (a few Adam steps on the same loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .resample import normalise_intensity, resample, working_grid
+from .volume import Grid, Volume
+from .warp import Field, warp
+
+KIND = "registration"
+
+
+@dataclass
+class RegistrationResult:
+    """Everything `register` produces; the volumes sit on the target's native grid with its affine."""
+
+    field: Field  # on the working grid, mm, world axes: target point p -> atlas point p + u(p)
+    warped_image: Volume
+    warped_labels: Volume | None
+    pseudo_labels: np.ndarray | None  # the warped atlas labels on the working grid (for training)
+    folding: float  # share of working-grid voxels with a non-positive Jacobian determinant
+
+    def displacement_magnitude(self) -> Volume:
+        """|u| in mm on the target's grid, for display."""
+        u = self.field.sample(self.warped_image.grid)
+        return self.warped_image.with_array(np.linalg.norm(u, axis=0).astype(np.float32), kind="image")
+
+
+def intensities(volume: Volume, grid: Grid):
+    """A volume on `grid`, robustly normalised to [0, 1], as a (1, 1, X, Y, Z) float tensor."""
+    import torch
+
+    array = normalise_intensity(resample(volume, grid).array)
+    return torch.from_numpy(np.ascontiguousarray(array))[None, None]
+
+
+def registration_losses(config):
+    """Image similarity (local NCC) and smoothness (diffusion) losses from MONAI."""
+    from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+
+    return LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_kernel), DiffusionLoss()
+
+
+class RegistrationModel:
+    """The trained registration network with its medical encoder and the atlas working grid."""
+
+    def __init__(self, net, encoder, config, labels: list[int], grid: Grid, teacher: dict, device) -> None:
+        self.net, self.encoder, self.config = net.eval(), encoder, config
+        self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "RegistrationModel":
+        from .checkpoint import load_checkpoint
+        from .device import resolve_device
+        from .engines.register import RegistrationTrainConfig, build_networks
+
+        state = load_checkpoint(path, KIND)
+        config = RegistrationTrainConfig.from_dict(state["config"])
+        net, encoder = build_networks(config, state)
+        dev = resolve_device(device)
+        grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
+        return cls(net.to(dev), encoder.to(dev) if encoder is not None else None, config, list(state["labels"]),
+                   grid, dict(state["teacher"]), dev)
+
+    def features(self, x):
+        """The medical encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor (None without an encoder)."""
+        import torch
+
+        from .features import volume_features
+
+        if self.encoder is None:
+            return None
+        with torch.no_grad():
+            return volume_features(self.encoder.eval(), x[0, 0].to(self.device), self.config.axis,
+                                   self.config.feature_level)[None]
+
+    def register(self, atlas: Volume, atlas_labels: Volume | None, target: Volume,
+                 refine_steps: int = 0) -> RegistrationResult:
+        """Warp the atlas (and its labels) onto `target`; `refine_steps` > 0 adds instance optimisation."""
+        import torch
+
+        if atlas_labels is not None and atlas_labels.shape != atlas.shape:
+            raise InputError(f"atlas labels shape {atlas_labels.shape} differs from the atlas image {atlas.shape}.")
+        grid = working_grid(atlas, self.config.spacing)
+        if grid.shape != self.grid.shape:
+            raise InputError(f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
+                             f"{grid.shape}: use the atlas the model was trained with.")
+        a, t = intensities(atlas, grid).to(self.device), intensities(target, grid).to(self.device)
+        with torch.no_grad():
+            ddf = self.net(a, t, self.features(a), self.features(t))
+        if refine_steps > 0:
+            ddf = refine(ddf, a, t, self.config, refine_steps)
+        field = Field.from_voxels(ddf[0].cpu().numpy(), grid)
+        warped_labels = pseudo = None
+        if atlas_labels is not None:
+            warped_labels = warp(atlas_labels, field, target.grid)
+            pseudo = warp(atlas_labels, field, grid).array
+        return RegistrationResult(field, warp(atlas, field, target.grid), warped_labels, pseudo,
+                                  field.folding_fraction())
+
+
+def refine(ddf, atlas, target, config, steps: int, lr: float = 0.1):
+    """Instance optimisation: Adam on the displacement itself for this pair, same loss as training."""
+    import torch
+    from monai.networks.blocks import Warp
+
+    ncc, smooth = registration_losses(config)
+    warp_layer = Warp()
+    ddf = ddf.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([ddf], lr=lr)
+    for _ in range(steps):
+        loss = ncc(warp_layer(atlas, ddf), target) + config.smooth_weight * smooth(ddf)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return ddf.detach()

@@ -1,0 +1,111 @@
+"""Registration network, engine and inference on tiny volumes."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_rrl_medsam.api import InputError, Volume
+from napari_rrl_medsam.core.checkpoint import load_checkpoint
+from napari_rrl_medsam.core.engines.register import RegistrationTrainConfig, registration_engine
+from napari_rrl_medsam.core.models.encoder import EncoderConfig, LightEncoder
+from napari_rrl_medsam.core.models.registration import RegistrationConfig
+from napari_rrl_medsam.core.registration import RegistrationModel
+
+SPACING = 2.0
+
+
+def phantom(shift=0.0, shape=(24, 24, 24)):
+    """A smooth two-blob image and its labels, the whole thing shifted by `shift` voxels along axis 0."""
+    grid = np.indices(shape).astype(np.float32)
+    centre = np.array(shape, np.float32)[:, None, None, None] / 2
+    centre[0] += shift
+    r = np.sqrt(((grid - centre) ** 2).sum(0))
+    blob2 = np.sqrt(((grid - centre - np.array([3, 4, 0])[:, None, None, None]) ** 2).sum(0))
+    image = np.exp(-(r / 6) ** 2) + 0.8 * np.exp(-(blob2 / 3) ** 2)
+    labels = (r < 6).astype(np.uint8) + (blob2 < 3).astype(np.uint8)
+    affine = np.diag([SPACING, SPACING, SPACING, 1.0])
+    affine[:3, 3] = (-10.0, 5.0, 0.0)
+    return Volume(image.astype(np.float32), affine), Volume(labels, affine, kind="labels")
+
+
+def config(**kw):
+    base = dict(steps=4, lr=3e-3, smooth_weight=0.5, ncc_kernel=5, spacing=SPACING, use_features=False,
+                augment=False, checkpoint_every=100, preview_every=2, device="cpu",
+                network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
+    base.update(kw)
+    return RegistrationTrainConfig(**base)
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a > 0, b > 0).sum() / ((a > 0).sum() + (b > 0).sum())
+
+
+def test_a_known_shift_is_recovered(tmp_path):
+    atlas, atlas_labels = phantom()
+    target, target_labels = phantom(shift=2.0)
+    events = list(registration_engine(atlas, atlas_labels, [target], tmp_path / "r.pt", config=config(steps=120)))
+    assert events[-1].losses["ncc"] < events[0].losses["ncc"]
+    model = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
+    result = model.register(atlas, atlas_labels, target)
+    inside = target_labels.array > 0
+    ux = result.field.array[0][inside].mean() / SPACING  # voxels: target p -> atlas p + u, so u = -shift
+    assert -2.6 < ux < -1.2
+    assert dice(result.warped_labels.array, target_labels.array) > dice(atlas_labels.array, target_labels.array) + 0.1
+    assert set(np.unique(result.warped_labels.array)) <= {0, 1, 2}  # label values kept
+    assert result.folding < 0.01
+    refined = model.register(atlas, atlas_labels, target, refine_steps=20)
+    assert dice(refined.warped_labels.array, target_labels.array) >= dice(result.warped_labels.array,
+                                                                          target_labels.array) - 0.02
+
+
+def test_outputs_sit_on_the_target_native_grid(tmp_path):
+    atlas, atlas_labels = phantom()
+    target, _ = phantom(shift=1.0, shape=(24, 24, 24))
+    oblique = Volume(target.array[::-1].copy(), target.affine @ np.array(
+        [[-1, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))  # same anatomy, stored flipped
+    list(registration_engine(atlas, atlas_labels, [target], tmp_path / "r.pt", config=config()))
+    result = RegistrationModel.load(tmp_path / "r.pt", device="cpu").register(atlas, atlas_labels, oblique)
+    for vol in (result.warped_image, result.warped_labels, result.displacement_magnitude()):
+        assert vol.shape == oblique.shape and np.array_equal(vol.affine, oblique.affine)
+
+
+def test_stop_and_resume_and_previews(tmp_path):
+    atlas, atlas_labels = phantom()
+    targets = [phantom(shift=s)[0] for s in (1.0, -1.0)]
+    run = registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6))
+    for event in run:
+        if event.step == 3:
+            run.close()
+            break
+    assert load_checkpoint(tmp_path / "r.pt", "registration")["step"] == 3
+    with pytest.raises(InputError, match="resume"):
+        next(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6)))
+    rest = list(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6),
+                                    resume=True))
+    assert [e.step for e in rest] == [4, 5, 6]
+    preview = rest[0].preview
+    assert preview is not None and preview["pseudo_labels"].shape == atlas.shape
+    assert set(np.unique(preview["pseudo_labels"])) <= {0, 1, 2}
+
+
+def test_encoder_features_path(tmp_path):
+    atlas, atlas_labels = phantom()
+    encoder = LightEncoder(EncoderConfig(channels=(4, 8, 8, 8), embed_dim=16, neck_channels=8))
+    encoder.teacher = {"name": "tiny"}
+    events = list(registration_engine(atlas, atlas_labels, [phantom(shift=1.0)[0]], tmp_path / "r.pt", encoder,
+                                      config(use_features=True)))
+    assert events[0].stage == "features"
+    state = load_checkpoint(tmp_path / "r.pt", "registration")
+    assert state["teacher"] == {"name": "tiny"} and state["network"]
+    model = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
+    assert model.register(atlas, atlas_labels, atlas).warped_image.shape == atlas.shape
+
+
+def test_atlas_labels_that_do_not_match_the_image_are_refused(tmp_path):
+    atlas, _ = phantom()
+    wrong = Volume(np.ones((20, 24, 24), np.uint8), atlas.affine, kind="labels")
+    with pytest.raises(InputError, match="not on the atlas image's grid"):
+        next(registration_engine(atlas, wrong, [atlas], tmp_path / "r.pt", config=config()))
+    empty = Volume(np.zeros(atlas.shape, np.uint8), atlas.affine, kind="labels")
+    with pytest.raises(InputError, match="empty"):
+        next(registration_engine(atlas, empty, [atlas], tmp_path / "r.pt", config=config()))
