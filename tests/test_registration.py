@@ -109,3 +109,27 @@ def test_atlas_labels_that_do_not_match_the_image_are_refused(tmp_path):
     empty = Volume(np.zeros(atlas.shape, np.uint8), atlas.affine, kind="labels")
     with pytest.raises(InputError, match="empty"):
         next(registration_engine(atlas, empty, [atlas], tmp_path / "r.pt", config=config()))
+
+
+def test_api_and_cli_faces(tmp_path, capsys):
+    from napari_rrl_medsam import api
+    from napari_rrl_medsam.cli import main
+
+    atlas, atlas_labels = phantom()
+    target, _ = phantom(shift=1.0)
+    paths = {name: api.save_volume(v, tmp_path / f"{name}.nii.gz") for name, v in
+             (("atlas", atlas), ("atlas_seg", atlas_labels), ("target", target))}
+    settings = config().to_dict()
+    settings["network"] = RegistrationConfig(**{**settings["network"], "channels": (4, 8, 8, 8)})
+    out = api.train_registration(atlas=paths["atlas"], atlas_labels=paths["atlas_seg"], unlabelled=[paths["target"]],
+                                 out=tmp_path / "r.pt", progress=False, **settings)
+    model = api.load_model(out, device="cpu")
+    result = api.register(model, (paths["atlas"], paths["atlas_seg"]), paths["target"])
+    assert np.array_equal(result.warped_labels.affine, target.affine)
+    assert main(["register", paths["target"].as_posix(), "--model", str(out), "--atlas-image", str(paths["atlas"]),
+                 "--atlas-labels", str(paths["atlas_seg"]), "--out", str(tmp_path / "res"), "--device", "cpu"]) == 0
+    assert "folding" in capsys.readouterr().out
+    written = api.load_volume(tmp_path / "res" / "target_pseudo_labels.nii.gz")
+    assert written.kind == "labels" and np.array_equal(written.affine, target.affine)
+    with pytest.raises(InputError, match="registration settings are"):
+        api.registration_trainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=[target], bogus=1)

@@ -26,8 +26,9 @@ from .core.volume import Grid, Volume
 from .data.sample import sample_task
 
 __all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "distill", "distiller", "evaluate",
-           "load_encoder", "load_task", "load_volume", "normalise_intensity", "resample", "sample_task",
-           "save_volume", "to_working", "working_grid"]
+           "load_encoder", "load_model", "load_task", "load_volume", "normalise_intensity", "register",
+           "registration_trainer", "resample", "sample_task", "save_volume", "to_working", "train_registration",
+           "working_grid"]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
@@ -96,3 +97,78 @@ def load_encoder(path: str | Path | None = None):
             raise InputError("this installation has no shipped general encoder; distil one with api.distill(...)")
         path = SHIPPED_ENCODER
     return _load(path)
+
+
+def _volume(v: Volume | str | Path, kind: str = "image") -> Volume:
+    return v if isinstance(v, Volume) else load_volume(v, kind=kind)
+
+
+def _atlas_and_targets(task, atlas, atlas_labels, unlabelled):
+    """(atlas image, atlas labels, unlabelled volumes) from a task / task path, or explicit volumes or paths."""
+    from .core.task import check_labels
+
+    if task is not None:
+        task = task if isinstance(task, OneShotTask) else load_task(task, check=False)
+        image, labels = task.atlas.load()
+        return image, labels, [case.load()[0] for case in task.unlabelled]
+    if atlas is None or atlas_labels is None:
+        raise InputError("give a task (dataset.json / folder / OneShotTask) or atlas, atlas_labels and unlabelled.")
+    return _volume(atlas), check_labels(_volume(atlas_labels, "labels")), [_volume(v) for v in unlabelled]
+
+
+def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
+                         unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
+                         resume: bool = False, **settings) -> Iterator:
+    """Registration training as a generator of `Progress` events (with previews); close it to stop."""
+    from dataclasses import fields
+
+    from .core.engines.register import RegistrationTrainConfig, registration_engine
+
+    try:
+        config = RegistrationTrainConfig(**settings)
+    except TypeError as exc:
+        raise InputError(f"{exc}; registration settings are: "
+                         f"{', '.join(f.name for f in fields(RegistrationTrainConfig))}") from exc
+    image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
+    if config.use_features and not hasattr(encoder, "features"):
+        encoder = load_encoder(encoder)
+    return registration_engine(image, labels, targets, out, encoder, config, resume)
+
+
+def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
+                       unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
+                       resume: bool = False, progress: bool = True, **settings) -> Path:
+    """Train the one-shot registration network (atlas -> each unlabelled volume) and save it to `out`.
+
+    `encoder`: a distilled encoder (path or module) for the medical encoder's features; None = the
+    shipped one. `settings` are `RegistrationTrainConfig` fields (steps, lr, smooth_weight, spacing, device...).
+    """
+    from .core.engines.events import run
+
+    run(registration_trainer(task, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, encoder=encoder,
+                             out=out, resume=resume, **settings), progress)
+    return Path(out)
+
+
+def load_model(path: str | Path, device: str = "auto"):
+    """A trained model from its checkpoint (currently: a registration model)."""
+    from .core.registration import RegistrationModel
+
+    return RegistrationModel.load(path, device)
+
+
+def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 0):
+    """Register the atlas onto `volume`: returns the displacement field, the warped atlas image and the
+    warped atlas labels (pseudo labels), all on `volume`'s native grid with its affine.
+
+    `model`: from `load_model` (or a checkpoint path); `atlas`: (image, labels) volumes or paths, or a
+    task `Case`; `refine_steps` > 0 adds instance optimisation on this pair (slower, more accurate).
+    """
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    if isinstance(atlas, Case):
+        image, labels = atlas.load()
+    else:
+        image, labels = atlas
+        image, labels = _volume(image), _volume(labels, "labels") if labels is not None else None
+    return model.register(image, labels, _volume(volume), refine_steps)

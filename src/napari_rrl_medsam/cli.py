@@ -96,6 +96,37 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_registration(args: argparse.Namespace) -> int:
+    from .api import train_registration
+
+    settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "spacing": args.spacing,
+                                  "smooth_weight": args.smooth_weight}.items() if v is not None}
+    if args.no_features:
+        settings["use_features"] = False
+    out = train_registration(args.task, encoder=args.encoder, out=args.out, resume=args.resume, **settings)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from .api import load_model, load_volume, register, save_volume
+
+    model = load_model(args.model, args.device or "auto")
+    out = Path(args.out)
+    for path in args.targets:
+        target = load_volume(path)
+        start = time.perf_counter()
+        result = register(model, (args.atlas_image, args.atlas_labels), target, refine_steps=args.refine_steps)
+        seconds = time.perf_counter() - start
+        written = [save_volume(result.warped_labels, out / f"{target.name}_pseudo_labels.nii.gz", args.overwrite),
+                   save_volume(result.warped_image, out / f"{target.name}_warped_atlas.nii.gz", args.overwrite),
+                   save_volume(result.displacement_magnitude(), out / f"{target.name}_displacement_mm.nii.gz",
+                               args.overwrite)]
+        print(f"{target.name}: {seconds:.1f} s, folding {100 * result.folding:.2f}% -> "
+              + ", ".join(p.name for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrl-medsam", description="One-shot 3D medical image segmentation "
                                      "guided by SAM (RRL-MedSAM).")
@@ -123,6 +154,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, help="working resolution in mm (default 2)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("train-registration", help="train the one-shot registration network")
+    p.add_argument("task", help="dataset.json or task folder (atlas + unlabelled volumes)")
+    p.add_argument("--encoder", help="distilled encoder checkpoint (default: the shipped general encoder)")
+    p.add_argument("--out", default="registration.pt", help="checkpoint to write (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--spacing", type=float, help="working resolution in mm (default 2)")
+    p.add_argument("--smooth-weight", type=float)
+    p.add_argument("--no-features", action="store_true", help="intensities only (ablation)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_train_registration)
+
+    p = sub.add_parser("register", help="warp the atlas (and its labels) onto target volumes")
+    p.add_argument("targets", nargs="+")
+    p.add_argument("--model", required=True, help="registration checkpoint")
+    p.add_argument("--atlas-image", required=True)
+    p.add_argument("--atlas-labels", required=True)
+    p.add_argument("--out", required=True, help="folder for <target>_pseudo_labels / _warped_atlas / "
+                   "_displacement_mm .nii.gz (each on its target's grid)")
+    p.add_argument("--refine-steps", type=int, default=0, help="instance optimisation steps per pair")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("info", help="print the geometry of volume files")
     p.add_argument("paths", nargs="+")
