@@ -8,6 +8,7 @@ instance optimisation refines the field on the pair itself (a few Adam steps on 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from .volume import Grid, Volume
 from .warp import Field, warp
 
 KIND = "registration"
+# MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
+warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
 
 
 @dataclass
@@ -43,6 +46,13 @@ def intensities(volume: Volume, grid: Grid):
 
     array = normalise_intensity(resample(volume, grid).array)
     return torch.from_numpy(np.ascontiguousarray(array))[None, None]
+
+
+def warp_layer(mode: str = "bilinear"):
+    """MONAI's `Warp`: voxel displacements, border padding."""
+    from monai.networks.blocks import Warp
+
+    return Warp(mode=mode)
 
 
 def registration_losses(config):
@@ -113,14 +123,13 @@ class RegistrationModel:
 def refine(ddf, atlas, target, config, steps: int, lr: float = 0.1):
     """Instance optimisation: Adam on the displacement itself for this pair, same loss as training."""
     import torch
-    from monai.networks.blocks import Warp
 
     ncc, smooth = registration_losses(config)
-    warp_layer = Warp()
+    warp_image = warp_layer()
     ddf = ddf.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([ddf], lr=lr)
     for _ in range(steps):
-        loss = ncc(warp_layer(atlas, ddf), target) + config.smooth_weight * smooth(ddf)
+        loss = ncc(warp_image(atlas, ddf), target) + config.smooth_weight * smooth(ddf)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -21,7 +21,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..models.registration import RegistrationConfig, RegistrationNet
-from ..registration import KIND, intensities, registration_losses
+from ..registration import KIND, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
 from ..task import check_labels
 from ..volume import Volume
@@ -90,7 +90,6 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
                         encoder: LightEncoder | None = None, config: RegistrationTrainConfig | None = None,
                         resume: bool = False) -> Iterator[Progress]:
     import torch
-    from monai.networks.blocks import Warp
 
     from ..features import volume_features
 
@@ -130,7 +129,7 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
                 feats_t.append(volume_features(medical, t[0, 0].to(device), config.axis, config.feature_level)[None])
                 yield Progress("features", i + 1, len(ts), message="medical encoder features")
     ncc, smooth = registration_losses(config)
-    warp_image, warp_labels = Warp(), Warp(mode="nearest")
+    warp_image, warp_labels = warp_layer(), warp_layer("nearest")
     label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
     saved_step = step if state is not None else -1
 
