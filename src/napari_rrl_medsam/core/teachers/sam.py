@@ -11,7 +11,7 @@ import torch
 from ..cache import cache_dir
 from ..errors import InputError
 from .base import Teacher
-from .checkpoint import file_sha256, load_encoder, read_state_dict
+from .weights import file_sha256, load_image_encoder, read_state_dict
 
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 SAM_VIT_B_SHA256 = "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
@@ -90,6 +90,6 @@ def load_sam_vit_b(checkpoint: str | Path | None = None, device: str = "cpu", do
             raise InputError(f"the SAM checkpoint {path} does not exist: {fix}")
         sha = file_sha256(path)
     state = read_state_dict(path, fix)
-    encoder = load_encoder(sam_vit_b_encoder("meta"), state, path, "SAM ViT-B", fix, assign=True)  # meta: no init
+    encoder = load_image_encoder(sam_vit_b_encoder("meta"), state, path, "SAM ViT-B", fix, assign=True)  # meta: no init
     return Teacher(encoder, "sam_vit_b", sha, input_size=1024, normalise=sam_normalise, embed_dim=256,
                    embed_size=64, device=device)
