@@ -151,3 +151,15 @@ def test_cli_distill_with_the_real_litemedsam_teacher(tmp_path, monkeypatch, cap
     encoder = load_encoder(out)
     assert encoder.teacher["name"] == "litemedsam" and encoder.teacher["id"].startswith("litemedsam-79d8c9dca6db")
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # no silent overwrite
+
+
+def test_the_shipped_encoder_loads_offline_and_fits_the_budget():
+    from napari_rrl_medsam.api import load_encoder as load_shipped
+    from napari_rrl_medsam.core.models.encoder import MAX_PARAMS, count_parameters
+
+    encoder = load_shipped()
+    assert count_parameters(encoder) <= MAX_PARAMS == 2_690_127
+    assert encoder.teacher["name"] == "litemedsam" and encoder.steps == 1200
+    with torch.no_grad():
+        out = encoder(torch.rand(1, 3, 256, 256))
+    assert out.shape == (1, 256, 64, 64) and torch.isfinite(out).all()

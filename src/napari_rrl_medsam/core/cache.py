@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -17,6 +16,7 @@ import pooch
 import torch
 
 from .errors import InputError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .teachers import Teacher
@@ -103,14 +103,10 @@ class EmbeddingCache:
 
     def _write(self, teacher: "Teacher", key: str, embedding: torch.Tensor) -> None:
         """Atomic (temp file + os.replace), so an interrupted run never leaves a half-written embedding."""
-        path = self.path(teacher, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         array = embedding.detach().to("cpu", torch.float16).numpy()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:  # a file object: np.save would add ".npy" to a bare name
                 np.save(handle, array)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(self.path(teacher, key), write)

@@ -6,14 +6,13 @@ Writes are atomic (temporary file + rename) and refuse to replace an existing fi
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .files import atomic_write
 from .volume import Grid, Kind, Volume
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -185,7 +184,6 @@ def save_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Pa
         raise InputError(f"{path}: choose a file name ending in .nii.gz, .nii, .tif or .tiff")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True (CLI: --overwrite).")
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(volume.array)
     if volume.kind == "labels":
         if not np.issubdtype(array.dtype, np.integer):
@@ -196,28 +194,8 @@ def save_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Pa
     elif array.dtype == bool:
         array = array.astype(np.uint8)
     suffix = next(s for s in SUFFIXES if path.name.lower().endswith(s))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        if suffix in NIFTI_SUFFIXES:
-            _write_nifti(volume, array, tmp)
-        else:
-            _write_tiff(volume, array, tmp)
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _file_mode(path: Path) -> int:
-    """The mode a plain `open(path, "w")` would give (mkstemp makes private 0600 files)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    writer = _write_nifti if suffix in NIFTI_SUFFIXES else _write_tiff
+    return atomic_write(path, lambda tmp: writer(volume, array, tmp), suffix)
 
 
 def _write_nifti(volume: Volume, array: np.ndarray, tmp: str) -> None:
