@@ -8,6 +8,7 @@ instance optimisation refines the field on the pair itself (a few Adam steps on 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from .errors import InputError
 from .resample import normalise_intensity, resample, working_grid
 from .volume import Grid, Volume
-from .warp import Field, warp
+from .warp import Field, source_coordinates, warp
 
 KIND = "registration"
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
@@ -68,6 +69,7 @@ class RegistrationModel:
     def __init__(self, net, encoder, config, labels: list[int], grid: Grid, teacher: dict, device) -> None:
         self.net, self.encoder, self.config = net.eval(), encoder, config
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
+        self._atlas_features = (None, None)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RegistrationModel":
@@ -107,16 +109,20 @@ class RegistrationModel:
             raise InputError(f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
                              f"{grid.shape}: use the atlas the model was trained with.")
         a, t = intensities(atlas, grid).to(self.device), intensities(target, grid).to(self.device)
+        key = hashlib.sha256(a.cpu().numpy().tobytes()).hexdigest()
+        if self._atlas_features[0] != key:  # the atlas is usually the same for every target
+            self._atlas_features = (key, self.features(a))
         with torch.no_grad():
-            ddf = self.net(a, t, self.features(a), self.features(t))
+            ddf = self.net(a, t, self._atlas_features[1], self.features(t))
         if refine_steps > 0:
             ddf = refine(ddf, a, t, self.config, refine_steps)
         field = Field.from_voxels(ddf[0].cpu().numpy(), grid)
+        coords = source_coordinates(field, atlas.grid, target.grid)  # shared by the image and its labels
         warped_labels = pseudo = None
         if atlas_labels is not None:
-            warped_labels = warp(atlas_labels, field, target.grid)
+            warped_labels = warp(atlas_labels, field, target.grid, coords=coords)
             pseudo = warp(atlas_labels, field, grid).array
-        return RegistrationResult(field, warp(atlas, field, target.grid), warped_labels, pseudo,
+        return RegistrationResult(field, warp(atlas, field, target.grid, coords=coords), warped_labels, pseudo,
                                   field.folding_fraction())
 
 

@@ -58,21 +58,31 @@ class Field:
         return float((self.jacobian_determinant() <= 0).mean())
 
 
-def warp(moving: Volume, field: Field, target: Grid, order: int | None = None) -> Volume:
+def source_coordinates(field: Field, moving: Grid, target: Grid) -> np.ndarray:
+    """For each voxel p of `target`, the voxel coordinates in `moving` of p + u(p): (3, *target.shape) float32.
+
+    Compute once and pass to `warp` for several volumes on the same moving grid (an image and its labels).
+    """
+    u = field.sample(target) if not target.same_as(field.grid, 1e-6) else field.array
+    index = np.indices(target.shape, dtype=np.float32).reshape(3, -1)
+    world = target.affine[:3, :3] @ index + target.affine[:3, 3:4] + u.reshape(3, -1)
+    inv = np.linalg.inv(moving.affine)
+    return (inv[:3, :3] @ world + inv[:3, 3:4]).astype(np.float32).reshape(3, *target.shape)
+
+
+def warp(moving: Volume, field: Field, target: Grid, order: int | None = None,
+         coords: np.ndarray | None = None) -> Volume:
     """`moving` resampled onto `target` through `field`: out(p) = moving(p + u(p)) for p on `target`.
 
     Label maps by nearest neighbour (or `order=1`: linear one-hot, then the most likely label);
-    images linearly. Outside the moving image is 0.
+    images linearly. Outside the moving image is 0. `coords`: from `source_coordinates`, if at hand.
     """
     from scipy import ndimage
 
     if order is None:
         order = 0 if moving.kind == "labels" else 1
-    u = field.sample(target) if not target.same_as(field.grid, 1e-6) else field.array
-    index = np.indices(target.shape, dtype=np.float32).reshape(3, -1)
-    world = target.affine[:3, :3] @ index + target.affine[:3, 3:4] + u.reshape(3, -1)
-    inv = np.linalg.inv(moving.affine)
-    coords = (inv[:3, :3] @ world + inv[:3, 3:4]).reshape(3, *target.shape)
+    if coords is None:
+        coords = source_coordinates(field, moving.grid, target)
     if moving.kind == "labels" and order > 0:
         best = np.full(target.shape, 0.5, np.float32)
         out = np.zeros(target.shape, moving.array.dtype)
