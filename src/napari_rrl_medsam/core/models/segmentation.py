@@ -1,0 +1,112 @@
+"""The two segmentation branches of RRL-MedSAM on slabs of consecutive slices.
+
+- general branch: E_g's multi-scale slice features, stacked along the slab, -> `SlabDecoder` -> coarse mask
+  M_g (the auto-prompt);
+- medical branch: E_m's features -> `APDecoder`: the same decoder whose stride-4 features receive M_g as a
+  dense mask prompt, downsampled and embedded the way SAM's prompt encoder embeds a mask (two stride-2
+  convolutions with channel LayerNorm and GELU, then a 1x1 projection), and added.
+
+Slices keep their own resolution through the 2D encoder; 3D convolutions (kernel 3 across slices) mix
+neighbouring slices, upsampling is in-plane only. Inputs and outputs live in the encoder's square
+slice space (S x S per slice, S = 256 by default).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+from torch.nn import functional as F
+
+
+def slab_features(encoder, slab: torch.Tensor) -> list[torch.Tensor]:
+    """(K, 3, S, S) slices -> per level (1, C_l, K, S/2^(l+1), S/2^(l+1)): features stacked along the slab."""
+    return [f.movedim(0, 1)[None] for f in encoder.features(slab)]
+
+
+def _block(cin: int, cout: int) -> nn.Module:
+    return Convolution(3, cin, cout, kernel_size=3, norm="instance", act="leakyrelu")
+
+
+class SlabDecoder(nn.Module):
+    """U-Net decoder from the 4 encoder levels (strides 2..16) to class logits at full slice resolution."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], n_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv3d(c, width, 1) for c in encoder_channels)
+        self.fuse = nn.ModuleList(_block(2 * width, width) for _ in encoder_channels[:-1])
+        self.head = nn.Conv3d(width, n_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor], prompt: torch.Tensor | None = None,
+                prompt_level: int = 1) -> torch.Tensor:
+        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
+        if prompt is not None:
+            lat[prompt_level] = lat[prompt_level] + prompt
+        x = lat[-1]
+        for level in range(len(lat) - 2, -1, -1):
+            x = F.interpolate(x, size=lat[level].shape[2:], mode="trilinear", align_corners=False)
+            x = self.fuse[level](torch.cat([x, lat[level]], 1))
+        logits = self.head(x)  # stride 2
+        return F.interpolate(logits, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+
+
+class ChannelNorm3d(nn.Module):
+    """LayerNorm over channels at each position (SAM's LayerNorm2d, for 3D tensors)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class MaskPromptEncoder(nn.Module):
+    """SAM's dense mask-prompt embedding, per slice: (B, n_classes, K, S, S) probabilities -> (B, dim, K, S/4, S/4)."""
+
+    def __init__(self, n_classes: int, dim: int, hidden: int = 16) -> None:
+        super().__init__()
+        k = (1, 2, 2)
+        self.net = nn.Sequential(
+            nn.Conv3d(n_classes, hidden // 4, k, stride=k), ChannelNorm3d(hidden // 4), nn.GELU(),
+            nn.Conv3d(hidden // 4, hidden, k, stride=k), ChannelNorm3d(hidden), nn.GELU(),
+            nn.Conv3d(hidden, dim, 1),
+        )
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(mask)
+
+
+class APDecoder(nn.Module):
+    """The auto-prompting decoder: E_m features + the embedded general-branch mask -> final logits."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], n_classes: int, width: int = 32,
+                 use_prompt: bool = True) -> None:
+        super().__init__()
+        self.decoder = SlabDecoder(encoder_channels, n_classes, width)
+        self.prompt = MaskPromptEncoder(n_classes, width) if use_prompt else None
+
+    def forward(self, feats: list[torch.Tensor], mask_probs: torch.Tensor | None) -> torch.Tensor:
+        prompt = None
+        if self.prompt is not None and mask_probs is not None:
+            prompt = self.prompt(mask_probs)
+            prompt = F.interpolate(prompt, size=feats[1].shape[2:], mode="trilinear", align_corners=False)
+        return self.decoder(feats, prompt, prompt_level=1)
+
+
+@torch.no_grad()
+def mutual_ema(general: nn.Module, medical: nn.Module, alpha: float = 0.99) -> None:
+    """Exchange weights between the two encoders, both from their values before the call:
+    theta_g <- a theta_g + (1 - a) theta_m and theta_m <- a theta_m + (1 - a) theta_g.
+
+    Floating-point parameters and buffers (batch-norm statistics) are averaged; integer buffers
+    (batch counters) are left alone.
+    """
+    g_state, m_state = general.state_dict(), medical.state_dict()
+    for name, g in g_state.items():
+        if not g.is_floating_point():
+            continue
+        m = m_state[name]
+        g_old = g.clone()
+        g.mul_(alpha).add_(m, alpha=1 - alpha)
+        m.mul_(alpha).add_(g_old, alpha=1 - alpha)
