@@ -66,24 +66,31 @@ def registration_losses(config):
 class RegistrationModel:
     """The trained registration network with its medical encoder and the atlas working grid."""
 
-    def __init__(self, net, encoder, config, labels: list[int], grid: Grid, teacher: dict, device) -> None:
+    def __init__(self, net, encoder, config, labels: list[int], grid: Grid, teacher: dict, device,
+                 state: dict) -> None:
         self.net, self.encoder, self.config = net.eval(), encoder, config
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
+        self.state = state  # the checkpoint without optimiser: embedded in co-training checkpoints
         self._atlas_features = (None, None)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RegistrationModel":
         from .checkpoint import load_checkpoint
+
+        return cls.from_state(load_checkpoint(path, KIND), device)
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "auto") -> "RegistrationModel":
         from .device import resolve_device
         from .engines.register import RegistrationTrainConfig, build_networks
 
-        state = load_checkpoint(path, KIND)
+        state = {k: v for k, v in state.items() if k != "optimizer"}
         config = RegistrationTrainConfig.from_dict(state["config"])
         net, encoder = build_networks(config, state)
         dev = resolve_device(device)
         grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
         return cls(net.to(dev), encoder.to(dev) if encoder is not None else None, config, list(state["labels"]),
-                   grid, dict(state["teacher"]), dev)
+                   grid, dict(state["teacher"]), dev, state)
 
     def features(self, x):
         """The medical encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor (None without an encoder)."""

@@ -1,0 +1,197 @@
+"""RRL-MedSAM co-training: general and medical branches supervised by registration pseudo labels (and the
+atlas's true labels), with mutual EMA between the two encoders after every optimiser step.
+
+Pseudo labels are computed once at the start by the registration model (on the atlas's working grid).
+Each step trains on a slab of `slab` consecutive axial slices of one volume (the atlas with probability
+`atlas_probability`, else an unlabelled volume): general branch -> M_g (Dice + CE), medical branch with M_g
+(detached: a prompt is an input, as in SAM) as dense mask prompt -> final mask (Dice + CE), optionally a
+consistency term between the branches. Ablations: `use_dskd=False` (random E_g), `use_mutual_ema=False`,
+`use_prompt=False`. Events carry previews: the current volume's pseudo labels and auto-prompt mask.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import resolve_device
+from ..errors import InputError
+from ..models.encoder import EncoderConfig, LightEncoder
+from ..registration import intensities
+from ..resample import resample
+from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
+from ..task import check_labels
+from ..volume import Volume
+from .events import Progress
+
+
+@dataclass
+class CotrainConfig:
+    steps: int = 300
+    lr: float = 1e-3  # decoders
+    encoder_lr: float = 2e-4
+    ema_alpha: float = 0.99
+    use_mutual_ema: bool = True
+    use_prompt: bool = True
+    use_dskd: bool = True  # False: E_g (and so E_m) start from random weights
+    slab: int = 8
+    image_size: int = 256
+    atlas_probability: float = 0.25
+    consistency_weight: float = 0.0
+    decoder_width: int = 32
+    refine_steps: int = 0  # instance optimisation when computing pseudo labels
+    augment: bool = True
+    checkpoint_every: int = 25
+    preview_every: int = 25
+    seed: int = 0
+    device: str = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CotrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes: int, general_state=None):
+    """E_g, E_m (a copy of E_g), the general decoder and the AP decoder."""
+    import torch
+
+    from ..models.segmentation import APDecoder, SlabDecoder
+
+    torch.manual_seed(config.seed)
+    general = LightEncoder(encoder_config)
+    if general_state is not None and config.use_dskd:
+        general.load_state_dict(general_state)
+    return {"general": general, "medical": copy.deepcopy(general),
+            "decoder_g": SlabDecoder(encoder_config.channels, n_classes, config.decoder_width),
+            "ap": APDecoder(encoder_config.channels, n_classes, config.decoder_width, config.use_prompt)}
+
+
+def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Volume], registration,
+                   checkpoint: str | Path, encoder=None, config: CotrainConfig | None = None,
+                   resume: bool = False) -> Iterator[Progress]:
+    """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from ..models.segmentation import mutual_ema, slab_features
+
+    config = copy.deepcopy(config) if config is not None else CotrainConfig()
+    checkpoint = Path(checkpoint)
+    atlas_labels = check_labels(atlas_labels)
+    if not unlabelled:
+        raise InputError("co-training needs at least one unlabelled volume.")
+    state = None
+    if checkpoint.exists():
+        if not resume:
+            raise InputError(f"{checkpoint} exists; resume from it (resume=True, CLI --resume) or choose another path.")
+        state = load_checkpoint(checkpoint, KIND)
+        config = CotrainConfig.from_dict({**state["config"], "steps": config.steps})
+    if encoder is None and config.use_dskd and state is None:
+        raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")
+    device = resolve_device(config.device)
+    grid = registration.grid
+    classes = [0] + [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    lut = np.zeros(int(max(classes)) + 1, np.int64)
+    lut[classes] = np.arange(len(classes))
+
+    images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
+    for i, volume in enumerate(unlabelled):
+        result = registration.register(atlas, atlas_labels, volume, config.refine_steps)
+        images.append(intensities(volume, grid)[0, 0])
+        targets.append(torch.from_numpy(lut[result.pseudo_labels]))
+        yield Progress("pseudo labels", i + 1, len(unlabelled), message="registration pseudo labels",
+                       preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": result.pseudo_labels})
+
+    encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state is not None
+                      else encoder.config if encoder is not None else EncoderConfig())
+    parts = build_parts(config, encoder_config, len(classes), encoder.state_dict() if encoder is not None else None)
+    if state is not None:
+        for name, module in parts.items():
+            module.load_state_dict(state["parts"][name])
+    for module in parts.values():
+        module.to(device).train()
+    encoders = [p for n in ("general", "medical") for p in parts[n].parameters()]
+    decoders = [p for n in ("decoder_g", "ap") for p in parts[n].parameters()]
+    optimiser = torch.optim.AdamW([{"params": encoders, "lr": config.encoder_lr},
+                                   {"params": decoders, "lr": config.lr}], weight_decay=1e-4)
+    step = 0
+    if state is not None:
+        optimiser.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    # slabs are drawn among the slices that hold some anatomy
+    ranges = []
+    for y in targets:
+        z = np.nonzero(y.numpy().reshape(-1, y.shape[2]).any(0))[0]
+        ranges.append((int(z.min()), int(z.max())) if z.size else (0, y.shape[2] - 1))
+    saved_step = step if state is not None else -1
+    teacher = getattr(encoder, "teacher", {}) if encoder is not None else {}
+    if state is not None:
+        teacher = state["teacher"]
+
+    def save() -> Path:
+        return save_checkpoint({
+            "kind": KIND, "version": 1, "step": step, "complete": step >= config.steps, "config": config.to_dict(),
+            "encoder_config": encoder_config.to_dict(), "parts": {n: m.state_dict() for n, m in parts.items()},
+            "optimizer": optimiser.state_dict(), "classes": classes, "teacher": teacher,
+            "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
+            "registration": registration.state,
+        }, checkpoint)
+
+    try:
+        while step < config.steps:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            use_atlas = bool(torch.rand(1, generator=gen) < config.atlas_probability)
+            i = 0 if use_atlas else 1 + int(torch.randint(len(unlabelled), (1,), generator=gen))
+            lo, hi = ranges[i]
+            start = lo + int(torch.randint(max(hi - lo - config.slab + 2, 1), (1,), generator=gen))
+            start = min(start, images[i].shape[2] - config.slab) if images[i].shape[2] >= config.slab else 0
+            x = images[i][:, :, start:start + config.slab].movedim(2, 0)  # (K, X, Y)
+            y = targets[i][:, :, start:start + config.slab].movedim(2, 0)
+            if config.augment:
+                x = x.clamp(0, 1) ** float(torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)))
+            xs = to_square(x, config.image_size).to(device)
+            ys = labels_to_square(y, config.image_size)[None, None].to(device)  # (1, 1, K, S, S)
+            logits_g = parts["decoder_g"](slab_features(parts["general"], xs))
+            probs_g = torch.softmax(logits_g, 1)
+            logits_m = parts["ap"](slab_features(parts["medical"], xs), probs_g.detach() if config.use_prompt else None)
+            loss_g, loss_m = loss_fn(logits_g, ys), loss_fn(logits_m, ys)
+            loss = loss_g + loss_m
+            losses = {"general": float(loss_g.detach()), "medical": float(loss_m.detach())}
+            if config.consistency_weight > 0:
+                cons = torch.mean((torch.softmax(logits_m, 1) - probs_g) ** 2)
+                loss = loss + config.consistency_weight * cons
+                losses["consistency"] = float(cons.detach())
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if config.use_mutual_ema:
+                mutual_ema(parts["general"], parts["medical"], config.ema_alpha)
+            step += 1
+            path = None
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                path, saved_step = save(), step
+            preview = None
+            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+                probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
+                                              images[i].to(device), config.slab, config.image_size, config.use_prompt)
+                preview = {"case": i, "target": images[i].numpy(),
+                           "pseudo_labels": np.array(classes)[targets[i].numpy()],
+                           "auto_prompt": np.array(classes)[torch.argmax(probs[0], 0).cpu().numpy()],
+                           "segmentation": np.array(classes)[torch.argmax(probs[1], 0).cpu().numpy()]}
+                for module in parts.values():
+                    module.train()
+            yield Progress("co-training", step, config.steps, {"loss": float(loss.detach()), **losses},
+                           preview=preview, checkpoint=path)
+    finally:
+        if step != saved_step:
+            save()

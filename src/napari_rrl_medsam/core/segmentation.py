@@ -1,0 +1,123 @@
+"""RRL-MedSAM segmentation at inference: both branches on every slab of the volume, back to the native grid.
+
+The general branch gives the auto-prompt M_g; the medical branch's auto-prompting decoder gives the
+final labels. Probabilities are computed slab by slab on the atlas's working grid, brought back from
+the encoder's square slice space, and the labels are returned on the input's native grid and affine
+(linear interpolation of each label's mask, so boundaries follow the native resolution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .resample import resample
+from .volume import Grid, Volume
+
+KIND = "rrl-medsam"
+
+
+@dataclass
+class SegmentationResult:
+    labels: Volume  # final (medical branch) labels on the input's native grid
+    auto_prompt: Volume  # the general branch's coarse mask M_g, same grid
+    working_labels: np.ndarray  # final labels on the working grid
+
+
+def to_square(x, size: int):
+    """(K, X, Y) slab -> (K, 3, size, size) encoder input (as in distillation)."""
+    from .inputs import square_resize
+
+    return square_resize(x[:, None], size).expand(-1, 3, -1, -1)
+
+
+def labels_to_square(y, size: int):
+    """(K, X, Y) class indices -> (K, size, size), nearest neighbour, same padding as `to_square`."""
+    import torch.nn.functional as F
+
+    h, w = y.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    y = F.pad(y, (left, side - w - left, top, side - h - top))
+    return F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+
+
+def from_square(p, shape: tuple[int, int]):
+    """(C, K, size, size) -> (C, K, X, Y): undo the padding and resizing of `to_square`."""
+    import torch.nn.functional as F
+
+    h, w = shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
+    return p[..., top:top + h, left:left + w]
+
+
+def predict_probabilities(general, medical, decoder_g, ap, volume, slab: int, size: int, use_prompt: bool = True):
+    """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each."""
+    import torch
+
+    from .models.segmentation import slab_features
+
+    x = volume.movedim(2, 0)  # axial slices first: (Z, X, Y)
+    pg, pm = [], []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], slab):
+            s = to_square(x[start:start + slab], size)
+            probs_g = torch.softmax(decoder_g(slab_features(general, s)), 1)
+            logits_m = ap(slab_features(medical, s), probs_g if use_prompt else None)
+            pg.append(from_square(probs_g[0], x.shape[1:]))
+            pm.append(from_square(torch.softmax(logits_m, 1)[0], x.shape[1:]))
+    return torch.cat(pg, 1).movedim(1, 3), torch.cat(pm, 1).movedim(1, 3)
+
+
+class SegmentationModel:
+    """A co-trained RRL-MedSAM model: encoders, decoders, label table and its registration model."""
+
+    def __init__(self, parts: dict, config, classes: list[int], grid: Grid, registration, teacher: dict,
+                 device) -> None:
+        self.parts, self.config, self.classes = parts, config, classes
+        self.grid, self.registration, self.teacher, self.device = grid, registration, teacher, device
+
+    @classmethod
+    def load(cls, path, device: str = "auto") -> "SegmentationModel":
+        from .checkpoint import load_checkpoint
+        from .device import resolve_device
+        from .engines.cotrain import CotrainConfig, build_parts
+        from .models.encoder import EncoderConfig
+        from .registration import RegistrationModel
+
+        state = load_checkpoint(path, KIND)
+        config = CotrainConfig.from_dict(state["config"])
+        parts = build_parts(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
+        dev = resolve_device(device)
+        for name, module in parts.items():
+            module.load_state_dict(state["parts"][name])
+            module.to(dev).eval()
+        grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
+        return cls(parts, config, list(state["classes"]), grid,
+                   RegistrationModel.from_state(state["registration"], device), dict(state["teacher"]), dev)
+
+    def register(self, *args, **kwargs):
+        """The co-trained model's registration (see `RegistrationModel.register`)."""
+        return self.registration.register(*args, **kwargs)
+
+    def segment(self, volume: Volume) -> SegmentationResult:
+        """Final labels and the auto-prompt mask of `volume`, on its native grid and affine."""
+        import torch
+
+        from .registration import intensities
+
+        x = intensities(volume, self.grid)[0, 0].to(self.device)
+        p = self.parts
+        for module in p.values():
+            module.eval()
+        probs_g, probs_m = predict_probabilities(p["general"], p["medical"], p["decoder_g"], p["ap"], x,
+                                                 self.config.slab, self.config.image_size, self.config.use_prompt)
+        lut = np.array(self.classes)
+        out = []
+        for probs in (probs_m, probs_g):
+            work = Volume(lut[torch.argmax(probs, 0).cpu().numpy()].astype(np.int32), self.grid.affine, "labels")
+            out.append((resample(work, volume.grid, order=1), work.array))
+        return SegmentationResult(out[0][0], out[1][0], out[0][1])

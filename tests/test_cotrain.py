@@ -1,0 +1,95 @@
+"""Co-training engine and segmentation inference on tiny volumes."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_rrl_medsam.api import InputError, Volume
+from napari_rrl_medsam.core.checkpoint import load_checkpoint
+from napari_rrl_medsam.core.engines.cotrain import CotrainConfig, cotrain_engine
+from napari_rrl_medsam.core.engines.register import registration_engine
+from napari_rrl_medsam.core.models.encoder import EncoderConfig, LightEncoder
+from napari_rrl_medsam.core.registration import RegistrationModel
+from napari_rrl_medsam.core.segmentation import SegmentationModel
+
+from test_registration import config as reg_config
+from test_registration import phantom
+
+TINY = EncoderConfig(channels=(4, 8, 8, 8), embed_dim=16, neck_channels=8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cotrain")
+    atlas, atlas_labels = phantom()
+    targets = [phantom(shift=s)[0] for s in (1.0, -1.5)]
+    list(registration_engine(atlas, atlas_labels, targets, tmp / "reg.pt", config=reg_config(steps=30)))
+    torch.manual_seed(1)  # not the co-training seed: a "distilled" encoder differs from a random init
+    encoder = LightEncoder(TINY)
+    encoder.teacher = {"name": "tiny", "id": "tiny-0"}
+    return tmp, atlas, atlas_labels, targets, RegistrationModel.load(tmp / "reg.pt", device="cpu"), encoder
+
+
+def cfg(**kw):
+    base = dict(steps=4, slab=4, image_size=32, decoder_width=8, checkpoint_every=100, preview_every=2,
+                device="cpu", lr=3e-3)
+    base.update(kw)
+    return CotrainConfig(**base)
+
+
+def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identically(setup):
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    events = list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "a.pt", encoder, cfg()))
+    assert [e.stage for e in events][:2] == ["pseudo labels"] * 2
+    training = [e for e in events if e.stage == "co-training"]
+    assert [e.step for e in training] == [1, 2, 3, 4]
+    preview = training[1].preview
+    assert set(preview) >= {"pseudo_labels", "auto_prompt", "segmentation", "target"}
+    assert preview["auto_prompt"].shape == atlas.shape
+    state = load_checkpoint(tmp / "a.pt", "rrl-medsam")
+    assert state["classes"] == [0, 1, 2] and state["teacher"]["id"] == "tiny-0"
+    model = SegmentationModel.load(tmp / "a.pt", device="cpu")
+    again = SegmentationModel.load(tmp / "a.pt", device="cpu")
+    target = targets[0]
+    a, b = model.segment(target), again.segment(target)
+    assert np.array_equal(a.labels.array, b.labels.array)  # the checkpoint round-trips
+    assert np.array_equal(a.labels.affine, target.affine) and a.labels.shape == target.shape
+    assert a.auto_prompt.shape == target.shape
+    assert set(np.unique(a.labels.array)) <= {0, 1, 2}
+    assert model.register(atlas, atlas_labels, target).warped_labels.shape == target.shape
+
+
+def test_stop_and_resume(setup):
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    run = cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "b.pt", encoder, cfg(steps=5))
+    for e in run:
+        if e.stage == "co-training" and e.step == 2:
+            run.close()
+            break
+    assert load_checkpoint(tmp / "b.pt", "rrl-medsam")["step"] == 2
+    rest = [e.step for e in cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "b.pt", encoder,
+                                           cfg(steps=5), resume=True) if e.stage == "co-training"]
+    assert rest == [3, 4, 5]
+
+
+def test_ablation_switches_remove_their_component(setup, monkeypatch):
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    from napari_rrl_medsam.core.engines import cotrain
+
+    calls = []
+    monkeypatch.setattr("napari_rrl_medsam.core.models.segmentation.mutual_ema",
+                        lambda *a, **k: calls.append(1))
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "c.pt", encoder,
+                        cfg(steps=2, use_mutual_ema=False)))
+    assert calls == []
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "d.pt", encoder, cfg(steps=2)))
+    assert len(calls) == 2
+    parts = cotrain.build_parts(cfg(use_prompt=False), TINY, 3)
+    assert parts["ap"].prompt is None
+    random_init = cotrain.build_parts(cfg(use_dskd=False), TINY, 3, encoder.state_dict())
+    distilled = cotrain.build_parts(cfg(), TINY, 3, encoder.state_dict())
+    w = "stages.0.0.conv.weight"
+    assert torch.equal(distilled["general"].state_dict()[w], encoder.state_dict()[w])
+    assert not torch.equal(random_init["general"].state_dict()[w], encoder.state_dict()[w])
+    with pytest.raises(InputError, match="distilled general encoder"):
+        next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "e.pt", None, cfg()))
