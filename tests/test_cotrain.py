@@ -93,3 +93,24 @@ def test_ablation_switches_remove_their_component(setup, monkeypatch):
     assert not torch.equal(random_init["general"].state_dict()[w], encoder.state_dict()[w])
     with pytest.raises(InputError, match="distilled general encoder"):
         next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "e.pt", None, cfg()))
+
+
+def test_api_and_cli_faces(setup, capsys):
+    from napari_rrl_medsam import api
+    from napari_rrl_medsam.cli import main
+
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    out = api.cotrain(atlas=atlas, atlas_labels=atlas_labels, unlabelled=targets, registration=registration,
+                      encoder=encoder, out=tmp / "api.pt", progress=False, **cfg(steps=2).to_dict())
+    model = api.load_model(out, device="cpu")
+    result = api.segment(model, targets[1])
+    assert np.array_equal(result.labels.affine, targets[1].affine)
+    folder = tmp / "inputs"
+    for i, t in enumerate(targets):
+        api.save_volume(t, folder / f"t{i}.nii.gz", overwrite=True)
+    assert main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "seg"), "--auto-prompt",
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp / "seg").iterdir()) == ["t0_auto_prompt.nii.gz", "t0_labels.nii.gz",
+                                                                "t1_auto_prompt.nii.gz", "t1_labels.nii.gz"]
+    with pytest.raises(InputError, match="registration model"):
+        api.segment(registration, targets[0])

@@ -25,10 +25,10 @@ from .core.task import Case, OneShotTask, load_task
 from .core.volume import Grid, Volume
 from .data.sample import sample_task
 
-__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "distill", "distiller", "evaluate",
-           "load_encoder", "load_model", "load_task", "load_volume", "normalise_intensity", "register",
-           "registration_trainer", "resample", "sample_task", "save_volume", "to_working", "train_registration",
-           "working_grid"]
+__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "cotrain", "cotrainer", "distill",
+           "distiller", "evaluate", "load_encoder", "load_model", "load_task", "load_volume", "normalise_intensity",
+           "register", "registration_trainer", "resample", "sample_task", "save_volume", "segment", "to_working",
+           "train_registration", "working_grid"]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
@@ -151,10 +151,20 @@ def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=No
 
 
 def load_model(path: str | Path, device: str = "auto"):
-    """A trained model from its checkpoint (currently: a registration model)."""
+    """A trained model from its checkpoint: a `RegistrationModel` (registration stage) or a
+    `SegmentationModel` (co-trained RRL-MedSAM, which also registers)."""
+    from .core.checkpoint import load_checkpoint
+    from .core.registration import KIND as REGISTRATION
     from .core.registration import RegistrationModel
+    from .core.segmentation import SegmentationModel
 
-    return RegistrationModel.load(path, device)
+    kind = load_checkpoint(path)["kind"]
+    if kind == REGISTRATION:
+        return RegistrationModel.load(path, device)
+    if kind == "rrl-medsam":
+        return SegmentationModel.load(path, device)
+    raise InputError(f"{path} is a {kind!r} checkpoint, not a model: distillation checkpoints are encoders "
+                     "(api.load_encoder).")
 
 
 def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 0):
@@ -172,3 +182,50 @@ def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 0):
         image, labels = atlas
         image, labels = _volume(image), _volume(labels, "labels") if labels is not None else None
     return model.register(image, labels, _volume(volume), refine_steps)
+
+
+def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
+              unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
+              **settings) -> Iterator:
+    """Co-training as a generator of `Progress` events (previews: pseudo labels, auto-prompt mask)."""
+    from dataclasses import fields
+
+    from .core.engines.cotrain import CotrainConfig, cotrain_engine
+
+    try:
+        config = CotrainConfig(**settings)
+    except TypeError as exc:
+        raise InputError(f"{exc}; co-training settings are: {', '.join(f.name for f in fields(CotrainConfig))}") from exc
+    image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
+    if not hasattr(registration, "register"):
+        registration = load_model(registration, config.device)
+    if config.use_dskd and not hasattr(encoder, "features"):
+        encoder = load_encoder(encoder)
+    return cotrain_engine(image, labels, targets, registration, out, encoder if config.use_dskd else None, config,
+                          resume)
+
+
+def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
+            unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
+            progress: bool = True, **settings) -> Path:
+    """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels; save to `out`.
+
+    `registration`: a trained registration model or its checkpoint path; `encoder`: the distilled general
+    encoder (None = shipped). `settings` are `CotrainConfig` fields (steps, slab, ema_alpha, use_prompt, ...).
+    """
+    from .core.engines.events import run
+
+    run(cotrainer(task, registration=registration, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled,
+                  encoder=encoder, out=out, resume=resume, **settings), progress)
+    return Path(out)
+
+
+def segment(model, volume: Volume | str | Path):
+    """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
+    mask M_g), both on the volume's native grid and affine."""
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    if not hasattr(model, "segment"):
+        raise InputError("this is a registration model; segment with a co-trained model (api.cotrain), or use "
+                         "api.register for pseudo labels.")
+    return model.segment(_volume(volume))

@@ -127,6 +127,41 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cotrain(args: argparse.Namespace) -> int:
+    from .api import cotrain
+
+    settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "slab": args.slab,
+                                  "image_size": args.image_size}.items() if v is not None}
+    for flag, key in (("no_ema", "use_mutual_ema"), ("no_prompt", "use_prompt"), ("no_dskd", "use_dskd")):
+        if getattr(args, flag):
+            settings[key] = False
+    out = cotrain(args.task, registration=args.registration, encoder=args.encoder, out=args.out,
+                  resume=args.resume, **settings)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .api import load_model, load_volume, save_volume, segment
+    from .core.io import is_volume_path
+
+    model = load_model(args.model, args.device or "auto")
+    paths = []
+    for item in args.inputs:
+        p = Path(item)
+        paths += sorted(q for q in p.iterdir() if is_volume_path(q)) if p.is_dir() else [p]
+    out = Path(args.out)
+    for path in paths:
+        volume = load_volume(path)
+        start = time.perf_counter()
+        result = segment(model, volume)
+        written = [save_volume(result.labels, out / f"{volume.name}_labels.nii.gz", args.overwrite)]
+        if args.auto_prompt:
+            written.append(save_volume(result.auto_prompt, out / f"{volume.name}_auto_prompt.nii.gz", args.overwrite))
+        print(f"{volume.name}: {time.perf_counter() - start:.1f} s -> " + ", ".join(p.name for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrl-medsam", description="One-shot 3D medical image segmentation "
                                      "guided by SAM (RRL-MedSAM).")
@@ -178,6 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("cotrain", help="co-train the two branches (RRL-MedSAM) on registration pseudo labels")
+    p.add_argument("task", help="dataset.json or task folder (atlas + unlabelled volumes)")
+    p.add_argument("--registration", required=True, help="trained registration checkpoint")
+    p.add_argument("--encoder", help="distilled general encoder (default: the shipped one)")
+    p.add_argument("--out", default="rrl_medsam.pt", help="checkpoint to write (default: %(default)s)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--slab", type=int, help="consecutive slices per step")
+    p.add_argument("--image-size", type=int, help="encoder input size per slice")
+    p.add_argument("--no-ema", action="store_true", help="ablation: no mutual EMA")
+    p.add_argument("--no-prompt", action="store_true", help="ablation: no auto-prompt")
+    p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_cotrain)
+
+    p = sub.add_parser("segment", help="segment volumes (files or folders) with a co-trained model")
+    p.add_argument("inputs", nargs="+", help="volume files or folders of them")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="folder for <name>_labels.nii.gz (each on its input's grid)")
+    p.add_argument("--auto-prompt", action="store_true", help="also write the auto-prompt mask")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("info", help="print the geometry of volume files")
     p.add_argument("paths", nargs="+")
