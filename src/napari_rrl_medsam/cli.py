@@ -47,36 +47,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the bundled sample; it grows with the pipeline (registration, co-training, ...)."""
-    from .api import evaluate, load_volume, resample, sample_task, save_volume
+    """The whole one-shot pipeline on the bundled sample: shipped encoder -> registration -> co-training ->
+    segmentation -> Dice report, with every output written as NIfTI on its volume's grid."""
+    from .api import cotrain, evaluate, load_model, load_volume, register, resample, sample_task, save_volume, segment
+    from .api import train_registration
     from .data.sample import held_back_labels
 
     start = time.perf_counter()
     task = sample_task()
+    out = Path(args.out) if args.out else Path("rrl-medsam-demo") / time.strftime("run-%Y%m%d-%H%M%S")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite.")
     print(f"napari-rrl-medsam {__version__} demo on the bundled one-shot brain phantom (synthetic, not real MRI)")
-    print(task.summary())
+    print(task.summary() + f"; outputs in {out}/")
     atlas, atlas_labels = task.atlas.load()
     print(f"\nGeometry\n  {'volume':<12} {'shape':<14} {'spacing mm':<16} {'axes':<5} 2 mm working grid")
     print(_geometry_row(task.atlas.id, atlas))
     targets = []
     for case in task.unlabelled + task.evaluation:
         image, labels = case.load()
-        role = "evaluation" if labels is not None else "unlabelled (held-back labels, diagnostic only)"
         truth = labels if labels is not None else load_volume(held_back_labels(case.id), kind="labels")
-        targets.append((case, image, truth, role))
+        targets.append((case, image, truth))
         print(_geometry_row(case.id, image))
-    print("\nAtlas labels mapped onto each target through world coordinates, before any registration")
-    print(f"  {'target':<12} {'mean Dice':>9}  {'role'}")
-    out = Path(args.out) if args.out else None
-    for case, image, truth, role in targets:
-        mapped = resample(atlas_labels, image.grid)
-        score = evaluate(mapped, truth, labels=task.eval_labels, hd95=False)
-        print(f"  {case.id:<12} {score.mean_dice:9.3f}  {role}")
-        if out is not None:
-            save_volume(mapped, out / f"{case.id}_atlas_labels.nii.gz", overwrite=args.overwrite)
-    if out is not None:
-        print(f"\nwrote the mapped atlas labels (NIfTI, each target's grid and affine) to {out}/")
-    print(f"\ndone in {time.perf_counter() - start:.1f} s")
+    settings = {"device": args.device}
+    print(f"\n[1/3] registration network: {args.registration_steps} steps (shipped general encoder's features)")
+    reg_path = train_registration(task, out=out / "registration.pt", resume=args.overwrite,
+                                  steps=args.registration_steps, **settings)
+    print(f"[2/3] co-training (general + medical branches, mutual EMA, auto-prompt): {args.cotrain_steps} steps")
+    model_path = cotrain(task, registration=reg_path, out=out / "rrl_medsam.pt", resume=args.overwrite,
+                         steps=args.cotrain_steps, slab=args.slab, image_size=args.image_size, **settings)
+    print("[3/3] segmentation")
+    registration, model = load_model(reg_path, args.device), load_model(model_path, args.device)
+    rows = []
+    for case, image, truth in targets:
+        before = evaluate(resample(atlas_labels, image.grid), truth, task.eval_labels, hd95=False).mean_dice
+        pseudo = register(registration, (atlas, atlas_labels), image).warped_labels
+        result = segment(model, image)
+        scores = [evaluate(v, truth, task.eval_labels, hd95=False).mean_dice for v in (pseudo, result.labels)]
+        for volume, name in ((pseudo, "pseudo_labels"), (result.labels, "labels"), (result.auto_prompt, "auto_prompt")):
+            save_volume(volume, out / f"{case.id}_{name}.nii.gz", overwrite=args.overwrite)
+        role = "evaluation" if case in task.evaluation else "unlabelled (held-back labels, diagnostic only)"
+        rows.append((case.id, before, *scores, role))
+    print(f"\nMean Dice over {len(task.eval_labels)} structures on each target's native grid")
+    print(f"  {'target':<10} {'no registration':>15} {'registration':>13} {'RRL-MedSAM':>11}  role")
+    for name, before, reg, seg, role in rows:
+        print(f"  {name:<10} {before:15.3f} {reg:13.3f} {seg:11.3f}  {role}")
+    print(f"\nwrote pseudo labels, segmentations and auto-prompt masks (NIfTI, each target's grid) and the models "
+          f"to {out}/\ndone in {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -169,8 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the one-shot pipeline on the bundled sample and report Dice")
-    p.add_argument("--out", help="folder for the output NIfTI files")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--out", help="folder for the outputs (default: rrl-medsam-demo/run-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="reuse --out: resume its models, replace its files")
+    p.add_argument("--registration-steps", type=int, default=150)
+    p.add_argument("--cotrain-steps", type=int, default=60)
+    p.add_argument("--slab", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("distill", help="distil a SAM teacher into the lightweight general encoder (DSKD)")
