@@ -1,0 +1,73 @@
+"""Co-training benchmark: RRL-MedSAM full and each ablation, against our registration alone, on the OASIS-like
+validation volumes (mean Dice over the 27 eval labels on each native 1 mm grid), with per-structure Dice of
+the full model and training / segmentation times on this CPU.
+
+    python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full]
+
+Trains what is missing (resuming interrupted runs) from training/cotrain.json; the registration checkpoint
+comes from `benchmarks/registration.py --train` (same runs folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_rrl_medsam.api import cotrain, evaluate, load_model, load_task, segment
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--config", default=str(HERE.parent / "training" / "cotrain.json"))
+    parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
+    parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    spec = json.loads(Path(args.config).read_text())
+    runs, data = Path(args.runs), Path(args.data)
+    task = load_task(data / spec["task"], split=spec["split"], check=False)
+    registration = load_model(runs / spec["registration"])
+    atlas, atlas_labels = task.atlas.load()
+    validation = [case.load() for case in task.evaluation]
+    names = task.label_names or {}
+    refine = spec["settings"].get("refine_steps", 0)
+    results = {}
+    t = time.perf_counter()
+    reg = [evaluate(registration.register(atlas, atlas_labels, img, refine).warped_labels, truth, task.eval_labels,
+                    hd95=False) for img, truth in validation]
+    results["registration only"] = (reg, None, (time.perf_counter() - t) / len(validation))
+    for name, overrides in spec["ablations"].items():
+        if args.only and name not in args.only:
+            continue
+        out = runs / f"cotrain_{re.sub('[^a-z]+', '_', name.lower())}.pt"
+        t = time.perf_counter()
+        cotrain(task, registration=registration, out=out, resume=True, **{**spec["settings"], **overrides})
+        train_s = time.perf_counter() - t
+        model = load_model(out)
+        t = time.perf_counter()
+        reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
+        results[name] = (reports, train_s, (time.perf_counter() - t) / len(validation))
+    print("\n| method | " + " | ".join(c.id for c in task.evaluation) + " | mean | training s | s per volume |")
+    print("|---|" + "---|" * (len(validation) + 3))
+    for name, (reports, train_s, per) in results.items():
+        scores = [r.mean_dice for r in reports]
+        print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | **{np.mean(scores):.3f}** | "
+              + (f"{train_s:.0f}" if train_s is not None else "-") + f" | {per:.1f} |")
+    if "full" in results:
+        print("\nper-structure Dice, full model (mean over validation volumes)")
+        for label in task.eval_labels:
+            print(f"  {label:>3} {names.get(label, ''):<28} "
+                  f"{np.nanmean([r.dice[label] for r in results['full'][0]]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
