@@ -41,8 +41,10 @@ def main() -> None:
     parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
     parser.add_argument("--config", default=str(HERE.parent / "training" / "general_encoder.json"))
     parser.add_argument("--timing-slices", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-timing", action="store_true", help="fidelity only (e.g. while the CPU is busy)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     spec = json.loads(Path(args.config).read_text())
     s = spec["settings"]
     data, runs = Path(args.data), Path(args.runs)
@@ -57,7 +59,8 @@ def main() -> None:
     targets = {name: cache.embed(teacher, images) for name, images in sets.items()}
     torch.manual_seed(s["seed"])
     students = {"random init": LightEncoder(EncoderConfig()).eval()}
-    for label, file in (("stage 1 only", "stage1.pt"), ("stage 2 only", "stage2_only.pt"), ("both stages", "both.pt")):
+    for label, file in (("stage 1 only", "stage1.pt"), ("stage 2 only", "stage2_only.pt"),
+                        ("both stages, no replay", "both_noreplay.pt"), ("both stages", "both.pt")):
         if (runs / file).exists():
             students[label] = load_encoder(runs / file)
     print(f"teacher: {teacher.id} ({teacher.n_parameters / 1e6:.2f} M parameters)")
@@ -74,6 +77,8 @@ def main() -> None:
     n = count_parameters(student)
     print(f"\nparameters: student {n:,} ({100 * n / SAM_VIT_B_ENCODER_PARAMS:.2f}% of SAM ViT-B's image encoder, "
           f"{SAM_VIT_B_ENCODER_PARAMS:,}); teacher {teacher.n_parameters:,}")
+    if args.skip_timing:
+        return
     t_student = per_slice_seconds(student, slices, repeats=3)
     t_teacher = per_slice_seconds(teacher.encode, slices)
     print(f"time per 256x256 slice on this CPU (batch 1, {len(slices)} slices): student {t_student * 1000:.0f} ms, "

@@ -163,3 +163,19 @@ def test_the_shipped_encoder_loads_offline_and_fits_the_budget():
     with torch.no_grad():
         out = encoder(torch.rand(1, 3, 256, 256))
     assert out.shape == (1, 256, 64, 64) and torch.isfinite(out).all()
+
+
+def test_medical_batches_replay_photographs(tmp_path, teacher, images, monkeypatch):
+    natural, medical = images
+    seen = []
+    from napari_rrl_medsam.core.engines import distill as engine
+
+    real = engine._augment
+    monkeypatch.setattr(engine, "_augment", lambda x, gen: seen.append(x.clone()) or real(x, gen))
+    cfg = config(natural_steps=1, medical_steps=2, batch_size=4, replay=0.5)
+    list(distill_engine(teacher, natural, medical, tmp_path / "r.pt", cfg, cache=EmbeddingCache(tmp_path)))
+    def from_set(x, data):
+        return sum(any(torch.equal(row, d) for d in data) for row in x)
+    assert from_set(seen[0], natural) == 4  # stage 1: photographs only
+    for batch in seen[1:]:  # stage 2: half slices, half photographs
+        assert from_set(batch, medical) == 2 and from_set(batch, natural) == 2

@@ -1,7 +1,8 @@
 """Dual-stage knowledge distillation (DSKD) of the lightweight general encoder from a frozen SAM teacher.
 
 Stage 1 ("natural") regresses the teacher's embeddings of photographs (general knowledge), stage 2
-("medical") those of slices of the user's unlabelled volumes. Loss: MSE + `cosine_weight` * (1 - cosine
+("medical") those of slices of the user's unlabelled volumes, with a share (`replay`) of each batch still
+drawn from the photographs so that stage 2 does not erase what stage 1 taught. Loss: MSE + `cosine_weight` * (1 - cosine
 similarity over channels). Teacher embeddings are computed once (cached on disk). Augmentation acts on
 the student's input intensities only (brightness, contrast, gamma, noise), so the cached teacher
 targets stay exact while the student learns to ignore such changes.
@@ -38,6 +39,7 @@ class DistillConfig:
     min_lr_ratio: float = 0.05  # cosine decay within each stage down to lr * min_lr_ratio
     weight_decay: float = 1e-4
     cosine_weight: float = 1.0
+    replay: float = 0.25  # share of each medical-stage batch drawn from the photographs (against forgetting)
     augment: bool = True
     image_size: int | None = None  # student input; None: 4 x the teacher's embedding grid (256 for SAM)
     slices_per_volume: int = 24  # evenly spaced through the slices with foreground
@@ -145,8 +147,9 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
     total = bounds[-1]
     teacher = teacher.to(device)
     targets = {}
+    replay = int(round(config.replay * config.batch_size)) if natural is not None and config.medical_steps else 0
     for i, (name, data, steps) in enumerate(stages):
-        if steps > 0 and step < bounds[i + 1]:
+        if (steps > 0 and step < bounds[i + 1]) or (name == "natural" and replay and step < bounds[2]):
             targets[name] = yield from teacher_embeddings(teacher, data, cache, config.teacher_batch, f"{name} images")
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -162,9 +165,13 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
             i = 0 if step < bounds[1] else 1
             name, data, _ = stages[i]
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            idx = torch.randint(len(data), (config.batch_size,), generator=gen)
-            x = data[idx].to(device)
-            y = targets[name][idx].to(device).float()
+            n_replay = replay if name == "medical" else 0
+            idx = torch.randint(len(data), (config.batch_size - n_replay,), generator=gen)
+            x, y = data[idx], targets[name][idx]
+            if n_replay:
+                rep = torch.randint(len(natural), (n_replay,), generator=gen)
+                x, y = torch.cat([x, natural[rep]]), torch.cat([y, targets["natural"][rep]])
+            x, y = x.to(device), y.to(device).float()
             if config.augment:
                 x = _augment(x, gen)
             for group in optimiser.param_groups:
