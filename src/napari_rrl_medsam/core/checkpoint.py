@@ -33,3 +33,13 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if kind is not None and state["kind"] != kind:
         raise InputError(f"{path} is a {state['kind']!r} checkpoint, but a {kind!r} checkpoint is needed here.")
     return state
+
+
+def resume_state(path: str | Path, kind: str, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from, None for a fresh run; an existing file is never replaced unless resumed."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not resume:
+        raise InputError(f"{path} exists; resume from it (resume=True, CLI --resume) or choose another path.")
+    return load_checkpoint(path, kind)

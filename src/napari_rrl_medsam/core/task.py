@@ -43,6 +43,12 @@ def check_labels(labels: Volume) -> Volume:
     return labels.with_array(array.astype(np.int32) if array.dtype == bool else array, kind="labels")
 
 
+def check_atlas(image: Volume, labels: Volume) -> Volume:
+    """The atlas's label map, validated and checked to sit on the atlas image's grid."""
+    check_pair(image.grid, labels.grid, "atlas image")
+    return check_labels(labels)
+
+
 def check_pair(image: Grid, labels: Grid, what: str = "image") -> None:
     """Labels must sit exactly on their image's grid: same shape, same affine (to 1e-3 mm)."""
     if image.shape != labels.shape:

@@ -18,14 +18,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..registration import intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
-from ..task import check_labels
+from ..task import check_atlas
 from ..volume import Volume
 from .events import Progress
 
@@ -86,14 +86,11 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
 
     config = copy.deepcopy(config) if config is not None else CotrainConfig()
     checkpoint = Path(checkpoint)
-    atlas_labels = check_labels(atlas_labels)
+    atlas_labels = check_atlas(atlas, atlas_labels)
     if not unlabelled:
         raise InputError("co-training needs at least one unlabelled volume.")
-    state = None
-    if checkpoint.exists():
-        if not resume:
-            raise InputError(f"{checkpoint} exists; resume from it (resume=True, CLI --resume) or choose another path.")
-        state = load_checkpoint(checkpoint, KIND)
+    state = resume_state(checkpoint, KIND, resume)
+    if state is not None:
         config = CotrainConfig.from_dict({**state["config"], "steps": config.steps})
     if encoder is None and config.use_dskd and state is None:
         raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
@@ -121,11 +121,8 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
             raise InputError(f"the student sees {data.shape[-1]} px images but its stride-4 embedding must match the "
                              f"teacher's {teacher.embed_size} x {teacher.embed_size} grid: use image_size="
                              f"{4 * teacher.embed_size}.")
-    state = None
-    if checkpoint.exists():
-        if not resume:
-            raise InputError(f"{checkpoint} exists; resume from it (resume=True, CLI --resume) or choose another path.")
-        state = load_checkpoint(checkpoint, KIND)
+    state = resume_state(checkpoint, KIND, resume)
+    if state is not None:
         if state["teacher"]["id"] != teacher.id:
             raise InputError(f"{checkpoint} was distilled from teacher {state['teacher']['id']}, not {teacher.id}; "
                              "resume with the same teacher or start a new checkpoint.")

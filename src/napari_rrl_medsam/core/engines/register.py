@@ -16,14 +16,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..models.registration import RegistrationConfig, RegistrationNet
 from ..registration import KIND, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
-from ..task import check_labels
+from ..task import check_atlas
 from ..volume import Volume
 from .events import Progress
 
@@ -97,15 +97,9 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     checkpoint = Path(checkpoint)
     if not targets:
         raise InputError("registration training needs at least one unlabelled volume.")
-    atlas_labels = check_labels(atlas_labels)
-    if atlas_labels.shape != atlas.shape or not atlas.grid.same_as(atlas_labels.grid, 1e-3):
-        raise InputError(f"the atlas labels (shape {atlas_labels.shape}) are not on the atlas image's grid "
-                         f"(shape {atlas.shape}); give the label map that belongs to this atlas.")
-    state = None
-    if checkpoint.exists():
-        if not resume:
-            raise InputError(f"{checkpoint} exists; resume from it (resume=True, CLI --resume) or choose another path.")
-        state = load_checkpoint(checkpoint, KIND)
+    atlas_labels = check_atlas(atlas, atlas_labels)
+    state = resume_state(checkpoint, KIND, resume)
+    if state is not None:
         config = RegistrationTrainConfig.from_dict({**state["config"], "steps": config.steps})
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
