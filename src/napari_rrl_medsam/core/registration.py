@@ -23,6 +23,8 @@ from .warp import Field, source_coordinates, warp
 KIND = "registration"
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
+# MONAI's DiffusionLoss indexes with a list; torch warns about a future change that has not come (torch 2.14).
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
 
 
 @dataclass
