@@ -1,7 +1,7 @@
 """Dual-stage knowledge distillation (DSKD) of the lightweight general encoder from a frozen SAM teacher.
 
 Stage 1 ("natural") regresses the teacher's embeddings of photographs (general knowledge), stage 2
-("medical") those of slices of the user's unlabelled volumes, with a share (`replay`) of each batch still
+("medical") those of slices of the user's unlabelled volumes; optionally (`replay`) a share of each stage-2 batch is still
 drawn from the photographs so that stage 2 does not erase what stage 1 taught. Loss: MSE + `cosine_weight` * (1 - cosine
 similarity over channels). Teacher embeddings are computed once (cached on disk). Augmentation acts on
 the student's input intensities only (brightness, contrast, gamma, noise), so the cached teacher
@@ -39,7 +39,7 @@ class DistillConfig:
     min_lr_ratio: float = 0.05  # cosine decay within each stage down to lr * min_lr_ratio
     weight_decay: float = 1e-4
     cosine_weight: float = 1.0
-    replay: float = 0.25  # share of each medical-stage batch drawn from the photographs (against forgetting)
+    replay: float = 0.0  # share of each medical-stage batch drawn from the photographs (against forgetting)
     augment: bool = True
     image_size: int | None = None  # student input; None: 4 x the teacher's embedding grid (256 for SAM)
     slices_per_volume: int = 24  # evenly spaced through the slices with foreground
