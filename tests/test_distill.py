@@ -40,6 +40,16 @@ def images():
     return torch.rand(6, 3, 32, 32, generator=g), torch.rand(6, 3, 32, 32, generator=g)
 
 
+def write_photos(folder, size, suffix, n=2):
+    """`n` random RGB 'photographs' of `size` (h, w) in a new folder."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{i}{suffix}")
+    return folder
+
+
 def config(**kw):
     base = dict(natural_steps=3, medical_steps=3, batch_size=2, checkpoint_every=100, device="cpu",
                 encoder=EncoderConfig(**TINY.to_dict()))
@@ -109,12 +119,7 @@ def test_resume_with_another_teacher_is_refused(tmp_path, teacher, images):
 
 def test_api_distill_from_volumes_and_a_photo_folder(tmp_path, teacher, monkeypatch):
     monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
-    from PIL import Image
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photos / f"p{i}.jpg")
+    photos = write_photos(tmp_path / "photos", (40, 50), ".jpg")
     vol = Volume(np.random.default_rng(0).random((40, 40, 30)).astype(np.float32), np.eye(4))
     out = distill([vol], photos, teacher, out=tmp_path / "enc.pt", progress=False, natural_steps=2,
                   medical_steps=2, batch_size=2, slices_per_volume=3, device="cpu",
@@ -133,16 +138,11 @@ def test_a_volume_too_small_for_the_encoder_is_named(tmp_path, teacher):
 
 def test_cli_distill_with_the_real_litemedsam_teacher(tmp_path, monkeypatch, capsys):
     """End to end from the terminal: bundled teacher, two photographs, two slices of the sample atlas."""
-    from PIL import Image
-
     from napari_rrl_medsam.cli import main
     from napari_rrl_medsam.data.sample import SAMPLE_DIR
 
     monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    photos = write_photos(tmp_path / "photos", (60, 80), ".png")
     out = tmp_path / "enc.pt"
     args = ["distill", str(SAMPLE_DIR / "images" / "atlas.nii.gz"), "--natural", str(photos), "--teacher",
             "litemedsam", "--out", str(out), "--natural-steps", "1", "--medical-steps", "1", "--batch-size", "2",

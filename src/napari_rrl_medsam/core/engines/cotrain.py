@@ -27,7 +27,7 @@ from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
 from ..task import check_atlas
 from ..volume import Volume
-from .events import Progress
+from .events import Progress, due
 
 
 @dataclass
@@ -175,10 +175,10 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
                 mutual_ema(parts["general"], parts["medical"], config.ema_alpha)
             step += 1
             path = None
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if due(step, config.checkpoint_every, config.steps):
                 path, saved_step = save(), step
             preview = None
-            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+            if config.preview_every and due(step, config.preview_every, config.steps):
                 probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
                                               images[i].to(device), config.slab, config.image_size, config.use_prompt)
                 preview = {"case": i, "target": images[i].numpy(),

@@ -26,6 +26,11 @@ class Progress:
     message: str = ""
 
 
+def due(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action (checkpoint, preview) falls on `step`: every `every` steps and at the end."""
+    return step == total or (every > 0 and step % every == 0)
+
+
 def run(events, progress: bool = True) -> Progress | None:
     """Drive an engine to the end; with `progress`, one tqdm bar per stage showing the latest losses.
 

@@ -25,7 +25,7 @@ from ..registration import KIND, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
 from ..task import check_atlas
 from ..volume import Volume
-from .events import Progress
+from .events import Progress, due
 
 
 @dataclass
@@ -154,10 +154,10 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
             optimiser.step()
             step += 1
             path = None
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if due(step, config.checkpoint_every, config.steps):
                 path, saved_step = save(), step
             preview = None
-            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+            if config.preview_every and due(step, config.preview_every, config.steps):
                 with torch.no_grad():
                     d = ddf.detach()
                     preview = {"case": i, "target": ts[i][0, 0].numpy(),
