@@ -71,6 +71,27 @@ def test_dataset_json(tmp_path, files):
         load_task(tmp_path, split="other")
 
 
+def test_neurite_oasis_layout(tmp_path, files):
+    root = tmp_path / "neurite-oasis"
+    for n, name in enumerate(("atlas", "u1", "u2", "ev"), start=1):
+        subject = root / f"OASIS_OAS1_{n:04d}_MR1"
+        subject.mkdir(parents=True)
+        files[name].rename(subject / "aligned_norm.nii.gz")
+        files[name + "_lab"].rename(subject / "aligned_seg35.nii.gz")
+    task = load_task(root, n_validation=1)
+    assert task.atlas.id == "OASIS_OAS1_0001_MR1" and task.atlas.labels.name == "aligned_seg35.nii.gz"
+    assert [c.id for c in task.unlabelled] == ["OASIS_OAS1_0002_MR1", "OASIS_OAS1_0003_MR1"]
+    assert all(c.labels is None for c in task.unlabelled)  # never read for training
+    assert [c.id for c in task.evaluation] == ["OASIS_OAS1_0004_MR1"]
+    assert np.array_equal(task.evaluation[0].load()[1].array, blobs(seed=3))
+    assert load_task(root, atlas="OASIS_OAS1_0003_MR1", n_validation=0).atlas.id == "OASIS_OAS1_0003_MR1"
+    with pytest.raises(InputError, match="lower n_validation"):
+        load_task(root, n_validation=3)
+    (root / "OASIS_OAS1_0002_MR1" / "aligned_seg35.nii.gz").unlink()
+    with pytest.raises(InputError, match="lack aligned_seg35.nii.gz"):
+        load_task(root)
+
+
 def test_the_sample_is_a_valid_task():
     from napari_rrl_medsam.api import sample_task
 

@@ -4,6 +4,9 @@ A task is built from explicit paths, from a folder (`images/` + `labels/`), or f
 (`{"splits": {"oneshot": {"atlas": id, "train_unlabelled": [ids], "validation": [ids]}},
 "eval_labels": [...]}` with files at `images/<id>.nii.gz` and `labels/<id>.nii.gz`).
 Building a task checks every header (files exist, are 3D, labels sit on their image's grid);
+A folder in the neurite-OASIS layout (`OASIS_OAS1_<n>_MR1/aligned_norm.nii.gz` + `aligned_seg35.nii.gz` per
+subject) is read too: the atlas is the first subject (or `atlas=`), the last `n_validation` subjects are
+the labelled evaluation volumes and the others are unlabelled (their label files are not attached).
 `OneShotTask.check()` also reads the voxels (NaNs, truncated files, label values).
 """
 
@@ -151,7 +154,33 @@ def _from_dataset_json(path: Path, split: str) -> OneShotTask:
                        {int(k): v for k, v in spec.get("label_names", {}).items()} or None)
 
 
-def _from_folder(folder: Path, atlas: str | None) -> OneShotTask:
+NEURITE_OASIS = ("OASIS_OAS1_*_MR1", "aligned_norm.nii.gz", "aligned_seg35.nii.gz")
+
+
+def _from_neurite_oasis(folder: Path, atlas: str | None, n_validation: int) -> OneShotTask:
+    pattern, image, labels = NEURITE_OASIS
+    subjects = {d.name: d for d in sorted(folder.glob(pattern)) if (d / image).is_file()}
+    incomplete = [n for n, d in subjects.items() if not (d / labels).is_file()]
+    if incomplete:
+        raise InputError(f"{folder}: {len(incomplete)} neurite-OASIS subject(s) lack {labels} "
+                         f"(e.g. {incomplete[0]}); every subject of this layout needs it.")
+    names = list(subjects)
+    atlas = atlas or names[0]
+    if atlas not in subjects:
+        raise InputError(f"{folder}: no subject {atlas!r} (subjects look like {names[0]}).")
+    rest = [n for n in names if n != atlas]
+    if not 0 <= n_validation < len(rest):
+        raise InputError(f"{folder}: {len(rest)} subjects besides the atlas cannot give {n_validation} validation "
+                         "volumes and leave at least one unlabelled; lower n_validation.")
+    cut = len(rest) - n_validation
+    return OneShotTask(Case(atlas, subjects[atlas] / image, subjects[atlas] / labels),
+                       [Case(n, subjects[n] / image) for n in rest[:cut]],
+                       [Case(n, subjects[n] / image, subjects[n] / labels) for n in rest[cut:]], name=folder.name)
+
+
+def _from_folder(folder: Path, atlas: str | None, n_validation: int) -> OneShotTask:
+    if not (folder / "images").is_dir() and any(folder.glob(NEURITE_OASIS[0])):
+        return _from_neurite_oasis(folder, atlas, n_validation)
     if not (folder / "images").is_dir():
         raise InputError(f"{folder} has neither a dataset.json nor an images/ folder. Lay a task out as "
                          f"{folder}/images/<id>.nii.gz (+ {folder}/labels/<id>.nii.gz for labelled volumes), "
@@ -176,8 +205,11 @@ def _from_folder(folder: Path, atlas: str | None) -> OneShotTask:
 def load_task(source: PathLike | None = None, *, atlas_image: PathLike | None = None,
               atlas_labels: PathLike | None = None, unlabelled: Iterable[PathLike] = (),
               evaluation: Iterable[tuple[PathLike, PathLike]] = (), atlas: str | None = None,
-              split: str = "oneshot", eval_labels: Sequence[int] | None = None, check: bool = True) -> OneShotTask:
-    """Build a one-shot task from a `dataset.json`, a task folder, or explicit paths.
+              split: str = "oneshot", eval_labels: Sequence[int] | None = None, check: bool = True,
+              n_validation: int = 5) -> OneShotTask:
+    """Build a one-shot task from a `dataset.json`, a task folder, a neurite-OASIS folder, or explicit paths.
+
+    `n_validation`: how many neurite-OASIS subjects (the last ones) are held out as labelled evaluation volumes.
 
     `check=True` reads every volume once to validate it; `check=False` only reads headers.
     """
@@ -189,7 +221,7 @@ def load_task(source: PathLike | None = None, *, atlas_image: PathLike | None = 
             raise FileNotFoundError(f"{source}: no such file or folder.")
         if source.is_dir() and (source / "dataset.json").exists():
             source = source / "dataset.json"
-        task = _from_dataset_json(source, split) if source.is_file() else _from_folder(source, atlas)
+        task = _from_dataset_json(source, split) if source.is_file() else _from_folder(source, atlas, n_validation)
     else:
         if atlas_image is None or atlas_labels is None:
             raise InputError("a one-shot task needs atlas_image and atlas_labels (or a dataset.json / folder).")

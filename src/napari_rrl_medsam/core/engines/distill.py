@@ -2,7 +2,8 @@
 
 Stage 1 ("natural") regresses the teacher's embeddings of photographs (general knowledge), stage 2
 ("medical") those of slices of the user's unlabelled volumes; optionally (`replay`) a share of each stage-2 batch is still
-drawn from the photographs so that stage 2 does not erase what stage 1 taught. Loss: MSE + `cosine_weight` * (1 - cosine
+drawn from the photographs so that stage 2 does not erase what stage 1 taught, and (`freeze_norm`) stage 2
+normalises with stage 1's batch-norm statistics instead of re-estimating them on a mix of domains. Loss: MSE + `cosine_weight` * (1 - cosine
 similarity over channels). Teacher embeddings are computed once (cached on disk). Augmentation acts on
 the student's input intensities only (brightness, contrast, gamma, noise), so the cached teacher
 targets stay exact while the student learns to ignore such changes.
@@ -40,6 +41,7 @@ class DistillConfig:
     weight_decay: float = 1e-4
     cosine_weight: float = 1.0
     replay: float = 0.0  # share of each medical-stage batch drawn from the photographs (against forgetting)
+    freeze_norm: bool = False  # stage 2 keeps stage 1's batch-norm statistics (one normalisation for both domains)
     augment: bool = True
     image_size: int | None = None  # student input; None: 4 x the teacher's embedding grid (256 for SAM)
     slices_per_volume: int = 24  # evenly spaced through the slices with foreground
@@ -157,9 +159,11 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
                                checkpoint)
 
     try:
-        student.train()
         while step < total:
             i = 0 if step < bounds[1] else 1
+            student.train()
+            if i == 1 and config.freeze_norm and config.natural_steps > 0:
+                freeze_batch_norm(student)
             name, data, _ = stages[i]
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             n_replay = replay if name == "medical" else 0
@@ -188,6 +192,15 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
     finally:
         if step != saved_step:
             save()
+
+
+def freeze_batch_norm(module) -> None:
+    """Batch norms normalise with their stored statistics and stop updating them (their affine weights still train)."""
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def checkpoint_state(student, optimiser, step: int, config: DistillConfig, teacher, complete: bool) -> dict:
