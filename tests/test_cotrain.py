@@ -39,7 +39,9 @@ def cfg(**kw):
 
 def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identically(setup):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
-    events = list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "a.pt", encoder, cfg()))
+    truth = phantom(shift=1.0)  # targets[0] and its labels: a labelled validation volume
+    events = list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "a.pt", encoder,
+                                 cfg(validate_every=2), validation=[truth]))
     assert [e.stage for e in events][:2] == ["pseudo labels"] * 2
     training = [e for e in events if e.stage == "co-training"]
     assert [e.step for e in training] == [1, 2, 3, 4]
@@ -56,6 +58,14 @@ def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identicall
     assert np.array_equal(a.labels.affine, target.affine) and a.labels.shape == target.shape
     assert a.auto_prompt.shape == target.shape
     assert set(np.unique(a.labels.array)) <= {0, 1, 2}
+    # the validation Dice reported at the last step is that of the saved model on the working grid
+    assert [bool(e.metrics) for e in training] == [False, True, False, True]
+    from napari_rrl_medsam.api import evaluate, resample
+
+    work = Volume(a.working_labels, model.grid.affine, "labels")
+    expected = evaluate(work, resample(truth[1], model.grid), hd95=False).mean_dice
+    assert training[-1].metrics["val_dice"] == pytest.approx(expected, abs=1e-6)
+    assert 0 <= training[-1].metrics["val_dice_general"] <= 1
     assert model.register(atlas, atlas_labels, target).warped_labels.shape == target.shape
 
 

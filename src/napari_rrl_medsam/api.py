@@ -186,8 +186,9 @@ def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 0):
 
 def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
               unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-              **settings) -> Iterator:
-    """Co-training as a generator of `Progress` events (previews: pseudo labels, auto-prompt mask)."""
+              validation: Sequence | bool = True, **settings) -> Iterator:
+    """Co-training as a generator of `Progress` events (previews: pseudo labels, auto-prompt mask; metrics:
+    validation Dice on `validation`, (image, labels) pairs; True = the task's evaluation volumes)."""
     from dataclasses import fields
 
     from .core.engines.cotrain import CotrainConfig, cotrain_engine
@@ -201,13 +202,17 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
         registration = load_model(registration, config.device)
     if config.use_dskd and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
+    if validation is True:
+        task = task if task is None or isinstance(task, OneShotTask) else load_task(task, check=False)
+        validation = [case.load() for case in task.evaluation] if task is not None else []
+    validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
     return cotrain_engine(image, labels, targets, registration, out, encoder if config.use_dskd else None, config,
-                          resume)
+                          resume, validation)
 
 
 def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
             unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-            progress: bool = True, **settings) -> Path:
+            validation: Sequence | bool = True, progress: bool = True, **settings) -> Path:
     """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels; save to `out`.
 
     `registration`: a trained registration model or its checkpoint path; `encoder`: the distilled general
@@ -216,7 +221,7 @@ def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas
     from .core.engines.events import run
 
     run(cotrainer(task, registration=registration, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled,
-                  encoder=encoder, out=out, resume=resume, **settings), progress)
+                  encoder=encoder, out=out, resume=resume, validation=validation, **settings), progress)
     return Path(out)
 
 

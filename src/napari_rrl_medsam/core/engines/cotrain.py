@@ -48,6 +48,7 @@ class CotrainConfig:
     augment: bool = True
     checkpoint_every: int = 25
     preview_every: int = 25
+    validate_every: int = 50  # validation Dice (working grid) every so many steps, when labelled volumes are given
     seed: int = 0
     device: str = "auto"
 
@@ -75,10 +76,28 @@ def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes:
             "ap": APDecoder(encoder_config.channels, n_classes, config.decoder_width, config.use_prompt)}
 
 
+def validation_dice(parts: dict, validation, classes: list[int], config: CotrainConfig, device) -> dict[str, float]:
+    """Mean Dice of both branches over the structures of each labelled volume, on the working grid."""
+    import torch
+
+    lut = np.array(classes)
+    scores = {"val_dice": [], "val_dice_general": []}
+    for image, truth in validation:
+        probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
+                                      image.to(device), config.slab, config.image_size, config.use_prompt)
+        for key, p in zip(("val_dice_general", "val_dice"), probs):
+            pred = lut[torch.argmax(p, 0).cpu().numpy()]
+            found = [int(v) for v in np.unique(truth) if v != 0]
+            scores[key].append(np.mean([2 * np.sum((pred == v) & (truth == v)) / (np.sum(pred == v) + np.sum(truth == v))
+                                        for v in found]))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
 def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Volume], registration,
                    checkpoint: str | Path, encoder=None, config: CotrainConfig | None = None,
-                   resume: bool = False) -> Iterator[Progress]:
-    """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g."""
+                   resume: bool = False, validation: Sequence[tuple[Volume, Volume]] = ()) -> Iterator[Progress]:
+    """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g;
+    `validation`: labelled (image, labels) volumes whose Dice is reported in the events' metrics."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -108,6 +127,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         yield Progress("pseudo labels", i + 1, len(unlabelled), message="registration pseudo labels",
                        preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": result.pseudo_labels})
 
+    validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state is not None
                       else encoder.config if encoder is not None else EncoderConfig())
     parts = build_parts(config, encoder_config, len(classes), encoder.state_dict() if encoder is not None else None)
@@ -178,6 +198,8 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             if due(step, config.checkpoint_every, config.steps):
                 path, saved_step = save(), step
             preview = None
+            for module in parts.values():
+                module.eval()  # previews and validation predict as inference does (batch-norm statistics untouched)
             if config.preview_every and due(step, config.preview_every, config.steps):
                 probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
                                               images[i].to(device), config.slab, config.image_size, config.use_prompt)
@@ -185,10 +207,13 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
                            "pseudo_labels": np.array(classes)[targets[i].numpy()],
                            "auto_prompt": np.array(classes)[torch.argmax(probs[0], 0).cpu().numpy()],
                            "segmentation": np.array(classes)[torch.argmax(probs[1], 0).cpu().numpy()]}
-                for module in parts.values():
-                    module.train()
+            metrics = {}
+            if validation and config.validate_every and due(step, config.validate_every, config.steps):
+                metrics = validation_dice(parts, validation, classes, config, device)
+            for module in parts.values():
+                module.train()
             yield Progress("co-training", step, config.steps, {"loss": float(loss.detach()), **losses},
-                           preview=preview, checkpoint=path)
+                           metrics, preview=preview, checkpoint=path)
     finally:
         if step != saved_step:
             save()

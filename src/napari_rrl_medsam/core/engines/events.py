@@ -38,7 +38,7 @@ def run(events, progress: bool = True) -> Progress | None:
     """
     from tqdm.auto import tqdm
 
-    bar, stage, last = None, None, None
+    bar, stage, last, metrics = None, None, None, {}
     try:
         for last in events:
             if not progress:
@@ -51,8 +51,9 @@ def run(events, progress: bool = True) -> Progress | None:
                 bar = tqdm(total=last.total, desc=last.message or stage, unit="step" if training else "image",
                            initial=last.step - 1 if training else 0)
             bar.update(last.step - bar.n)
+            metrics.update(last.metrics)  # shown until the next evaluation
             if last.losses:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last.losses.items()}, refresh=False)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in {**last.losses, **metrics}.items()}, refresh=False)
     finally:
         if bar is not None:
             bar.close()
