@@ -29,7 +29,12 @@ def layer_affine(meta: dict) -> np.ndarray:
     return (world.compose(base) if world is not None else base).affine_matrix
 
 
-def _write(path: str, data: Any, meta: dict, kind: Kind) -> list[str]:
+def layer_volume(data: Any, meta: dict, kind: Kind) -> Volume:
+    """A layer (its data and `as_layer_data_tuple` state) as a `Volume`: back on the exact grid and affine of the
+    file it came from while it still covers those voxels, else in the layer's own world geometry.
+
+    The writer and the dock widgets share it, so what a widget computes on is what the writer would save.
+    """
     if isinstance(data, list):  # multiscale: the full-resolution level
         data = data[0]
     array = np.asarray(data)
@@ -43,8 +48,12 @@ def _write(path: str, data: Any, meta: dict, kind: Kind) -> list[str]:
         if same_voxels(volume.grid, source):
             volume = resample(volume, source)
             volume = Volume(volume.array, source.affine, kind, metadata=extra)  # the exact source matrix
+    return volume
+
+
+def _write(path: str, data: Any, meta: dict, kind: Kind) -> list[str]:
     # napari's save dialog has already asked before replacing a file.
-    return [str(save_volume(volume, Path(path), overwrite=True))]
+    return [str(save_volume(layer_volume(data, meta, kind), Path(path), overwrite=True))]
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

@@ -1,0 +1,6 @@
+"""napari dock widgets: thin Qt faces over the api's training engines and inference.
+
+Each widget drives an engine generator in a napari `thread_worker` and only touches layers and
+widgets from the main thread (through the worker's signals). Modules here import Qt and napari; the
+package itself is imported only when napari opens a widget, so `import napari_rrl_medsam` stays light.
+"""

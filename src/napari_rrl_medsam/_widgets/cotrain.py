@@ -1,0 +1,134 @@
+"""The co-training dock widget: registration network, then both segmentation branches, with live layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
+
+from .dskd import DEVICES, volume_files
+from .layers import follow_layers, layer_choices, show_volume, to_volume
+from .runner import TrainingPanel
+from .settings import load_settings, save_settings
+
+# preview key -> (live layer name, kind); the engines put these arrays on the atlas's working grid
+LIVE = {"target": ("live: current volume", "image"), "warped_atlas": ("live: warped atlas", "image"),
+        "pseudo_labels": ("live: pseudo labels", "labels"), "auto_prompt": ("live: auto-prompt mask", "labels"),
+        "segmentation": ("live: segmentation", "labels")}
+
+
+def validation_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
+    """Mean Dice on the validation pair of the model just saved (registration: its pseudo labels)."""
+    from ..api import evaluate, load_model, register, resample, segment
+
+    model = load_model(checkpoint, device)
+    if hasattr(model, "segment"):
+        pred = segment(model, image).labels
+    else:
+        pred = register(model, (atlas, atlas_labels), image).warped_labels
+    if not pred.grid.same_as(truth.grid):
+        pred = resample(pred, truth.grid)
+    return evaluate(pred, truth, hd95=False).mean_dice
+
+
+class CotrainWidget(TrainingPanel):
+    """Atlas + unlabelled volumes -> registration (pseudo labels) -> co-trained RRL-MedSAM model."""
+
+    title = "co-training"
+
+    def __init__(self, napari_viewer) -> None:
+        s = load_settings()
+        v = napari_viewer
+        form = Container(widgets=[
+            ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
+            ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
+            Select(name="unlabelled", label="unlabelled volumes", choices=layer_choices(v, "image")),
+            FileEdit(name="folder", label="or a folder", mode="d", nullable=True, value=s.get("cotrain.folder")),
+            ComboBox(name="val_image", label="validation image", choices=layer_choices(v, "image", True)),
+            ComboBox(name="val_labels", label="validation labels", choices=layer_choices(v, "labels", True)),
+            FileEdit(name="encoder", label="encoder", mode="r", nullable=True, value=s.get("encoder"),
+                     tooltip="a distilled encoder checkpoint; empty: the shipped encoder"),
+            SpinBox(name="registration_steps", label="registration steps", min=0, max=10**6, value=150),
+            SpinBox(name="cotrain_steps", label="co-training steps", min=1, max=10**6, value=60),
+            SpinBox(name="slab", label="slab (slices)", min=1, max=256, value=8),
+            SpinBox(name="image_size", label="slice size (px)", min=16, max=1024, step=16, value=256),
+            ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+            FileEdit(name="out", label="output folder", mode="d",
+                     value=s.get("cotrain.out", str(Path.home() / "rrl-medsam" / "run"))),
+        ])
+        # further RegistrationTrainConfig / CotrainConfig fields, for scripts (e.g. checkpoint_every, network)
+        self.registration_settings: dict = {}
+        self.cotrain_settings: dict = {}
+        self.grid = None
+        super().__init__(napari_viewer, form)
+        form.out.changed.connect(lambda: self._set_state(self.state))
+        follow_layers(napari_viewer, form)
+
+    def paths(self) -> tuple[Path, Path]:
+        out = Path(self.form.out.value)
+        return out / "registration.pt", out / "rrl_medsam.pt"
+
+    def resumable(self) -> bool:
+        return any(p.exists() for p in self.paths())
+
+    def job(self, resume: bool) -> Callable[[], Iterator]:
+        from ..api import cotrainer, load_encoder, registration_trainer
+        from ..core.checkpoint import load_checkpoint
+        from ..core.resample import working_grid
+
+        f = self.form
+        if f.atlas.value is None or f.atlas_labels.value is None:
+            raise ValueError("choose the atlas image and its labels layer.")
+        atlas, labels = to_volume(f.atlas.value), to_volume(f.atlas_labels.value)
+        unlabelled = [to_volume(layer) for layer in f.unlabelled.value if layer is not f.atlas.value]
+        unlabelled += volume_files(f.folder.value)
+        if (f.val_image.value is None) != (f.val_labels.value is None):
+            raise ValueError("validation needs both an image and its labels layer (or neither).")
+        validation = (to_volume(f.val_image.value), to_volume(f.val_labels.value)) if f.val_image.value else None
+        reg_path, model_path = self.paths()
+        if not resume and self.resumable():
+            raise ValueError(f"{reg_path.parent} already holds a run: press Resume to continue it, or choose "
+                             "another output folder.")
+        device, encoder_path = f.device.value, f.encoder.value
+        reg = dict(steps=f.registration_steps.value, device=device, **self.registration_settings)
+        cot = dict(steps=f.cotrain_steps.value, slab=f.slab.value, image_size=f.image_size.value, device=device,
+                   **self.cotrain_settings)
+        self.grid = working_grid(atlas, reg.get("spacing", 2.0))
+        save_settings(**{"device": device, "encoder": None if encoder_path is None else str(encoder_path),
+                         "cotrain.out": str(reg_path.parent),
+                         "cotrain.folder": None if f.folder.value is None else str(f.folder.value)})
+
+        def validated(events: Iterator) -> Iterator:
+            try:
+                for event in events:
+                    if validation is not None and event.checkpoint is not None and event.losses:
+                        event.metrics = {**event.metrics, "validation Dice": validation_dice(
+                            event.checkpoint, atlas, labels, *validation, device)}
+                    yield event
+            finally:
+                events.close()
+
+        def run() -> Iterator:
+            reg_path.parent.mkdir(parents=True, exist_ok=True)
+            encoder = load_encoder(encoder_path)
+            done = reg_path.exists() and int(load_checkpoint(reg_path)["step"]) >= reg["steps"]
+            if not done:
+                yield from validated(registration_trainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
+                                                          encoder=encoder, out=reg_path, resume=resume, **reg))
+            yield from validated(cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
+                                           registration=reg_path, encoder=encoder, out=model_path, resume=resume,
+                                           **cot))
+
+        return run
+
+    def show_preview(self, event) -> None:
+        from ..core.volume import Volume
+
+        for key, (name, kind) in LIVE.items():
+            array = event.preview.get(key)
+            if array is None:
+                continue
+            affine = self.grid.affine if self.grid is not None and array.shape == self.grid.shape else np.eye(4)
+            show_volume(self.viewer, Volume(np.asarray(array), affine, kind), name)

@@ -1,0 +1,149 @@
+"""The DSKD dock widget: distil the general encoder from a SAM-family teacher, or keep the shipped one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select, SpinBox
+from qtpy.QtWidgets import QLabel
+
+from .layers import follow_layers, layer_choices, to_volume, upsert
+from .runner import TrainingPanel
+from .settings import load_settings, save_settings
+
+TEACHERS = [("LiteMedSAM (bundled, offline)", "litemedsam"), ("SAM ViT-B from a checkpoint file", "sam_file"),
+            ("SAM ViT-B (download once)", "sam_vit_b")]
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def volume_files(folder: Path | None) -> list[Path]:
+    from ..core.io import is_volume_path
+
+    return sorted(p for p in folder.iterdir() if is_volume_path(p)) if folder else []
+
+
+def embedding_preview(checkpoint: Path, volume) -> np.ndarray:
+    """The student's embedding strength (channel norm) on the middle slice with anatomy of `volume`: a picture
+    of what the encoder has learnt so far, taken from the checkpoint just written (the engine has no preview)."""
+    import torch
+
+    from ..api import load_encoder, load_volume
+    from ..core.checkpoint import load_checkpoint
+    from ..core.inputs import volume_slices
+
+    config = load_checkpoint(checkpoint, "distill")["config"]
+    volume = load_volume(volume) if isinstance(volume, (str, Path)) else volume
+    x = volume_slices(volume, config["axis"], config["spacing"], config["image_size"], 1)
+    with torch.no_grad():
+        embedding = load_encoder(checkpoint)(x)[0]
+    return embedding.norm(dim=0).numpy()
+
+
+class DistillWidget(TrainingPanel):
+    """Teacher, photographs, unlabelled volumes, stage lengths; Start / Pause / Resume / Stop."""
+
+    title = "DSKD"
+
+    def __init__(self, napari_viewer) -> None:
+        s = load_settings()
+        self.use_shipped = PushButton(text="Use the shipped encoder (default)")
+        form = Container(widgets=[
+            self.use_shipped,
+            ComboBox(name="teacher", label="teacher", choices=TEACHERS, value=s.get("dskd.teacher", "litemedsam")),
+            FileEdit(name="sam_checkpoint", label="SAM ViT-B file", mode="r", nullable=True,
+                     value=s.get("dskd.sam_checkpoint")),
+            FileEdit(name="natural", label="photographs", mode="d", nullable=True, value=s.get("dskd.natural"),
+                     tooltip="folder of JPEG/PNG photographs; empty: the photographs scikit-image ships"),
+            Select(name="volumes", label="unlabelled volumes", choices=layer_choices(napari_viewer, "image")),
+            FileEdit(name="volume_folder", label="or a folder", mode="d", nullable=True,
+                     value=s.get("dskd.volume_folder")),
+            SpinBox(name="natural_steps", label="natural steps", min=0, max=10**6, value=600),
+            SpinBox(name="medical_steps", label="medical steps", min=0, max=10**6, value=600),
+            SpinBox(name="batch_size", label="batch size", min=1, max=1024, value=8),
+            ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+            FileEdit(name="cache_dir", label="cache folder", mode="d", nullable=True, value=s.get("cache_dir"),
+                     tooltip="teacher embeddings are cached here; empty: the user cache folder"),
+            FileEdit(name="out", label="save encoder to", mode="w", filter="*.pt",
+                     value=s.get("dskd.out", str(Path.home() / "rrl-medsam" / "general_encoder.pt"))),
+        ])
+        self.advanced: dict = {}  # further DistillConfig fields, for scripts (e.g. image_size, encoder)
+        super().__init__(napari_viewer, form)
+        self.encoder_label = QLabel()
+        self.encoder_label.setWordWrap(True)
+        self.layout().insertWidget(self.layout().count() - 1, self.encoder_label)
+        self.use_shipped.changed.connect(self.choose_shipped)
+        form.out.changed.connect(lambda: self._set_state(self.state))
+        follow_layers(napari_viewer, form)
+        self._show_encoder(s.get("encoder"))
+
+    def choose_shipped(self) -> None:
+        """The one-click default: co-training will use the encoder shipped with the package."""
+        save_settings(encoder=None)
+        self._show_encoder(None)
+
+    def _show_encoder(self, path: str | None) -> None:
+        from ..api import SHIPPED_ENCODER
+
+        self.encoder_label.setText(f"encoder for co-training: {path}" if path else
+                                   f"encoder for co-training: the shipped one ({SHIPPED_ENCODER.name}, "
+                                   "distilled from LiteMedSAM)")
+
+    def resumable(self) -> bool:
+        return Path(self.form.out.value).exists()
+
+    def job(self, resume: bool) -> Callable[[], Iterator]:
+        from ..api import distiller
+        from ..core.cache import CACHE_ENV
+
+        f = self.form
+        teacher, checkpoint = f.teacher.value, f.sam_checkpoint.value
+        if teacher == "sam_file" and checkpoint is None:
+            raise ValueError("choose the SAM ViT-B checkpoint file, or another teacher.")
+        teacher = "sam_vit_b" if teacher == "sam_file" else teacher
+        volumes = [to_volume(layer) for layer in f.volumes.value] + volume_files(f.volume_folder.value)
+        if f.medical_steps.value > 0 and not volumes:
+            raise ValueError("choose unlabelled volumes (image layers or a folder) for the medical stage, or set its "
+                             "steps to 0.")
+        out = Path(f.out.value)
+        settings = {"natural_steps": f.natural_steps.value, "medical_steps": f.medical_steps.value,
+                    "batch_size": f.batch_size.value, "device": f.device.value, **self.advanced}
+        if f.cache_dir.value is not None:
+            os.environ[CACHE_ENV] = str(f.cache_dir.value)  # where the engine caches teacher embeddings
+        save_settings(**{"device": f.device.value, "cache_dir": _str(f.cache_dir.value), "dskd.teacher": f.teacher.value,
+                         "dskd.sam_checkpoint": _str(checkpoint), "dskd.natural": _str(f.natural.value),
+                         "dskd.volume_folder": _str(f.volume_folder.value), "dskd.out": str(out)})
+        natural = f.natural.value
+        checkpoint = checkpoint if teacher == "sam_vit_b" and f.teacher.value == "sam_file" else None
+
+        def run() -> Iterator:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            events = distiller(volumes, natural, teacher, checkpoint, out, resume, **settings)
+            try:
+                for event in events:
+                    if event.checkpoint is not None and volumes:
+                        event.preview = {"embedding": embedding_preview(event.checkpoint, volumes[0])}
+                    yield event
+            finally:
+                events.close()
+
+        return run
+
+    def show_preview(self, event) -> None:
+        # 2D: napari shows it over every slice of the volumes
+        upsert(self.viewer, event.preview["embedding"].astype(np.float32),
+               {"name": "DSKD: student embedding (a slice)", "colormap": "viridis"}, "image")
+
+    def on_finished(self) -> None:
+        from ..core.checkpoint import load_checkpoint
+
+        out = Path(self.form.out.value)
+        if self.failed is None and out.exists() and load_checkpoint(out, "distill").get("complete"):
+            save_settings(encoder=str(out))
+            self._show_encoder(str(out))
+
+
+def _str(path) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,179 @@
+"""The inference dock widget: register the atlas onto a target, segment it, and score a result."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+
+from .dskd import DEVICES
+from .layers import follow_layers, like_layer, layer_choices, to_volume, upsert
+from .settings import load_settings, save_settings
+
+
+class InferenceWidget(QWidget):
+    """Register / Segment with a trained model; Evaluate a labels layer against ground truth (Dice, HD95)."""
+
+    title = "inference"
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        s = load_settings()
+        v = napari_viewer
+        self.form = Container(widgets=[
+            FileEdit(name="model", label="model", mode="r", filter="*.pt", nullable=True, value=s.get("inference.model")),
+            ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+            ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
+            ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
+            ComboBox(name="target", label="target image", choices=layer_choices(v, "image")),
+            SpinBox(name="refine_steps", label="refine steps", min=0, max=1000, value=0,
+                    tooltip="instance optimisation on this pair: slower, more accurate"),
+            PushButton(name="register", text="Register"),
+            PushButton(name="segment", text="Segment"),
+            ComboBox(name="prediction", label="prediction", choices=layer_choices(v, "labels")),
+            ComboBox(name="truth", label="ground truth", choices=layer_choices(v, "labels")),
+            PushButton(name="evaluate", text="Evaluate"),
+        ])
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["label", "structure", "Dice", "HD95 mm"])
+        self.export = PushButton(text="Export CSV")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for widget in (self.form.native, self.status, self.table, self.export.native):
+            layout.addWidget(widget)
+        self.form.register.changed.connect(self.register)
+        self.form.segment.changed.connect(self.segment)
+        self.form.evaluate.changed.connect(self.evaluate)
+        self.export.changed.connect(lambda: self.export_csv())
+        self.export.enabled = False
+        follow_layers(napari_viewer, self.form)
+        self.worker = None
+        self.evaluation = None
+        self._model = (None, None)
+
+    # --- running work off the main thread -----------------------------------------------------------------
+    def _run(self, what: str, func, done) -> None:
+        if self.worker is not None:
+            return
+        self.form.enabled = False
+        self.status.setText(f"{what}...")
+        worker = create_worker(func, _start_thread=False, _connect={"errored": lambda exc: self._failed(what, exc)})
+        worker.returned.connect(done)
+        worker.finished.connect(self._idle)
+        self.worker = worker
+        worker.start()
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.status.setText(f"{what} failed: {exc}")
+        show_error(f"{what} failed: {exc}")
+
+    def _idle(self) -> None:
+        self.worker = None
+        self.form.enabled = True
+
+    def _load_model(self):
+        """The model (cached while the path and device stay the same); runs in the worker."""
+        from ..api import load_model
+
+        key = (str(self.form.model.value), self.form.device.value)
+        if self._model[0] != key:
+            self._model = (key, load_model(*key))
+        return self._model[1]
+
+    def _inputs(self, *names: str) -> dict:
+        values = {name: getattr(self.form, name).value for name in names}
+        missing = [name.replace("_", " ") for name, value in values.items() if value is None]
+        if missing:
+            raise ValueError("choose: " + ", ".join(missing))
+        save_settings(**{"inference.model": str(self.form.model.value), "device": self.form.device.value})
+        return values
+
+    # --- actions ------------------------------------------------------------------------------------------
+    def register(self) -> None:
+        """Warped atlas image, warped atlas labels and displacement magnitude (mm), placed like the target."""
+        try:
+            layers = self._inputs("model", "atlas", "atlas_labels", "target")
+        except ValueError as exc:
+            return show_error(f"register: {exc}")
+        atlas, labels, target = (to_volume(layers[k]) for k in ("atlas", "atlas_labels", "target"))
+        steps, like = self.form.refine_steps.value, layers["target"]
+
+        def work():
+            from ..api import register
+
+            return register(self._load_model(), (atlas, labels), target, steps)
+
+        def done(result) -> None:
+            name = like.name
+            for volume, suffix, kind in ((result.warped_image, "warped atlas", "image"),
+                                         (result.displacement_magnitude(), "displacement mm", "image"),
+                                         (result.warped_labels, "pseudo labels", "labels")):
+                upsert(self.viewer, *like_layer(volume, like, f"{name} {suffix}", kind))
+            self.status.setText(f"registered the atlas onto {name}: folding {100 * result.folding:.2f}%")
+
+        self._run("register", work, done)
+
+    def segment(self) -> None:
+        """Final labels (medical branch) and the auto-prompt mask (general branch), placed like the target."""
+        try:
+            layers = self._inputs("model", "target")
+        except ValueError as exc:
+            return show_error(f"segment: {exc}")
+        target, like = to_volume(layers["target"]), layers["target"]
+
+        def work():
+            from ..api import segment
+
+            return segment(self._load_model(), target)
+
+        def done(result) -> None:
+            upsert(self.viewer, *like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels"))
+            upsert(self.viewer, *like_layer(result.labels, like, f"{like.name} RRL-MedSAM labels", "labels"))
+            self.status.setText(f"segmented {like.name}")
+
+        self._run("segment", work, done)
+
+    def evaluate(self) -> None:
+        """Per-structure Dice and HD95 of the prediction layer against the ground-truth layer."""
+        pred, truth = self.form.prediction.value, self.form.truth.value
+        if pred is None or truth is None:
+            return show_error("evaluate: choose a prediction and a ground-truth labels layer.")
+        p, t = to_volume(pred), to_volume(truth)
+
+        def work():
+            from ..api import evaluate, resample
+
+            return evaluate(p if p.grid.same_as(t.grid) else resample(p, t.grid), t)
+
+        self._run("evaluate", work, self.show_evaluation)
+
+    def show_evaluation(self, evaluation) -> None:
+        self.evaluation = evaluation
+        rows = evaluation.rows() + [{"label": "mean", "name": "", "dice": evaluation.mean_dice,
+                                     "hd95_mm": evaluation.mean_hd95}]
+        self.table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            cells = [str(row["label"]), row["name"], _number(row["dice"]), _number(row["hd95_mm"])]
+            for j, text in enumerate(cells):
+                self.table.setItem(i, j, QTableWidgetItem(text))
+        self.export.enabled = True
+        self.status.setText(f"mean Dice {evaluation.mean_dice:.3f} over {len(evaluation.labels)} structures")
+
+    def export_csv(self, path: str | Path | None = None) -> Path | None:
+        if self.evaluation is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export scores", "scores.csv", "CSV (*.csv)")
+            if not path:
+                return None
+        return self.evaluation.to_csv(path)
+
+
+def _number(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"

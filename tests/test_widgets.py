@@ -1,0 +1,280 @@
+"""The three dock widgets in a real napari viewer (Xvfb), opened through the plugin manifest, on tiny runs."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_rrl_medsam._reader import layer_data
+from napari_rrl_medsam.core.checkpoint import load_checkpoint
+from napari_rrl_medsam.core.engines.distill import DistillConfig, distill_engine
+from napari_rrl_medsam.core.models.encoder import EncoderConfig
+from napari_rrl_medsam.core.models.registration import RegistrationConfig
+from napari_rrl_medsam.core.teachers import Teacher
+
+from test_distill import TINY, CountingConv
+from test_registration import phantom
+
+PLUGIN = "napari-rrl-medsam"
+LONG = 120_000  # ms: generous, the machine is shared
+TINY_REGISTRATION = dict(lr=3e-3, smooth_weight=0.5, ncc_kernel=5, augment=False, checkpoint_every=2,
+                         preview_every=1, network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
+TINY_COTRAIN = dict(decoder_width=8, checkpoint_every=2, preview_every=1, lr=3e-3)
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path, monkeypatch):
+    """Settings and caches go to the test's folder, never the real home."""
+    monkeypatch.setenv("RRL_MEDSAM_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_teacher():
+    return Teacher(CountingConv(), "tiny", "random" * 4, input_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A real distillation checkpoint of a tiny encoder (one step from a tiny random teacher)."""
+    from napari_rrl_medsam.core.cache import EmbeddingCache
+
+    tmp = tmp_path_factory.mktemp("encoder")
+    config = DistillConfig(natural_steps=1, medical_steps=0, batch_size=2, device="cpu",
+                           encoder=EncoderConfig(**TINY.to_dict()))
+    natural = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    list(distill_engine(tiny_teacher(), natural, None, tmp / "tiny_encoder.pt", config, cache=EmbeddingCache(tmp)))
+    return tmp / "tiny_encoder.pt"
+
+
+def add(viewer, volume, name):
+    data, kwargs, kind = layer_data(volume, name)
+    return getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def open_widget(viewer, name):
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def wait_done(qtbot, widget, timeout=LONG):
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+@pytest.fixture
+def notifications():
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def test_dskd_widget_runs_to_completion_with_a_live_layer(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr("napari_rrl_medsam.core.teachers.get_teacher", lambda *a, **k: tiny_teacher())
+    viewer = make_napari_viewer()
+    scan = add(viewer, phantom()[0], "scan")
+    widget = open_widget(viewer, "Encoder distillation (DSKD)")
+    f = widget.form
+    f.volumes.value = [scan]
+    f.natural_steps.value, f.medical_steps.value, f.batch_size.value = 2, 2, 2
+    f.device.value, f.out.value = "cpu", str(tmp_path / "enc.pt")
+    widget.advanced = {"encoder": EncoderConfig(**TINY.to_dict()), "checkpoint_every": 1, "slices_per_volume": 4}
+    shots = []
+    name = "DSKD: student embedding (a slice)"
+    widget.shown.connect(lambda e: name in viewer.layers and shots.append(
+        (viewer.layers[name], viewer.layers[name].data.copy())))
+    widget.start()
+    wait_done(qtbot, widget)
+    assert widget.failed is None
+    state = load_checkpoint(tmp_path / "enc.pt", "distill")
+    assert state["step"] == 4 and state["complete"]
+    assert len(shots) >= 4 and len({id(layer) for layer, _ in shots}) == 1  # one layer, updated in place
+    assert not np.array_equal(shots[0][1], shots[-1][1])  # it changed as the student learnt
+    assert set(widget.plot.series) >= {"loss", "mse", "cosine"} and len(widget.plot.series["loss"]) == 4
+    assert "finished" in widget.status.text() and widget.buttons["Start"].isEnabled()
+    settings = json.loads((tmp_path / "config" / "settings.json").read_text())
+    assert settings["encoder"] == str(tmp_path / "enc.pt") and settings["device"] == "cpu"
+    widget.use_shipped.changed.emit(True)  # the one-click default
+    assert json.loads((tmp_path / "config" / "settings.json").read_text())["encoder"] is None
+
+
+@pytest.fixture
+def cotrain_widget(make_napari_viewer, tiny_encoder, tmp_path):
+    """A co-training widget on tiny phantoms: atlas, its labels, two unlabelled volumes, a validation pair."""
+    viewer = make_napari_viewer()
+    atlas, labels = phantom()
+    layers = {"atlas": add(viewer, atlas, "atlas"), "labels": add(viewer, labels, "atlas labels")}
+    unlabelled = [add(viewer, phantom(shift=s)[0], f"t{i}") for i, s in enumerate((1.0, -1.5))]
+    val_image, val_labels = phantom(shift=0.5)
+    layers.update(val=add(viewer, val_image, "val"), val_labels=add(viewer, val_labels, "val labels"))
+    widget = open_widget(viewer, "One-shot training")
+    f = widget.form
+    f.atlas.value, f.atlas_labels.value, f.unlabelled.value = layers["atlas"], layers["labels"], unlabelled
+    f.encoder.value, f.device.value, f.out.value = str(tiny_encoder), "cpu", str(tmp_path / "run")
+    f.slab.value, f.image_size.value = 4, 32
+    widget.registration_settings, widget.cotrain_settings = dict(TINY_REGISTRATION), dict(TINY_COTRAIN)
+    return viewer, widget, layers
+
+
+def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_path):
+    viewer, widget, layers = cotrain_widget
+    f = widget.form
+    f.val_image.value, f.val_labels.value = layers["val"], layers["val_labels"]
+    f.registration_steps.value, f.cotrain_steps.value = 3, 4
+    live = ["live: current volume", "live: warped atlas", "live: pseudo labels", "live: auto-prompt mask",
+            "live: segmentation"]
+    seen = []
+    widget.shown.connect(lambda e: seen.append(
+        (e.stage, {n: (id(viewer.layers[n]), viewer.layers[n].data.copy()) for n in live if n in viewer.layers})))
+    widget.start()
+    wait_done(qtbot, widget)
+    assert widget.failed is None
+    assert [s for s, _ in seen if s in ("registration", "co-training")] == ["registration"] * 3 + ["co-training"] * 4
+    final = seen[-1][1]
+    assert set(final) == set(live)
+    seg = [snap["live: segmentation"] for stage, snap in seen if "live: segmentation" in snap]
+    assert len(seg) == 4 and len({layer_id for layer_id, _ in seg}) == 1  # created once, updated in place
+    def changes(name, stage):
+        arrays = [snap[name][1] for s, snap in seen if s == stage and name in snap]
+        return sum(not np.array_equal(a, b) for a, b in zip(arrays, arrays[1:]))
+
+    assert changes("live: warped atlas", "registration") == 2  # the registration moves the atlas every step
+    assert changes("live: segmentation", "co-training") >= 1 and changes("live: auto-prompt mask", "co-training") >= 1
+    assert viewer.layers["live: segmentation"].data.shape == (24, 24, 24)
+    assert np.allclose(viewer.layers["live: segmentation"].scale, 2.0)  # the 2 mm working grid, in mm
+    assert set(widget.plot.series) >= {"loss", "ncc", "smooth", "general", "medical", "validation Dice"}
+    assert all(0 <= d <= 1 for _, d in widget.plot.series["validation Dice"])
+    state = load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")
+    assert state["step"] == 4 and state["complete"]
+    assert "rrl_medsam.pt" in widget.checkpoint_label.text()
+
+
+def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
+    viewer, widget, _ = cotrain_widget
+    widget.form.registration_steps.value, widget.form.cotrain_steps.value = 2, 8
+    steps = []
+
+    def on_event(e):
+        if e.stage == "co-training":
+            steps.append(e.step)
+            if e.step == 2 and widget.state == "running":
+                widget.pause()
+
+    widget.shown.connect(on_event)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.state == "paused", timeout=LONG)
+    paused_at = len(steps)
+    qtbot.wait(700)
+    assert len(steps) == paused_at  # nothing runs while paused
+    assert widget.buttons["Resume"].isEnabled() and not widget.buttons["Pause"].isEnabled()
+    widget.stop()  # Stop while paused: the engine is closed and saves its checkpoint
+    wait_done(qtbot, widget)
+    saved = load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")
+    assert saved["step"] == steps[-1] < 8 and not saved["complete"]
+    assert "stopped" in widget.status.text() and widget.buttons["Resume"].isEnabled()
+    resumed = []
+    widget.shown.disconnect(on_event)
+    widget.shown.connect(lambda e: e.stage in ("registration", "co-training") and resumed.append(e))
+    widget.buttons["Resume"].click()
+    wait_done(qtbot, widget)
+    assert [e.stage for e in resumed] == ["co-training"] * (8 - saved["step"])  # registration was complete
+    assert [e.step for e in resumed] == list(range(saved["step"] + 1, 9))
+    assert load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")["complete"]
+
+
+def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(cotrain_widget, qtbot, tmp_path,
+                                                                      notifications, tiny_encoder):
+    viewer, widget, _ = cotrain_widget
+    bad = tmp_path / "bad_encoder.pt"
+    bad.write_bytes(b"not a checkpoint")
+    widget.form.encoder.value = str(bad)
+    widget.form.registration_steps.value, widget.form.cotrain_steps.value = 1, 1
+    widget.start()
+    wait_done(qtbot, widget)
+    errors = [n for n in notifications if "co-training failed" in str(n.message)]
+    assert errors and "bad_encoder.pt" in str(errors[0].message)  # the cause, naming the file
+    assert widget.state == "idle" and widget.buttons["Start"].isEnabled() and widget.form.enabled
+    widget.form.encoder.value = str(tiny_encoder)  # fixed: the same widget runs
+    widget.start()
+    wait_done(qtbot, widget)
+    assert widget.failed is None and (tmp_path / "run" / "rrl_medsam.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def sample_model(tmp_path_factory):
+    """A (barely trained) co-trained model on the bundled sample: enough to check geometry end to end."""
+    from napari_rrl_medsam import api
+
+    tmp = tmp_path_factory.mktemp("model")
+    task = api.sample_task(check=False)
+    task.unlabelled = task.unlabelled[:1]
+    reg = api.train_registration(task, out=tmp / "reg.pt", steps=1, use_features=False, device="cpu",
+                                 progress=False, network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
+    return api.cotrain(task, registration=reg, out=tmp / "model.pt", steps=1, slab=4, image_size=32, decoder_width=8,
+                       use_dskd=False, device="cpu", progress=False)
+
+
+def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, qtbot, tmp_path, sample_model):
+    from napari_rrl_medsam.data.sample import SAMPLE_DIR
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "oneshot_brain")
+    widget = open_widget(viewer, "Register and segment")
+    f = widget.form
+    target = viewer.layers["target02"]  # stored LIA on disk
+    f.model.value, f.device.value = str(sample_model), "cpu"
+    f.atlas.value, f.atlas_labels.value, f.target.value = (viewer.layers["atlas"], viewer.layers["atlas labels"],
+                                                           target)
+    f.register.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None and "target02 pseudo labels" in viewer.layers, timeout=LONG)
+    f.segment.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None and "target02 RRL-MedSAM labels" in viewer.layers, timeout=LONG)
+    for name, kind in (("warped atlas", "image"), ("displacement mm", "image"), ("pseudo labels", "labels"),
+                       ("RRL-MedSAM labels", "labels"), ("auto-prompt", "labels")):
+        layer = viewer.layers[f"target02 {name}"]
+        assert layer._type_string == kind and layer.data.shape == target.data.shape
+        assert np.allclose(layer.scale, (1.5, 1.5, 1.5)) and np.allclose(layer.translate, target.translate)
+        assert np.array_equal(layer.metadata["source_affine"], target.metadata["source_affine"])
+    labels = viewer.layers["target02 RRL-MedSAM labels"]
+    assert set(np.unique(labels.data)) <= set(np.unique(viewer.layers["atlas labels"].data))
+    assert viewer.layers["target02 displacement mm"].data.max() > 0
+    out = tmp_path / "target02_labels.nii.gz"
+    viewer.layers.selection = {labels}
+    viewer.layers.save(str(out), selected=True, plugin=PLUGIN)  # through the plugin's writer
+    source = nib.load(SAMPLE_DIR / "images" / "target02.nii.gz")
+    saved = nib.load(out)
+    assert np.array_equal(saved.affine, source.affine) and saved.shape == source.shape
+
+
+def test_evaluate_gives_the_expected_dice_and_exports_csv(make_napari_viewer, qtbot, tmp_path):
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[2:8, 2:8, 2:8] = 1
+    truth[10:18, 10:18, 10:18] = 2
+    pred = truth.copy()
+    pred[10:14, 10:18, 10:18] = 0  # structure 2 half covered: Dice = 2 * 256 / (256 + 512) = 2/3
+    viewer = make_napari_viewer()
+    viewer.add_labels(truth, name="truth", scale=(1.5, 1.5, 1.5))
+    viewer.add_labels(pred, name="prediction", scale=(1.5, 1.5, 1.5))
+    widget = open_widget(viewer, "Register and segment")
+    widget.form.prediction.value, widget.form.truth.value = viewer.layers["prediction"], viewer.layers["truth"]
+    widget.form.evaluate.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.evaluation is not None and widget.worker is None, timeout=LONG)
+    assert widget.evaluation.dice[1] == pytest.approx(1.0) and widget.evaluation.dice[2] == pytest.approx(2 / 3)
+    table = [[widget.table.item(r, c).text() for c in range(4)] for r in range(widget.table.rowCount())]
+    assert table[1][0] == "2" and table[1][2] == "0.667" and table[2][0] == "mean" and table[2][2] == "0.833"
+    assert float(table[1][3]) > 0  # HD95 in mm of the half-missed structure
+    csv = widget.export_csv(tmp_path / "scores.csv")
+    assert csv.read_text().splitlines()[2].startswith("2,,0.666")
+
+
+def test_widgets_are_in_the_layers_segment_menu(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    items = get_app_model().menus.get_menu("napari/layers/segment")
+    titles = {getattr(item, "command", None) and item.command.title for item in items}
+    assert {f"{name} (RRL-MedSAM)" for name in ("One-shot training", "Register and segment",
+                                               "Encoder distillation (DSKD)")} <= titles
