@@ -21,7 +21,7 @@ PLUGIN = "napari-rrl-medsam"
 LONG = 120_000  # ms: generous, the machine is shared
 TINY_REGISTRATION = dict(lr=3e-3, smooth_weight=0.5, ncc_kernel=5, augment=False, checkpoint_every=2,
                          preview_every=1, network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
-TINY_COTRAIN = dict(decoder_width=8, checkpoint_every=2, preview_every=1, lr=3e-3)
+TINY_COTRAIN = dict(decoder_width=8, checkpoint_every=2, preview_every=1, validate_every=2, lr=3e-3)
 
 
 @pytest.fixture(autouse=True)
@@ -145,8 +145,10 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     assert changes("live: segmentation", "co-training") >= 1 and changes("live: auto-prompt mask", "co-training") >= 1
     assert viewer.layers["live: segmentation"].data.shape == (24, 24, 24)
     assert np.allclose(viewer.layers["live: segmentation"].scale, 2.0)  # the 2 mm working grid, in mm
-    assert set(widget.plot.series) >= {"loss", "ncc", "smooth", "general", "medical", "validation Dice"}
-    assert all(0 <= d <= 1 for _, d in widget.plot.series["validation Dice"])
+    validation = {"val_dice_registration", "val_dice", "val_dice_general"}
+    assert set(widget.plot.series) >= {"loss", "ncc", "smooth", "general", "medical"} | validation
+    assert all(0 <= d <= 1 for name in validation for _, d in widget.plot.series[name])
+    assert len(widget.plot.series["val_dice"]) == 2  # co-training steps 2 and 4
     state = load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")
     assert state["step"] == 4 and state["complete"]
     assert "rrl_medsam.pt" in widget.checkpoint_label.text()

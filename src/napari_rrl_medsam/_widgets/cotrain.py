@@ -19,15 +19,12 @@ LIVE = {"target": ("live: current volume", "image"), "warped_atlas": ("live: war
         "segmentation": ("live: segmentation", "labels")}
 
 
-def validation_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
-    """Mean Dice on the validation pair of the model just saved (registration: its pseudo labels)."""
-    from ..api import evaluate, load_model, register, resample, segment
+def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
+    """Mean Dice of the warped atlas labels on the validation pair, from the registration checkpoint just
+    saved (the registration engine reports no validation metric; the co-training engine does)."""
+    from ..api import evaluate, load_model, register, resample
 
-    model = load_model(checkpoint, device)
-    if hasattr(model, "segment"):
-        pred = segment(model, image).labels
-    else:
-        pred = register(model, (atlas, atlas_labels), image).warped_labels
+    pred = register(load_model(checkpoint, device), (atlas, atlas_labels), image).warped_labels
     if not pred.grid.same_as(truth.grid):
         pred = resample(pred, truth.grid)
     return evaluate(pred, truth, hd95=False).mean_dice
@@ -100,11 +97,11 @@ class CotrainWidget(TrainingPanel):
                          "cotrain.out": str(reg_path.parent),
                          "cotrain.folder": None if f.folder.value is None else str(f.folder.value)})
 
-        def validated(events: Iterator) -> Iterator:
+        def validated(events: Iterator) -> Iterator:  # registration stage
             try:
                 for event in events:
                     if validation is not None and event.checkpoint is not None and event.losses:
-                        event.metrics = {**event.metrics, "validation Dice": validation_dice(
+                        event.metrics = {**event.metrics, "val_dice_registration": registration_dice(
                             event.checkpoint, atlas, labels, *validation, device)}
                     yield event
             finally:
@@ -117,9 +114,9 @@ class CotrainWidget(TrainingPanel):
             if not done:
                 yield from validated(registration_trainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
                                                           encoder=encoder, out=reg_path, resume=resume, **reg))
-            yield from validated(cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
-                                           registration=reg_path, encoder=encoder, out=model_path, resume=resume,
-                                           **cot))
+            yield from cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, registration=reg_path,
+                                 encoder=encoder, out=model_path, resume=resume,
+                                 validation=[validation] if validation else [], **cot)
 
         return run
 
