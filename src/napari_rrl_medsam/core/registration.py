@@ -106,13 +106,10 @@ class RegistrationModel:
             return volume_features(self.encoder.eval(), x[0, 0].to(self.device), self.config.axis,
                                    self.config.feature_level)[None]
 
-    def register(self, atlas: Volume, atlas_labels: Volume | None, target: Volume,
-                 refine_steps: int = 0) -> RegistrationResult:
-        """Warp the atlas (and its labels) onto `target`; `refine_steps` > 0 adds instance optimisation."""
+    def field(self, atlas: Volume, target: Volume, refine_steps: int = 0) -> Field:
+        """The atlas-to-target displacement on the working grid (world mm)."""
         import torch
 
-        if atlas_labels is not None and atlas_labels.shape != atlas.shape:
-            raise InputError(f"atlas labels shape {atlas_labels.shape} differs from the atlas image {atlas.shape}.")
         grid = working_grid(atlas, self.config.spacing)
         if grid.shape != self.grid.shape:
             raise InputError(f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
@@ -122,30 +119,48 @@ class RegistrationModel:
         if self._atlas_features[0] != key:  # the atlas is usually the same for every target
             self._atlas_features = (key, self.features(a))
         with torch.no_grad():
-            ddf = self.net(a, t, self._atlas_features[1], self.features(t))
+            flow = self.net.flow(a, t, self._atlas_features[1], self.features(t))
         if refine_steps > 0:
-            ddf = refine(ddf, a, t, self.config, refine_steps)
-        field = Field.from_voxels(ddf[0].cpu().numpy(), grid)
+            flow = refine(self.net, flow, a, t, self.config, refine_steps)
+        with torch.no_grad():
+            ddf = self.net.displacement(flow, a.shape[2:])
+        return Field.from_voxels(ddf[0].cpu().numpy(), grid)
+
+    def pseudo_labels(self, atlas: Volume, atlas_labels: Volume, target: Volume, refine_steps: int = 0) -> np.ndarray:
+        """The warped atlas labels on the working grid only (what co-training needs; no native-grid warps)."""
+        return warp(atlas_labels, self.field(atlas, target, refine_steps), self.grid).array
+
+    def register(self, atlas: Volume, atlas_labels: Volume | None, target: Volume,
+                 refine_steps: int = 0) -> RegistrationResult:
+        """Warp the atlas (and its labels) onto `target`; `refine_steps` > 0 adds instance optimisation."""
+        if atlas_labels is not None and atlas_labels.shape != atlas.shape:
+            raise InputError(f"atlas labels shape {atlas_labels.shape} differs from the atlas image {atlas.shape}.")
+        field = self.field(atlas, target, refine_steps)
         coords = source_coordinates(field, atlas.grid, target.grid)  # shared by the image and its labels
         warped_labels = pseudo = None
         if atlas_labels is not None:
             warped_labels = warp(atlas_labels, field, target.grid, coords=coords)
-            pseudo = warp(atlas_labels, field, grid).array
+            pseudo = warp(atlas_labels, field, field.grid).array
         return RegistrationResult(field, warp(atlas, field, target.grid, coords=coords), warped_labels, pseudo,
                                   field.folding_fraction())
 
 
-def refine(ddf, atlas, target, config, steps: int, lr: float = 0.1):
-    """Instance optimisation: Adam on the displacement itself for this pair, same loss as training."""
+def refine(net, flow, atlas, target, config, steps: int, lr: float = 0.1):
+    """Instance optimisation: Adam on the network's half-resolution output for this pair, with the training
+    loss computed at half resolution (8x fewer voxels than the working grid, so each step is cheap). A
+    velocity field stays diffeomorphic: it is integrated by scaling and squaring at every step."""
     import torch
+    import torch.nn.functional as F
 
     ncc, smooth = registration_losses(config)
     warp_image = warp_layer()
-    ddf = ddf.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([ddf], lr=lr)
+    a, t = (F.interpolate(x, size=flow.shape[2:], mode="area") for x in (atlas, target))
+    flow = flow.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([flow], lr=lr)
     for _ in range(steps):
-        loss = ncc(warp_image(atlas, ddf), target) + config.smooth_weight * smooth(ddf)
+        ddf = net.half_displacement(flow)
+        loss = ncc(warp_image(a, ddf), t) + config.smooth_weight * smooth(ddf)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    return ddf.detach()
+    return flow.detach()

@@ -121,11 +121,11 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
 
     images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
     for i, volume in enumerate(unlabelled):
-        result = registration.register(atlas, atlas_labels, volume, config.refine_steps)
+        pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
         images.append(intensities(volume, grid)[0, 0])
-        targets.append(torch.from_numpy(lut[result.pseudo_labels]))
+        targets.append(torch.from_numpy(lut[pseudo]))
         yield Progress("pseudo labels", i + 1, len(unlabelled), message="registration pseudo labels",
-                       preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": result.pseudo_labels})
+                       preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo})
 
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state is not None

@@ -61,6 +61,12 @@ class RegistrationNet(nn.Module):
     def forward(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
                 target_features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, X, Y, Z) each (+ (B, F, X/2, Y/2, Z/2) features) -> displacement (B, 3, X, Y, Z) in voxels."""
+        return self.displacement(self.flow(atlas, target, atlas_features, target_features), atlas.shape[2:])
+
+    def flow(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
+             target_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output at half resolution, in half-resolution voxels: a stationary velocity field
+        (diffeomorphic) or a displacement. Instance optimisation refines this."""
         x = torch.cat([atlas, target], 1)
         skips = []
         for i, block in enumerate(self.down):
@@ -75,7 +81,13 @@ class RegistrationNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[1:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = block(torch.cat([x, skip], 1))
-        flow = self.head(x)  # half resolution, in half-resolution voxels
-        if self.integrate is not None:
-            flow = self.integrate(flow)
-        return 2 * F.interpolate(flow, size=atlas.shape[2:], mode="trilinear", align_corners=False)
+        return self.head(x)
+
+    def half_displacement(self, flow: torch.Tensor) -> torch.Tensor:
+        """`flow` integrated (scaling and squaring) when diffeomorphic: half-resolution displacement."""
+        return self.integrate(flow) if self.integrate is not None else flow
+
+    def displacement(self, flow: torch.Tensor, shape) -> torch.Tensor:
+        """`flow` -> full-resolution displacement of spatial `shape`, in full-resolution voxels."""
+        return 2 * F.interpolate(self.half_displacement(flow), size=tuple(shape), mode="trilinear",
+                                 align_corners=False)
