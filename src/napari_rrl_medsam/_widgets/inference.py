@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, 
 from .dskd import DEVICES
 from .layers import follow_layers, like_layer, layer_choices, to_volume, upsert
 from .settings import load_settings, save_settings
+from .torch_import import import_torch_stack
 
 
 class InferenceWidget(QWidget):
@@ -22,6 +23,7 @@ class InferenceWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        import_torch_stack()
         self.viewer = napari_viewer
         s = load_settings()
         v = napari_viewer

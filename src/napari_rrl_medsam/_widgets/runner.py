@@ -18,6 +18,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .plot import LivePlot
+from .torch_import import import_torch_stack
 
 
 class ClosingWorker(GeneratorWorker):
@@ -42,6 +43,7 @@ class TrainingPanel(QWidget):
 
     def __init__(self, napari_viewer, form: Container) -> None:
         super().__init__()
+        import_torch_stack()
         self.viewer = napari_viewer
         self.form = form
         self.worker: ClosingWorker | None = None
