@@ -60,7 +60,8 @@ def main() -> None:
     torch.manual_seed(s["seed"])
     students = {"random init": LightEncoder(EncoderConfig()).eval()}
     for label, file in (("stage 1 only", "stage1.pt"), ("stage 2 only", "stage2_only.pt"),
-                        ("both stages, no replay", "both_noreplay.pt"), ("both stages", "both.pt")):
+                        ("both stages, no replay", "both_noreplay.pt"), ("both stages, replay", "both_replay.pt"),
+                        ("both stages", "both.pt")):
         if (runs / file).exists():
             students[label] = load_encoder(runs / file)
     print(f"teacher: {teacher.id} ({teacher.n_parameters / 1e6:.2f} M parameters)")

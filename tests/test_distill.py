@@ -179,3 +179,22 @@ def test_medical_batches_replay_photographs(tmp_path, teacher, images, monkeypat
     assert from_set(seen[0], natural) == 4  # stage 1: photographs only
     for batch in seen[1:]:  # stage 2: half slices, half photographs
         assert from_set(batch, medical) == 2 and from_set(batch, natural) == 2
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_norm_keeps_stage_1_batch_norm_statistics_in_stage_2(tmp_path, teacher, images, freeze):
+    natural, medical = images
+    cache = EmbeddingCache(tmp_path)
+
+    def running_stats(path):
+        state = load_checkpoint(path, "distill")["encoder"]
+        return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+    list(distill_engine(teacher, natural, medical, tmp_path / "s1.pt", config(medical_steps=0), cache=cache))
+    (tmp_path / "s2.pt").write_bytes((tmp_path / "s1.pt").read_bytes())
+    list(distill_engine(teacher, natural, medical * 0.2, tmp_path / "s2.pt", config(freeze_norm=freeze),
+                        resume=True, cache=cache))
+    before, after = running_stats(tmp_path / "s1.pt"), running_stats(tmp_path / "s2.pt")
+    same = all(torch.equal(before[k], after[k]) for k in before)
+    assert same == freeze
+    assert load_checkpoint(tmp_path / "s2.pt", "distill")["step"] == 6  # stage 2 trained either way
