@@ -3,7 +3,8 @@
     xvfb-run -a python docs/make_screenshots.py            # writes docs/images/widget_*.png (a few minutes on CPU)
 
 Each widget does real (short) work first: a small DSKD run from the LiteMedSAM teacher, a short registration +
-co-training run, then registration, segmentation and evaluation of target03 with the model just trained.
+co-training run, then registration, segmentation and evaluation of target03 with the model just trained (only
+8 co-training steps: its segmentation is not useful yet, so the screenshot scores and shows the pseudo labels).
 Settings and caches go to a temporary folder.
 """
 
@@ -29,8 +30,14 @@ def wait(widget) -> None:
 
 
 def save(viewer, name: str) -> None:
-    """Screenshot of the whole window, stored as a small palette PNG."""
+    """Screenshot of the whole window (without notification toasts), stored as a small palette PNG."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
     from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    QApplication.processEvents()
 
     shot = viewer.screenshot(canvas_only=False, flash=False)
     image = Image.fromarray(shot[..., :3]).quantize(colors=128, dither=Image.Dither.NONE)
@@ -79,8 +86,8 @@ def main() -> None:
     train.cotrain_settings = {"preview_every": 4, "checkpoint_every": 4}
     train.start()
     wait(train)
-    viewer.layers["atlas labels"].visible = False
-    viewer.layers["live: warped atlas"].visible = False
+    for layer in viewer.layers:  # the pseudo labels on the current volume (8 co-training steps segment poorly)
+        layer.visible = layer.name in ("live: current volume", "live: pseudo labels")
     save(viewer, "widget_training")
     viewer.window.remove_dock_widget(dock)
     for layer in [layer for layer in viewer.layers if layer.name.startswith("live:")]:
@@ -91,10 +98,12 @@ def main() -> None:
     viewer.layers["target03"].visible = True
     dock, infer = viewer.window.add_plugin_dock_widget(plugin, "Register and segment")
     f = infer.form
-    f.model.value, f.device.value = str(tmp / "run" / "registration.pt"), "cpu"
+    f.model.value, f.device.value = str(tmp / "run" / "rrl_medsam.pt"), "cpu"  # the co-trained model also registers
     f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
     f.target.value = viewer.layers["target03"]
     f.register.changed.emit(True)
+    wait(infer)
+    f.segment.changed.emit(True)
     wait(infer)
     QApplication.processEvents()
     f.prediction.value, f.truth.value = viewer.layers["target03 pseudo labels"], viewer.layers["target03 truth"]

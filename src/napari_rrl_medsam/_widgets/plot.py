@@ -55,7 +55,7 @@ class LivePlot(QWidget):
                 p.setPen(QPen(colour, 1.5))
                 p.drawPolyline(line)
                 x, y = 6 + (k % 2) * (w // 2), bottom + 14 * (k // 2 + 1)
-                p.drawText(x, y, f"{name} {values[-1]:.4g}  [{lo:.3g}, {hi:.3g}]")
+                p.drawText(x, y, f"{name} {values[-1]:.4g}")  # each line spans the plot's height: its own range
         else:
             p.setPen(QColor("#888"))
             p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "losses appear here while training runs")
