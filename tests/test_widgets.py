@@ -272,10 +272,24 @@ def test_evaluate_gives_the_expected_dice_and_exports_csv(make_napari_viewer, qt
     assert csv.read_text().splitlines()[2].startswith("2,,0.666")
 
 
-def test_widgets_are_in_the_layers_segment_menu(make_napari_viewer):
+def test_widgets_are_in_the_layers_segment_menu_and_follow_the_layers(make_napari_viewer, qtbot):
     from napari._app_model import get_app_model
 
-    make_napari_viewer()
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Register and segment")
+    image = viewer.add_image(np.zeros((4, 4, 4), np.float32), name="a")
+    assert widget.form.target.choices == (image,)
+    image.name = "b"
+    assert widget.form.target.native.itemText(0) == "b"
+    viewer.window.remove_dock_widget(dock)
+    alive = weakref.ref(widget)
+    del widget, dock
+    gc.collect()
+    assert alive() is None  # the viewer's layer events do not keep a closed widget alive
+    viewer.add_labels(np.zeros((4, 4, 4), np.uint8))
     items = get_app_model().menus.get_menu("napari/layers/segment")
     titles = {getattr(item, "command", None) and item.command.title for item in items}
     assert {f"{name} (RRL-MedSAM)" for name in ("One-shot training", "Register and segment",

@@ -11,7 +11,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
 from qtpy.QtCore import QTimer
 
 from .dskd import DEVICES, volume_files
-from .layers import follow_layers, layer_choices, show_volume, to_volume
+from .layers import layer_choices, show_volume, to_volume
 from .runner import TrainingPanel
 from .settings import load_settings, save_settings
 
@@ -63,7 +63,7 @@ class CotrainWidget(TrainingPanel):
         self.grid = None
         super().__init__(napari_viewer, form)
         form.out.changed.connect(lambda: self._set_state(self.state))
-        follow_layers(napari_viewer, form)
+        self.follow_layers(napari_viewer)
 
     def paths(self) -> tuple[Path, Path]:
         out = Path(self.form.out.value)

@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select, SpinBox
 from qtpy.QtWidgets import QLabel
 
-from .layers import follow_layers, layer_choices, to_volume, upsert
+from .layers import layer_choices, to_volume, upsert
 from .runner import TrainingPanel
 from .settings import load_settings, save_settings
 
@@ -76,7 +76,7 @@ class DistillWidget(TrainingPanel):
         self.layout().insertWidget(self.layout().count() - 1, self.encoder_label)
         self.use_shipped.changed.connect(self.choose_shipped)
         form.out.changed.connect(lambda: self._set_state(self.state))
-        follow_layers(napari_viewer, form)
+        self.follow_layers(napari_viewer)
         self._show_encoder(s.get("encoder"))
 
     def choose_shipped(self) -> None:

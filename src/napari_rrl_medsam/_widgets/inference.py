@@ -11,12 +11,12 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from .dskd import DEVICES
-from .layers import follow_layers, like_layer, layer_choices, to_volume, upsert
+from .layers import FollowsLayers, like_layer, layer_choices, to_volume, upsert
 from .settings import load_settings, save_settings
 from .torch_import import import_torch_stack
 
 
-class InferenceWidget(QWidget):
+class InferenceWidget(QWidget, FollowsLayers):
     """Register / Segment with a trained model; Evaluate a labels layer against ground truth (Dice, HD95)."""
 
     title = "inference"
@@ -54,7 +54,7 @@ class InferenceWidget(QWidget):
         self.form.evaluate.changed.connect(self.evaluate)
         self.export.changed.connect(lambda: self.export_csv())
         self.export.enabled = False
-        follow_layers(napari_viewer, self.form)
+        self.follow_layers(napari_viewer)
         self.worker = None
         self.evaluation = None
         self._model = (None, None)

@@ -81,13 +81,21 @@ def layer_choices(viewer, kind: str, optional: bool = False) -> Callable[[Any], 
     return choices
 
 
-def follow_layers(viewer, container) -> None:
-    """Refresh `container`'s layer choosers whenever layers are added, removed or renamed."""
-    def refresh(event=None) -> None:
-        container.reset_choices()
+class FollowsLayers:
+    """Mixin for a dock widget whose `form` has layer choosers: refreshed whenever layers are added, removed,
+    reordered or renamed. napari holds bound methods weakly, so a closed widget can be freed."""
 
-    for name in ("inserted", "removed", "reordered"):
-        getattr(viewer.layers.events, name).connect(refresh)
-    viewer.layers.events.inserted.connect(lambda e: e.value.events.name.connect(refresh))
-    for layer in viewer.layers:
-        layer.events.name.connect(refresh)
+    form: Any
+
+    def follow_layers(self, viewer) -> None:
+        for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
+            emitter.connect(self.refresh_choices)
+        viewer.layers.events.inserted.connect(self._watch_name)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh_choices)
+
+    def refresh_choices(self, event=None) -> None:
+        self.form.reset_choices()
+
+    def _watch_name(self, event) -> None:
+        event.value.events.name.connect(self.refresh_choices)

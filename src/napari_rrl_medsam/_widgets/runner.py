@@ -17,6 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from .layers import FollowsLayers
 from .plot import LivePlot
 from .torch_import import import_torch_stack
 
@@ -35,7 +36,7 @@ def _drive(job: Callable[[], Iterator]) -> Iterator:
     yield from job()
 
 
-class TrainingPanel(QWidget):
+class TrainingPanel(QWidget, FollowsLayers):
     """Subclasses build `self.form` (a magicgui Container) and implement `job(resume)` and `show_preview`."""
 
     title = "training"
