@@ -244,6 +244,12 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     assert set(np.unique(labels.data)) <= set(np.unique(viewer.layers["atlas labels"].data))
     assert viewer.layers["target02 displacement mm"].data.max() > 0
     out = tmp_path / "target02_labels.nii.gz"
+    (truth,) = viewer.open(str(SAMPLE_DIR / "labels" / "target02.nii.gz"), plugin=PLUGIN)
+    f.prediction.value, f.truth.value = viewer.layers["target02 pseudo labels"], truth
+    f.evaluate.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None and widget.evaluation is not None, timeout=LONG)
+    assert len(widget.evaluation.labels) == 17 and 0 < widget.evaluation.mean_dice < 1
+    assert widget.table.item(0, 1).text() == "Left-Cerebral-White-Matter"  # names from the sample's dataset.json
     viewer.layers.selection = {labels}
     viewer.layers.save(str(out), selected=True, plugin=PLUGIN)  # through the plugin's writer
     source = nib.load(SAMPLE_DIR / "images" / "target02.nii.gz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -147,11 +148,14 @@ class InferenceWidget(QWidget, FollowsLayers):
         if pred is None or truth is None:
             return show_error("evaluate: choose a prediction and a ground-truth labels layer.")
         p, t = to_volume(pred), to_volume(truth)
+        names = label_names(truth.metadata.get("source_path"))
 
         def work():
             from ..api import evaluate, resample
 
-            return evaluate(p if p.grid.same_as(t.grid) else resample(p, t.grid), t)
+            evaluation = evaluate(p if p.grid.same_as(t.grid) else resample(p, t.grid), t)
+            evaluation.names = names
+            return evaluation
 
         self._run("evaluate", work, self.show_evaluation)
 
@@ -175,6 +179,18 @@ class InferenceWidget(QWidget, FollowsLayers):
             if not path:
                 return None
         return self.evaluation.to_csv(path)
+
+
+def label_names(source: str | None) -> dict[int, str] | None:
+    """Structure names from the `dataset.json` beside the `labels/` folder a truth file came from (the layout of
+    the bundled sample and of one-shot task folders), if there is one."""
+    if not source or not (Path(source).parent.parent / "dataset.json").exists():
+        return None
+    try:
+        spec = json.loads((Path(source).parent.parent / "dataset.json").read_text())
+        return {int(k): str(v) for k, v in spec.get("label_names", {}).items()} or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _number(value: float) -> str:
