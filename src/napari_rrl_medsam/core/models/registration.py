@@ -66,7 +66,7 @@ class RegistrationNet(nn.Module):
     def flow(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
              target_features: torch.Tensor | None = None) -> torch.Tensor:
         """The network's output at half resolution, in half-resolution voxels: a stationary velocity field
-        (diffeomorphic) or a displacement. Instance optimisation refines this."""
+        (diffeomorphic) or a displacement."""
         x = torch.cat([atlas, target], 1)
         skips = []
         for i, block in enumerate(self.down):
@@ -83,11 +83,8 @@ class RegistrationNet(nn.Module):
             x = block(torch.cat([x, skip], 1))
         return self.head(x)
 
-    def half_displacement(self, flow: torch.Tensor) -> torch.Tensor:
-        """`flow` integrated (scaling and squaring) when diffeomorphic: half-resolution displacement."""
-        return self.integrate(flow) if self.integrate is not None else flow
-
     def displacement(self, flow: torch.Tensor, shape) -> torch.Tensor:
-        """`flow` -> full-resolution displacement of spatial `shape`, in full-resolution voxels."""
-        return 2 * F.interpolate(self.half_displacement(flow), size=tuple(shape), mode="trilinear",
-                                 align_corners=False)
+        """`flow` (integrated by scaling and squaring when diffeomorphic) -> full-resolution displacement of
+        spatial `shape`, in full-resolution voxels."""
+        half = self.integrate(flow) if self.integrate is not None else flow
+        return 2 * F.interpolate(half, size=tuple(shape), mode="trilinear", align_corners=False)
