@@ -56,6 +56,15 @@ def test_a_known_shift_is_recovered(tmp_path):
     refined = model.register(atlas, atlas_labels, target, refine_steps=20)
     assert dice(refined.warped_labels.array, target_labels.array) >= dice(result.warped_labels.array,
                                                                           target_labels.array) - 0.02
+    # working-grid pseudo labels (co-training's input) equal register()'s and are computed once per pair
+    calls = []
+    real_field = model.field
+    model.field = lambda *a: calls.append(a) or real_field(*a)
+    first = model.pseudo_labels(atlas, atlas_labels, target)
+    assert np.array_equal(first, result.pseudo_labels)
+    assert model.pseudo_labels(atlas, atlas_labels, target) is first and len(calls) == 1
+    model.pseudo_labels(atlas, atlas_labels, target, 3)
+    assert len(calls) == 2  # other settings: computed anew
 
 
 def test_outputs_sit_on_the_target_native_grid(tmp_path):

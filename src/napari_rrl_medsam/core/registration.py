@@ -74,6 +74,7 @@ class RegistrationModel:
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
         self.state = state  # the checkpoint without optimiser: embedded in co-training checkpoints
         self._atlas_features = (None, None)
+        self._pseudo: dict[tuple, np.ndarray] = {}  # pseudo labels already computed (co-training reruns, ablations)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RegistrationModel":
@@ -125,8 +126,15 @@ class RegistrationModel:
         return Field.from_voxels(ddf[0].cpu().numpy(), grid)
 
     def pseudo_labels(self, atlas: Volume, atlas_labels: Volume, target: Volume, refine_steps: int = 0) -> np.ndarray:
-        """The warped atlas labels on the working grid only (what co-training needs; no native-grid warps)."""
-        return warp(atlas_labels, self.field(atlas, target, refine_steps), self.grid).array
+        """The warped atlas labels on the working grid only (what co-training needs; no native-grid warps).
+
+        Remembered per (atlas, labels, target, refine_steps) contents for the life of this model.
+        """
+        key = (*(hashlib.sha256(np.ascontiguousarray(v.array).tobytes()).hexdigest() for v in (atlas, atlas_labels, target)),
+               atlas.grid.affine.tobytes(), target.grid.affine.tobytes(), refine_steps)
+        if key not in self._pseudo:
+            self._pseudo[key] = warp(atlas_labels, self.field(atlas, target, refine_steps), self.grid).array
+        return self._pseudo[key]
 
     def register(self, atlas: Volume, atlas_labels: Volume | None, target: Volume,
                  refine_steps: int = 0) -> RegistrationResult:
