@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registration-steps", type=int, default=150)
     p.add_argument("--cotrain-steps", type=int, default=60)
     p.add_argument("--slab", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 

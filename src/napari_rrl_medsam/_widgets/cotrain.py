@@ -52,7 +52,7 @@ class CotrainWidget(TrainingPanel):
             SpinBox(name="registration_steps", label="registration steps", min=0, max=10**6, value=150),
             SpinBox(name="cotrain_steps", label="co-training steps", min=1, max=10**6, value=60),
             SpinBox(name="slab", label="slab (slices)", min=1, max=256, value=8),
-            SpinBox(name="image_size", label="slice size (px)", min=16, max=1024, step=16, value=256),
+            SpinBox(name="image_size", label="slice size (px)", min=16, max=1024, step=16, value=128),
             ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
             FileEdit(name="out", label="output folder", mode="d",
                      value=s.get("cotrain.out", str(Path.home() / "rrl-medsam" / "run"))),

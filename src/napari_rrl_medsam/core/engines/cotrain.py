@@ -33,14 +33,14 @@ from .events import Progress, due
 @dataclass
 class CotrainConfig:
     steps: int = 300
-    lr: float = 1e-3  # decoders
-    encoder_lr: float = 2e-4
+    lr: float = 1e-2  # decoders: at 1e-3 they took hundreds of steps to predict any small structure
+    encoder_lr: float = 5e-4
     ema_alpha: float = 0.99
     use_mutual_ema: bool = True
     use_prompt: bool = True
     use_dskd: bool = True  # False: E_g (and so E_m) start from random weights
     slab: int = 8
-    image_size: int = 256
+    image_size: int = 128  # encoder input per slice; 2 mm brain slices are about 112 px across
     atlas_probability: float = 0.25
     consistency_weight: float = 0.0
     decoder_width: int = 32
