@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the outputs (default: rrl-medsam-demo/run-<time>)")
     p.add_argument("--overwrite", action="store_true", help="reuse --out: resume its models, replace its files")
     p.add_argument("--registration-steps", type=int, default=150)
-    p.add_argument("--cotrain-steps", type=int, default=60)
+    p.add_argument("--cotrain-steps", type=int, default=200)
     p.add_argument("--slab", type=int, default=8)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--device", default="auto")
