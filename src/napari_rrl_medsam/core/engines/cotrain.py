@@ -80,16 +80,15 @@ def validation_dice(parts: dict, validation, classes: list[int], config: Cotrain
     """Mean Dice of both branches over the structures of each labelled volume, on the working grid."""
     import torch
 
+    from ..metrics import evaluate
+
     lut = np.array(classes)
     scores = {"val_dice": [], "val_dice_general": []}
     for image, truth in validation:
         probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
                                       image.to(device), config.slab, config.image_size, config.use_prompt)
         for key, p in zip(("val_dice_general", "val_dice"), probs):
-            pred = lut[torch.argmax(p, 0).cpu().numpy()]
-            found = [int(v) for v in np.unique(truth) if v != 0]
-            scores[key].append(np.mean([2 * np.sum((pred == v) & (truth == v)) / (np.sum(pred == v) + np.sum(truth == v))
-                                        for v in found]))
+            scores[key].append(evaluate(lut[torch.argmax(p, 0).cpu().numpy()], truth, hd95=False).mean_dice)
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
