@@ -197,13 +197,14 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
         config = CotrainConfig(**settings)
     except TypeError as exc:
         raise InputError(f"{exc}; co-training settings are: {', '.join(f.name for f in fields(CotrainConfig))}") from exc
+    if isinstance(task, (str, Path)):
+        task = load_task(task, check=False)  # once: for the training volumes and the validation volumes
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
     if not hasattr(registration, "register"):
         registration = load_model(registration, config.device)
     if config.use_dskd and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     if validation is True:
-        task = task if task is None or isinstance(task, OneShotTask) else load_task(task, check=False)
         validation = [case.load() for case in task.evaluation] if task is not None else []
     validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
     return cotrain_engine(image, labels, targets, registration, out, encoder if config.use_dskd else None, config,

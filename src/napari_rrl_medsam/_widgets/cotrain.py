@@ -13,7 +13,7 @@ from qtpy.QtCore import QTimer
 from .dskd import DEVICES, volume_files
 from .layers import layer_choices, show_volume, to_volume
 from .runner import TrainingPanel
-from .settings import load_settings, save_settings
+from .settings import load_settings, path_or_none, save_settings
 
 # preview key -> (live layer name, kind); the engines put these arrays on the atlas's working grid
 LIVE = {"target": ("live: current volume", "image"), "warped_atlas": ("live: warped atlas", "image"),
@@ -95,9 +95,8 @@ class CotrainWidget(TrainingPanel):
         cot = dict(steps=f.cotrain_steps.value, slab=f.slab.value, image_size=f.image_size.value, device=device,
                    **self.cotrain_settings)
         self.grid = working_grid(atlas, reg.get("spacing", 2.0))
-        save_settings(**{"device": device, "encoder": None if encoder_path is None else str(encoder_path),
-                         "cotrain.out": str(reg_path.parent),
-                         "cotrain.folder": None if f.folder.value is None else str(f.folder.value)})
+        save_settings(**{"device": device, "encoder": path_or_none(encoder_path), "cotrain.out": str(reg_path.parent),
+                         "cotrain.folder": path_or_none(f.folder.value)})
 
         def validated(events: Iterator) -> Iterator:  # registration stage
             try:

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QLabel
 
 from .layers import layer_choices, to_volume, upsert
 from .runner import TrainingPanel
-from .settings import load_settings, save_settings
+from .settings import load_settings, path_or_none, save_settings
 
 TEACHERS = [("LiteMedSAM (bundled, offline)", "litemedsam"), ("SAM ViT-B from a checkpoint file", "sam_file"),
             ("SAM ViT-B (download once)", "sam_vit_b")]
@@ -112,11 +112,12 @@ class DistillWidget(TrainingPanel):
                     "batch_size": f.batch_size.value, "device": f.device.value, **self.advanced}
         if f.cache_dir.value is not None:
             os.environ[CACHE_ENV] = str(f.cache_dir.value)  # where the engine caches teacher embeddings
-        save_settings(**{"device": f.device.value, "cache_dir": _str(f.cache_dir.value), "dskd.teacher": f.teacher.value,
-                         "dskd.sam_checkpoint": _str(checkpoint), "dskd.natural": _str(f.natural.value),
-                         "dskd.volume_folder": _str(f.volume_folder.value), "dskd.out": str(out)})
+        save_settings(**{"device": f.device.value, "cache_dir": path_or_none(f.cache_dir.value),
+                         "dskd.teacher": f.teacher.value, "dskd.sam_checkpoint": path_or_none(checkpoint),
+                         "dskd.natural": path_or_none(f.natural.value),
+                         "dskd.volume_folder": path_or_none(f.volume_folder.value), "dskd.out": str(out)})
         natural = f.natural.value
-        checkpoint = checkpoint if teacher == "sam_vit_b" and f.teacher.value == "sam_file" else None
+        checkpoint = checkpoint if f.teacher.value == "sam_file" else None
 
         def run() -> Iterator:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,3 @@ class DistillWidget(TrainingPanel):
         if self.failed is None and out.exists() and load_checkpoint(out, "distill").get("complete"):
             save_settings(encoder=str(out))
             self._show_encoder(str(out))
-
-
-def _str(path) -> str | None:
-    return None if path is None else str(path)

@@ -38,3 +38,8 @@ def save_settings(**updates: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     tmp.replace(path)
+
+
+def path_or_none(path) -> str | None:
+    """A path as the string the settings file stores (None stays None)."""
+    return None if path is None else str(path)

@@ -3,10 +3,10 @@
 A task is built from explicit paths, from a folder (`images/` + `labels/`), or from a `dataset.json`
 (`{"splits": {"oneshot": {"atlas": id, "train_unlabelled": [ids], "validation": [ids]}},
 "eval_labels": [...]}` with files at `images/<id>.nii.gz` and `labels/<id>.nii.gz`).
-Building a task checks every header (files exist, are 3D, labels sit on their image's grid);
 A folder in the neurite-OASIS layout (`OASIS_OAS1_<n>_MR1/aligned_norm.nii.gz` + `aligned_seg35.nii.gz` per
 subject) is read too: the atlas is the first subject (or `atlas=`), the last `n_validation` subjects are
 the labelled evaluation volumes and the others are unlabelled (their label files are not attached).
+Building a task checks every header (files exist, are 3D, labels sit on their image's grid);
 `OneShotTask.check()` also reads the voxels (NaNs, truncated files, label values).
 """
 

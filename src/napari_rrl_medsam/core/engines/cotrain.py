@@ -76,19 +76,19 @@ def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes:
             "ap": APDecoder(encoder_config.channels, n_classes, config.decoder_width, config.use_prompt)}
 
 
-def validation_dice(parts: dict, validation, classes: list[int], config: CotrainConfig, device) -> dict[str, float]:
-    """Mean Dice of both branches over the structures of each labelled volume, on the working grid."""
+def validation_dice(parts: dict, validation, classes: np.ndarray, config: CotrainConfig, device) -> dict[str, float]:
+    """Mean Dice of both branches over the structures of each labelled volume, on the working grid.
+    `classes[i]` is the label value of class index i."""
     import torch
 
     from ..metrics import evaluate
 
-    lut = np.array(classes)
     scores = {"val_dice": [], "val_dice_general": []}
     for image, truth in validation:
         probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
                                       image.to(device), config.slab, config.image_size, config.use_prompt)
         for key, p in zip(("val_dice_general", "val_dice"), probs):
-            scores[key].append(evaluate(lut[torch.argmax(p, 0).cpu().numpy()], truth, hd95=False).mean_dice)
+            scores[key].append(evaluate(classes[torch.argmax(p, 0).cpu().numpy()], truth, hd95=False).mean_dice)
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -117,6 +117,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     classes = [0] + [int(v) for v in np.unique(atlas_labels.array) if v != 0]
     lut = np.zeros(int(max(classes)) + 1, np.int64)
     lut[classes] = np.arange(len(classes))
+    values = np.array(classes)  # class index -> label value
 
     images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
     for i, volume in enumerate(unlabelled):
@@ -196,21 +197,23 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             path = None
             if due(step, config.checkpoint_every, config.steps):
                 path, saved_step = save(), step
-            preview = None
-            for module in parts.values():
-                module.eval()  # previews and validation predict as inference does (batch-norm statistics untouched)
-            if config.preview_every and due(step, config.preview_every, config.steps):
-                probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
-                                              images[i].to(device), config.slab, config.image_size, config.use_prompt)
-                preview = {"case": i, "target": images[i].numpy(),
-                           "pseudo_labels": np.array(classes)[targets[i].numpy()],
-                           "auto_prompt": np.array(classes)[torch.argmax(probs[0], 0).cpu().numpy()],
-                           "segmentation": np.array(classes)[torch.argmax(probs[1], 0).cpu().numpy()]}
-            metrics = {}
-            if validation and config.validate_every and due(step, config.validate_every, config.steps):
-                metrics = validation_dice(parts, validation, classes, config, device)
-            for module in parts.values():
-                module.train()
+            preview, metrics = None, {}
+            show = config.preview_every and due(step, config.preview_every, config.steps)
+            check = validation and config.validate_every and due(step, config.validate_every, config.steps)
+            if show or check:
+                for module in parts.values():
+                    module.eval()  # predict as inference does (batch-norm statistics untouched)
+                if show:
+                    probs = predict_probabilities(parts["general"], parts["medical"], parts["decoder_g"], parts["ap"],
+                                                  images[i].to(device), config.slab, config.image_size,
+                                                  config.use_prompt)
+                    preview = {"case": i, "target": images[i].numpy(), "pseudo_labels": values[targets[i].numpy()],
+                               "auto_prompt": values[torch.argmax(probs[0], 0).cpu().numpy()],
+                               "segmentation": values[torch.argmax(probs[1], 0).cpu().numpy()]}
+                if check:
+                    metrics = validation_dice(parts, validation, values, config, device)
+                for module in parts.values():
+                    module.train()
             yield Progress("co-training", step, config.steps, {"loss": float(loss.detach()), **losses},
                            metrics, preview=preview, checkpoint=path)
     finally:

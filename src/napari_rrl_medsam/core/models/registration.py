@@ -61,12 +61,6 @@ class RegistrationNet(nn.Module):
     def forward(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
                 target_features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, X, Y, Z) each (+ (B, F, X/2, Y/2, Z/2) features) -> displacement (B, 3, X, Y, Z) in voxels."""
-        return self.displacement(self.flow(atlas, target, atlas_features, target_features), atlas.shape[2:])
-
-    def flow(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
-             target_features: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's output at half resolution, in half-resolution voxels: a stationary velocity field
-        (diffeomorphic) or a displacement."""
         x = torch.cat([atlas, target], 1)
         skips = []
         for i, block in enumerate(self.down):
@@ -81,10 +75,7 @@ class RegistrationNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[1:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = block(torch.cat([x, skip], 1))
-        return self.head(x)
-
-    def displacement(self, flow: torch.Tensor, shape) -> torch.Tensor:
-        """`flow` (integrated by scaling and squaring when diffeomorphic) -> full-resolution displacement of
-        spatial `shape`, in full-resolution voxels."""
-        half = self.integrate(flow) if self.integrate is not None else flow
-        return 2 * F.interpolate(half, size=tuple(shape), mode="trilinear", align_corners=False)
+        flow = self.head(x)  # half resolution, in half-resolution voxels
+        if self.integrate is not None:
+            flow = self.integrate(flow)
+        return 2 * F.interpolate(flow, size=atlas.shape[2:], mode="trilinear", align_corners=False)
