@@ -36,3 +36,22 @@ def test_folding_is_detected():
     u = np.zeros((3, 12, 12, 12), np.float32)
     u[0] = -2.5 * np.arange(12)[:, None, None]  # x -> x - 2.5x: the mapping reverses axis 0
     assert Field(u, grid).folding_fraction() == pytest.approx(1.0)
+
+
+def test_images_are_warped_trilinearly_and_fields_sampled_with_edge_values():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    image = Volume(rng.random((10, 12, 14)).astype(np.float32), oblique_affine(), kind="image")
+    shift = np.array([0.3, -1.6, 2.25])
+    field = Field.from_voxels(np.broadcast_to(shift[:, None, None, None], (3, *image.shape)).copy(), image.grid)
+    out = warp(image, field, image.grid).array
+    coords = np.indices(image.shape, dtype=np.float32) + shift.astype(np.float32)[:, None, None, None]
+    expected = ndimage.map_coordinates(image.array, coords, order=1, cval=0, prefilter=False)
+    inside = (slice(0, -1), slice(2, None), slice(0, -3))  # where the source point lies within the image
+    assert np.allclose(out[inside], expected[inside], atol=1e-5)
+    # a field sampled beyond its own grid keeps its edge value (no fade to zero)
+    ramp = Field(np.broadcast_to(np.arange(6, dtype=np.float32)[None, :, None, None], (3, 6, 6, 6)).copy(),
+                 Grid((6, 6, 6), np.eye(4)))
+    wider = Grid((10, 6, 6), np.array([[1.0, 0, 0, -2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    assert np.allclose(ramp.sample(wider)[:, :, 0, 0], [[0, 0, 0, 1, 2, 3, 4, 5, 5, 5]] * 3)

@@ -105,7 +105,7 @@ class RegistrationModel:
             return None
         with torch.no_grad():
             return volume_features(self.encoder.eval(), x[0, 0].to(self.device), self.config.axis,
-                                   self.config.feature_level)[None]
+                                   self.config.feature_level, size=self.config.feature_size)[None]
 
     def field(self, atlas: Volume, target: Volume, refine_steps: int = 0) -> Field:
         """The atlas-to-target displacement on the working grid (world mm)."""

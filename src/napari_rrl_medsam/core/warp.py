@@ -39,12 +39,12 @@ class Field:
         return np.einsum("ij,j...->i...", inv, self.array).astype(np.float32)
 
     def sample(self, grid: Grid) -> np.ndarray:
-        """The field linearly interpolated at the voxel centres of another grid: (3, *grid.shape) mm."""
-        from scipy import ndimage
+        """The field linearly interpolated at the voxel centres of another grid: (3, *grid.shape) mm.
 
-        m = np.linalg.solve(self.grid.affine, grid.affine)
-        return np.stack([ndimage.affine_transform(c, m[:3, :3], offset=m[:3, 3], output_shape=grid.shape, order=1,
-                                                  mode="nearest") for c in self.array])
+        Beyond the field's grid the edge value holds (a field does not fade to zero outside).
+        """
+        return interpolate(self.array, _mapped_centres(np.linalg.solve(self.grid.affine, grid.affine), grid),
+                           padding="border")
 
     def jacobian_determinant(self) -> np.ndarray:
         """det(I + grad u) at each voxel (in the field's own grid); <= 0 means the mapping folds."""
@@ -64,10 +64,15 @@ def source_coordinates(field: Field, moving: Grid, target: Grid) -> np.ndarray:
     Compute once and pass to `warp` for several volumes on the same moving grid (an image and its labels).
     """
     u = field.sample(target) if not target.same_as(field.grid, 1e-6) else field.array
-    index = np.indices(target.shape, dtype=np.float32).reshape(3, -1)
-    world = target.affine[:3, :3] @ index + target.affine[:3, 3:4] + u.reshape(3, -1)
-    inv = np.linalg.inv(moving.affine)
-    return (inv[:3, :3] @ world + inv[:3, 3:4]).astype(np.float32).reshape(3, *target.shape)
+    world = _mapped_centres(target.affine, target) + u
+    inv = np.linalg.inv(moving.affine).astype(np.float32)
+    return np.einsum("ij,j...->i...", inv[:3, :3], world) + inv[:3, 3, None, None, None]
+
+
+def _mapped_centres(matrix: np.ndarray, grid: Grid) -> np.ndarray:
+    """The voxel centres of `grid` through a 4x4 `matrix`: (3, *grid.shape) float32."""
+    m = matrix.astype(np.float32)  # float64 here would cost 10x on a 1 mm grid
+    return (m[:3, :3] @ np.indices(grid.shape, dtype=np.float32).reshape(3, -1) + m[:3, 3:4]).reshape(3, *grid.shape)
 
 
 def warp(moving: Volume, field: Field, target: Grid, order: int | None = None,
@@ -83,16 +88,37 @@ def warp(moving: Volume, field: Field, target: Grid, order: int | None = None,
         order = 0 if moving.kind == "labels" else 1
     if coords is None:
         coords = source_coordinates(field, moving.grid, target)
-    if moving.kind == "labels" and order > 0:
+    if order == 0:  # labels keep their values and dtype exactly
+        out = ndimage.map_coordinates(moving.array, coords, order=0, cval=0, prefilter=False)
+    elif moving.kind == "labels":  # linear one-hot, then the most likely label (at least half a voxel's weight)
         best = np.full(target.shape, 0.5, np.float32)
         out = np.zeros(target.shape, moving.array.dtype)
         for value in np.unique(moving.array):
             if value == 0:
                 continue
-            prob = ndimage.map_coordinates((moving.array == value).astype(np.float32), coords, order=1, cval=0)
+            prob = interpolate((moving.array == value).astype(np.float32), coords)
             better = prob > best
             best[better], out[better] = prob[better], value
     else:
-        source = moving.array if order == 0 else moving.array.astype(np.float32, copy=False)
-        out = ndimage.map_coordinates(source, coords, order=order, cval=0, prefilter=False)
+        out = interpolate(moving.array, coords)
     return Volume(out, target.affine, moving.kind, moving.path, dict(moving.metadata))
+
+
+def interpolate(array: np.ndarray, coords: np.ndarray, padding: str = "zeros") -> np.ndarray:
+    """Trilinear samples of `array` ((C,) X, Y, Z) at voxel coordinates `coords` (3, *out) -> ((C,) *out) float32.
+
+    PyTorch's `grid_sample` (threaded, about 10x faster than scipy's `map_coordinates` on a 1 mm brain).
+    `padding`: "zeros" (outside is 0) or "border" (the edge value continues).
+    """
+    import torch
+    from torch.nn import functional as F
+
+    src = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    channels = src.ndim == 4
+    src = src if channels else src[None]
+    shape = src.shape[1:]
+    # grid_sample wants (x, y, z) = (last, middle, first) array axis, each in [-1, 1] (align_corners: voxel centres)
+    grid = torch.stack([torch.from_numpy(coords[a]) * (2.0 / max(shape[a] - 1, 1)) - 1 for a in (2, 1, 0)], -1)
+    with torch.no_grad():
+        out = F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode=padding, align_corners=True)[0]
+    return (out if channels else out[0]).numpy()

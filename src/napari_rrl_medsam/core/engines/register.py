@@ -37,6 +37,7 @@ class RegistrationTrainConfig:
     spacing: float = 2.0
     axis: int = 2  # slicing axis of the encoder features
     feature_level: int = 1  # encoder stage whose features enter (stride 4: 64 channels)
+    feature_size: int = 128  # encoder input side: 2 mm slices are ~112 px, so 256 spent 4x on upsampled pixels
     use_features: bool = True
     augment: bool = True
     checkpoint_every: int = 50
@@ -54,6 +55,7 @@ class RegistrationTrainConfig:
     def from_dict(cls, d: dict) -> "RegistrationTrainConfig":
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("feature_size", 256)  # checkpoints from before the option used 256 px
         d["network"] = RegistrationConfig.from_dict(d.get("network", {}))
         return cls(**d)
 
@@ -117,10 +119,11 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     feats_a, feats_t = None, [None] * len(ts)
     if medical is not None:
         with torch.no_grad():
-            feats_a = volume_features(medical, a[0, 0], config.axis, config.feature_level)[None]
+            feats_a = volume_features(medical, a[0, 0], config.axis, config.feature_level, size=config.feature_size)[None]
             feats_t = []
             for i, t in enumerate(ts):
-                feats_t.append(volume_features(medical, t[0, 0].to(device), config.axis, config.feature_level)[None])
+                feats_t.append(volume_features(medical, t[0, 0].to(device), config.axis, config.feature_level,
+                                                size=config.feature_size)[None])
                 yield Progress("features", i + 1, len(ts), message="medical encoder features")
     ncc, smooth = registration_losses(config)
     warp_image, warp_labels = warp_layer(), warp_layer("nearest")
