@@ -74,8 +74,10 @@ def test_outputs_sit_on_the_target_native_grid(tmp_path):
         [[-1, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))  # same anatomy, stored flipped
     list(registration_engine(atlas, atlas_labels, [target], tmp_path / "r.pt", config=config()))
     result = RegistrationModel.load(tmp_path / "r.pt", device="cpu").register(atlas, atlas_labels, oblique)
-    for vol in (result.warped_image, result.warped_labels, result.displacement_magnitude()):
+    jacobian = result.jacobian_determinant()
+    for vol in (result.warped_image, result.warped_labels, result.displacement_magnitude(), jacobian):
         assert vol.shape == oblique.shape and np.array_equal(vol.affine, oblique.affine)
+    assert jacobian.kind == "image" and (jacobian.array > 0).mean() > 0.99  # a smooth, barely folding mapping
 
 
 def test_stop_and_resume_and_previews(tmp_path):

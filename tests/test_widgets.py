@@ -234,7 +234,8 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     qtbot.waitUntil(lambda: widget.worker is None and "target02 pseudo labels" in viewer.layers, timeout=LONG)
     f.segment.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and "target02 RRL-MedSAM labels" in viewer.layers, timeout=LONG)
-    for name, kind in (("warped atlas", "image"), ("displacement mm", "image"), ("pseudo labels", "labels"),
+    for name, kind in (("warped atlas", "image"), ("displacement mm", "image"), ("Jacobian determinant", "image"),
+                       ("pseudo labels", "labels"),
                        ("RRL-MedSAM labels", "labels"), ("auto-prompt", "labels")):
         layer = viewer.layers[f"target02 {name}"]
         assert layer._type_string == kind and layer.data.shape == target.data.shape

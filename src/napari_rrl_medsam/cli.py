@@ -138,7 +138,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         written = [save_volume(result.warped_labels, out / f"{target.name}_pseudo_labels.nii.gz", args.overwrite),
                    save_volume(result.warped_image, out / f"{target.name}_warped_atlas.nii.gz", args.overwrite),
                    save_volume(result.displacement_magnitude(), out / f"{target.name}_displacement_mm.nii.gz",
-                               args.overwrite)]
+                               args.overwrite),
+                   save_volume(result.jacobian_determinant(), out / f"{target.name}_jacobian.nii.gz", args.overwrite)]
         print(f"{target.name}: {seconds:.1f} s, folding {100 * result.folding:.2f}% -> "
               + ", ".join(p.name for p in written))
     return 0
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas-image", required=True)
     p.add_argument("--atlas-labels", required=True)
     p.add_argument("--out", required=True, help="folder for <target>_pseudo_labels / _warped_atlas / "
-                   "_displacement_mm .nii.gz (each on its target's grid)")
+                   "_displacement_mm / _jacobian .nii.gz (each on its target's grid)")
     p.add_argument("--refine-steps", type=int, default=0, help="instance optimisation steps per pair")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")

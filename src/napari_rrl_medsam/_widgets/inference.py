@@ -99,7 +99,8 @@ class InferenceWidget(QWidget, FollowsLayers):
 
     # --- actions ------------------------------------------------------------------------------------------
     def register(self) -> None:
-        """Warped atlas image, warped atlas labels and displacement magnitude (mm), placed like the target."""
+        """Warped atlas image, warped atlas labels, displacement magnitude (mm) and Jacobian determinant,
+        placed like the target."""
         try:
             layers = self._inputs("model", "atlas", "atlas_labels", "target")
         except ValueError as exc:
@@ -110,12 +111,15 @@ class InferenceWidget(QWidget, FollowsLayers):
         def work():
             from ..api import register
 
-            return register(self._load_model(), (atlas, labels), target, steps)
+            result = register(self._load_model(), (atlas, labels), target, steps)
+            return result, result.displacement_magnitude(), result.jacobian_determinant()
 
-        def done(result) -> None:
+        def done(outputs) -> None:
+            result, magnitude, jacobian = outputs
             name = like.name
             for volume, suffix, kind in ((result.warped_image, "warped atlas", "image"),
-                                         (result.displacement_magnitude(), "displacement mm", "image"),
+                                         (magnitude, "displacement mm", "image"),
+                                         (jacobian, "Jacobian determinant", "image"),
                                          (result.warped_labels, "pseudo labels", "labels")):
                 upsert(self.viewer, *like_layer(volume, like, f"{name} {suffix}", kind))
             self.status.setText(f"registered the atlas onto {name}: folding {100 * result.folding:.2f}%")

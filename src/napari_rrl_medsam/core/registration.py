@@ -18,7 +18,7 @@ import numpy as np
 from .errors import InputError
 from .resample import normalise_intensity, resample, working_grid
 from .volume import Grid, Volume
-from .warp import Field, source_coordinates, warp
+from .warp import Field, resample_linear, source_coordinates, warp
 
 KIND = "registration"
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
@@ -41,6 +41,12 @@ class RegistrationResult:
         """|u| in mm on the target's grid, for display."""
         u = self.field.sample(self.warped_image.grid)
         return self.warped_image.with_array(np.linalg.norm(u, axis=0).astype(np.float32), kind="image")
+
+    def jacobian_determinant(self) -> Volume:
+        """det(I + grad u) on the target's grid (computed on the working grid, interpolated): local volume
+        change of the mapping; <= 0 marks folding."""
+        det = resample_linear(self.field.jacobian_determinant(), self.field.grid, self.warped_image.grid)
+        return self.warped_image.with_array(det, kind="image")
 
 
 def intensities(volume: Volume, grid: Grid):

@@ -43,8 +43,7 @@ class Field:
 
         Beyond the field's grid the edge value holds (a field does not fade to zero outside).
         """
-        return interpolate(self.array, _mapped_centres(np.linalg.solve(self.grid.affine, grid.affine), grid),
-                           padding="border")
+        return resample_linear(self.array, self.grid, grid)
 
     def jacobian_determinant(self) -> np.ndarray:
         """det(I + grad u) at each voxel (in the field's own grid); <= 0 means the mapping folds."""
@@ -67,6 +66,11 @@ def source_coordinates(field: Field, moving: Grid, target: Grid) -> np.ndarray:
     world = _mapped_centres(target.affine, target) + u
     inv = np.linalg.inv(moving.affine).astype(np.float32)
     return np.einsum("ij,j...->i...", inv[:3, :3], world) + inv[:3, 3, None, None, None]
+
+
+def resample_linear(array: np.ndarray, source: Grid, grid: Grid) -> np.ndarray:
+    """`array` ((C,) *source.shape) linearly interpolated at the voxel centres of `grid`; edge values continue."""
+    return interpolate(array, _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid), padding="border")
 
 
 def _mapped_centres(matrix: np.ndarray, grid: Grid) -> np.ndarray:
