@@ -101,6 +101,41 @@ def test_dskd_widget_runs_to_completion_with_a_live_layer(make_napari_viewer, qt
     assert json.loads((tmp_path / "config" / "settings.json").read_text())["encoder"] is None
 
 
+def test_dskd_widget_stop_then_resume_continues_from_the_saved_step(make_napari_viewer, qtbot, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setattr("napari_rrl_medsam.core.teachers.get_teacher", lambda *a, **k: tiny_teacher())
+    viewer = make_napari_viewer()
+    scan = add(viewer, phantom()[0], "scan")
+    widget = open_widget(viewer, "Encoder distillation (DSKD)")
+    f = widget.form
+    f.volumes.value = [scan]
+    f.natural_steps.value, f.medical_steps.value, f.batch_size.value = 3, 3, 2
+    f.device.value, f.out.value = "cpu", str(tmp_path / "enc.pt")
+    widget.advanced = {"encoder": EncoderConfig(**TINY.to_dict()), "checkpoint_every": 100, "slices_per_volume": 4}
+    steps = []
+
+    def on_event(e):
+        if e.losses:
+            steps.append(e.step)
+            if len(steps) == 2 and widget.state == "running":
+                widget.stop()
+
+    widget.shown.connect(on_event)
+    widget.start()
+    wait_done(qtbot, widget)
+    saved = load_checkpoint(tmp_path / "enc.pt", "distill")
+    assert 2 <= saved["step"] < 6 and not saved["complete"]  # stopped before the end, resumable
+    assert "stopped" in widget.status.text() and widget.buttons["Resume"].isEnabled()
+    widget.shown.disconnect(on_event)
+    resumed = []
+    widget.shown.connect(lambda e: e.losses and resumed.append(e.step))
+    widget.buttons["Resume"].click()
+    wait_done(qtbot, widget)
+    assert widget.failed is None
+    assert resumed[0] == saved["step"] + 1 and resumed[-1] == 6 and len(resumed) == 6 - saved["step"]
+    assert load_checkpoint(tmp_path / "enc.pt", "distill")["complete"]
+
+
 @pytest.fixture
 def cotrain_widget(make_napari_viewer, tiny_encoder, tmp_path):
     """A co-training widget on tiny phantoms: atlas, its labels, two unlabelled volumes, a validation pair."""
