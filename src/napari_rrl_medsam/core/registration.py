@@ -157,7 +157,7 @@ class RegistrationModel:
                                   field.folding_fraction())
 
 
-def refine(ddf, atlas, target, config, steps: int, lr: float = 0.1):
+def refine(ddf, atlas, target, config, steps: int, lr: float = 0.2):
     """Instance optimisation: Adam on the working-grid displacement itself for this pair, same loss as training.
 
     Refining the network's half-resolution velocity instead (diffeomorphic, loss at half resolution) was
