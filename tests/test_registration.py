@@ -144,3 +144,22 @@ def test_api_and_cli_faces(tmp_path, capsys):
     assert written.kind == "labels" and np.array_equal(written.affine, target.affine)
     with pytest.raises(InputError, match="registration settings are"):
         api.registration_trainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=[target], bogus=1)
+
+
+def test_dice_coupling_pulls_the_atlas_labels_onto_a_given_segmentation(tmp_path):
+    atlas, atlas_labels = phantom()
+    target_image, target_labels = phantom(shift=2.5)
+    flat = target_image.with_array(np.full(target_image.shape, 0.5, np.float32))  # nothing for NCC to match
+    dices = {}
+    for weight in (0.0, 1.0):
+        segmentations = [target_labels] if weight else ()
+        events = list(registration_engine(atlas, atlas_labels, [flat], tmp_path / f"r{weight}.pt",
+                                          config=config(steps=60, lr=1e-2, dice_weight=weight),
+                                          segmentations=segmentations))
+        assert ("dice" in events[-1].losses) == bool(weight)
+        result = RegistrationModel.load(tmp_path / f"r{weight}.pt", device="cpu").register(atlas, atlas_labels, flat)
+        dices[weight] = dice(result.warped_labels.array, target_labels.array)
+    before = dice(atlas_labels.array, target_labels.array)
+    assert dices[1.0] > before + 0.05 and dices[1.0] > dices[0.0] + 0.05
+    with pytest.raises(InputError, match="one segmentation per unlabelled volume"):
+        next(registration_engine(atlas, atlas_labels, [flat], tmp_path / "x.pt", config=config(dice_weight=1.0)))

@@ -118,8 +118,11 @@ def _atlas_and_targets(task, atlas, atlas_labels, unlabelled):
 
 def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
                          unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
-                         resume: bool = False, **settings) -> Iterator:
-    """Registration training as a generator of `Progress` events (with previews); close it to stop."""
+                         resume: bool = False, segmentations: Sequence = (), **settings) -> Iterator:
+    """Registration training as a generator of `Progress` events (with previews); close it to stop.
+
+    `segmentations` (with `dice_weight` > 0): a label map (volume or path, or None) per unlabelled volume,
+    in the same order, for Dice coupling, e.g. segmentations by a co-trained model."""
     from dataclasses import fields
 
     from .core.engines.register import RegistrationTrainConfig, registration_engine
@@ -132,12 +135,14 @@ def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
     if config.use_features and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
-    return registration_engine(image, labels, targets, out, encoder, config, resume)
+    segmentations = [None if s is None else _volume(s, "labels") for s in segmentations]
+    return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations)
 
 
 def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
                        unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
-                       resume: bool = False, progress: bool = True, **settings) -> Path:
+                       resume: bool = False, progress: bool = True, segmentations: Sequence = (),
+                       **settings) -> Path:
     """Train the one-shot registration network (atlas -> each unlabelled volume) and save it to `out`.
 
     `encoder`: a distilled encoder (path or module) for the medical encoder's features; None = the
@@ -146,7 +151,7 @@ def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=No
     from .core.engines.events import run
 
     run(registration_trainer(task, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, encoder=encoder,
-                             out=out, resume=resume, **settings), progress)
+                             out=out, resume=resume, segmentations=segmentations, **settings), progress)
     return Path(out)
 
 

@@ -1,5 +1,9 @@
 """Training the registration network atlas -> unlabelled volumes (unsupervised: local NCC + smoothness).
 
+Optional Dice coupling (`dice_weight` > 0 with `segmentations`, label maps of the targets, e.g. from a
+co-trained model): the atlas's one-hot labels, warped linearly, are also pulled towards each target's
+segmentation by a soft Dice loss (MONAI), as in joint registration-segmentation training.
+
 The medical encoder E_m (initialised from the distilled general encoder) gives each volume a 3D feature
 volume, computed once here (E_m is frozen at this stage; co-training updates it later). Each step
 registers the atlas to one unlabelled volume; augmentation jitters both intensities (gamma) so the
@@ -23,7 +27,7 @@ from ..models.encoder import EncoderConfig, LightEncoder
 from ..models.registration import RegistrationConfig, RegistrationNet
 from ..registration import KIND, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
-from ..task import check_atlas
+from ..task import check_atlas, check_pair
 from ..volume import Volume
 from .events import Progress, due
 
@@ -39,6 +43,7 @@ class RegistrationTrainConfig:
     feature_level: int = 1  # encoder stage whose features enter (stride 4: 64 channels)
     feature_size: int = 128  # encoder input side: 2 mm slices are ~112 px, so 256 spent 4x on upsampled pixels
     use_features: bool = True
+    dice_weight: float = 0.0  # Dice coupling with the targets' segmentations (needs `segmentations`)
     augment: bool = True
     checkpoint_every: int = 50
     preview_every: int = 10
@@ -90,7 +95,8 @@ def _gamma(x, gen):
 
 def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[Volume], checkpoint: str | Path,
                         encoder: LightEncoder | None = None, config: RegistrationTrainConfig | None = None,
-                        resume: bool = False) -> Iterator[Progress]:
+                        resume: bool = False, segmentations: Sequence[Volume | None] = ()) -> Iterator[Progress]:
+    """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one."""
     import torch
 
     from ..features import volume_features
@@ -128,6 +134,12 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     ncc, smooth = registration_losses(config)
     warp_image, warp_labels = warp_layer(), warp_layer("nearest")
     label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    coupled = _coupling_targets(config, targets, segmentations, label_values, grid)
+    if coupled:
+        from monai.losses import DiceLoss
+
+        dice_loss = DiceLoss(include_background=False)
+        atlas_onehot = _one_hot(resample(atlas_labels, grid).array, label_values).to(device)
     saved_step = step if state is not None else -1
 
     def save() -> Path:
@@ -152,6 +164,11 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
             sim = ncc(warp_image(x_a, ddf), x_t)
             reg = smooth(ddf)
             loss = sim + config.smooth_weight * reg
+            terms = {"ncc": float(sim.detach()), "smooth": float(reg.detach())}
+            if coupled and coupled[i] is not None:
+                dice = dice_loss(warp_image(atlas_onehot, ddf), coupled[i].to(device))
+                loss = loss + config.dice_weight * dice
+                terms["dice"] = float(dice.detach())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -166,9 +183,38 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
                     preview = {"case": i, "target": ts[i][0, 0].numpy(),
                                "warped_atlas": warp_image(a, d)[0, 0].cpu().numpy(),
                                "pseudo_labels": warp_labels(labels_work, d)[0, 0].cpu().numpy().astype(np.int32)}
-            yield Progress("registration", step, config.steps,
-                           {"loss": float(loss.detach()), "ncc": float(sim.detach()), "smooth": float(reg.detach())},
+            yield Progress("registration", step, config.steps, {"loss": float(loss.detach()), **terms},
                            preview=preview, checkpoint=path)
     finally:
         if step != saved_step:
             save()
+
+
+def _one_hot(labels: np.ndarray, values: list[int]):
+    """(X, Y, Z) label map -> (1, 1 + len(values), X, Y, Z) float one-hot, channel 0 = background."""
+    import torch
+
+    lut = np.zeros(max(int(labels.max()), max(values)) + 1, np.int64)
+    lut[values] = np.arange(1, len(values) + 1)
+    index = torch.from_numpy(lut[labels.astype(np.int64)])
+    return torch.nn.functional.one_hot(index, len(values) + 1).movedim(-1, 0)[None].float()
+
+
+def _coupling_targets(config: RegistrationTrainConfig, targets: Sequence[Volume],
+                      segmentations: Sequence[Volume | None], values: list[int], grid) -> list | None:
+    """The targets' segmentations one-hot on the working grid (None where a target has none), if coupling is on."""
+    if config.dice_weight <= 0:
+        return None
+    if len(segmentations) != len(targets):
+        raise InputError(f"Dice coupling (dice_weight={config.dice_weight}) needs one segmentation per unlabelled "
+                         f"volume (or None for some): got {len(segmentations)} for {len(targets)} volumes.")
+    out = []
+    for target, seg in zip(targets, segmentations):
+        if seg is None:
+            out.append(None)
+            continue
+        check_pair(target.grid, seg.grid, "unlabelled volume")
+        array = resample(seg.with_array(seg.array, kind="labels"), grid).array
+        array = np.where(np.isin(array, values), array, 0)  # structures the atlas does not have are background
+        out.append(_one_hot(array, values))
+    return out
