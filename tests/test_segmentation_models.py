@@ -49,3 +49,15 @@ def test_decoders_give_logits_at_slice_resolution_and_the_prompt_matters():
     assert no_prompt.prompt is None  # the ablation removes the prompt path entirely
     with torch.no_grad():
         assert torch.equal(no_prompt(feats, prompt_a), no_prompt(feats, prompt_b))
+
+
+def test_a_residual_ap_decoder_adds_the_prompt_as_a_log_prior():
+    torch.manual_seed(0)
+    feats = slab_features(LightEncoder(CFG).eval(), torch.rand(3, 3, 32, 32))
+    plain = APDecoder(CFG.channels, n_classes=3, width=8).eval()
+    residual = APDecoder(CFG.channels, n_classes=3, width=8, residual=True).eval()
+    residual.load_state_dict(plain.state_dict())  # same weights: the prior is parameter-free
+    prompt = torch.softmax(torch.randn(1, 3, 3, 32, 32) * 3, 1)
+    with torch.no_grad():
+        assert torch.allclose(residual(feats, prompt), plain(feats, prompt) + torch.log(prompt.clamp_min(1e-4)))
+    assert not APDecoder(CFG.channels, 3, 8, use_prompt=False, residual=True).residual  # ablation: no prompt at all

@@ -38,6 +38,7 @@ class CotrainConfig:
     ema_alpha: float = 0.99
     use_mutual_ema: bool = True
     use_prompt: bool = True
+    prompt_residual: bool = False  # AP logits + log M_g: the AP decoder corrects the prompt (see APDecoder)
     use_dskd: bool = True  # False: E_g (and so E_m) start from random weights
     slab: int = 8
     image_size: int = 128  # encoder input per slice; 2 mm brain slices are about 112 px across
@@ -73,7 +74,8 @@ def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes:
         general.load_state_dict(general_state)
     return {"general": general, "medical": copy.deepcopy(general),
             "decoder_g": SlabDecoder(encoder_config.channels, n_classes, config.decoder_width),
-            "ap": APDecoder(encoder_config.channels, n_classes, config.decoder_width, config.use_prompt)}
+            "ap": APDecoder(encoder_config.channels, n_classes, config.decoder_width, config.use_prompt,
+                            config.prompt_residual)}
 
 
 def validation_dice(parts: dict, validation, classes: np.ndarray, config: CotrainConfig, device) -> dict[str, float]:

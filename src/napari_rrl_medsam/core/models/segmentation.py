@@ -78,20 +78,28 @@ class MaskPromptEncoder(nn.Module):
 
 
 class APDecoder(nn.Module):
-    """The auto-prompting decoder: E_m features + the embedded general-branch mask -> final logits."""
+    """The auto-prompting decoder: E_m features + the embedded general-branch mask -> final logits.
+
+    With `residual`, the prompt is also a prior on the output: logits + log M_g, so the decoder starts from
+    the general branch's mask and learns a correction of it (otherwise it must first learn to read the prompt).
+    """
 
     def __init__(self, encoder_channels: tuple[int, ...], n_classes: int, width: int = 32,
-                 use_prompt: bool = True) -> None:
+                 use_prompt: bool = True, residual: bool = False) -> None:
         super().__init__()
         self.decoder = SlabDecoder(encoder_channels, n_classes, width)
         self.prompt = MaskPromptEncoder(n_classes, width) if use_prompt else None
+        self.residual = residual and use_prompt
 
     def forward(self, feats: list[torch.Tensor], mask_probs: torch.Tensor | None) -> torch.Tensor:
         prompt = None
         if self.prompt is not None and mask_probs is not None:
             prompt = self.prompt(mask_probs)
             prompt = F.interpolate(prompt, size=feats[1].shape[2:], mode="trilinear", align_corners=False)
-        return self.decoder(feats, prompt, prompt_level=1)
+        logits = self.decoder(feats, prompt, prompt_level=1)
+        if self.residual and mask_probs is not None:
+            logits = logits + torch.log(mask_probs.clamp_min(1e-4))
+        return logits
 
 
 @torch.no_grad()
