@@ -82,6 +82,18 @@ def test_stop_and_resume(setup):
     assert rest == [3, 4, 5]
 
 
+def test_poly_schedule_decays_both_learning_rates(setup):
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "poly.pt", encoder,
+                        cfg(steps=4, lr_schedule="poly", encoder_lr=1e-3)))
+    groups = load_checkpoint(tmp / "poly.pt", "rrl-medsam")["optimizer"]["param_groups"]
+    factor = (1 - 3 / 4) ** 0.9  # the rate of the last (4th) step
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * factor, 3e-3 * factor])
+    with pytest.raises(InputError, match="lr_schedule"):
+        next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder,
+                            cfg(lr_schedule="cosine")))
+
+
 def test_ablation_switches_remove_their_component(setup, monkeypatch):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     from napari_rrl_medsam.core.engines import cotrain

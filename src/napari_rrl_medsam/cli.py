@@ -75,13 +75,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                   steps=args.registration_steps, **settings)
     print(f"[2/3] co-training (general + medical branches, mutual EMA, auto-prompt): {args.cotrain_steps} steps")
     model_path = cotrain(task, registration=reg_path, out=out / "rrl_medsam.pt", resume=args.overwrite,
-                         steps=args.cotrain_steps, slab=args.slab, image_size=args.image_size, **settings)
+                         steps=args.cotrain_steps, slab=args.slab, image_size=args.image_size,
+                         refine_steps=args.refine_steps, **settings)
     print("[3/3] segmentation")
     registration, model = load_model(reg_path, args.device), load_model(model_path, args.device)
     rows = []
     for case, image, truth in targets:
         before = evaluate(resample(atlas_labels, image.grid), truth, task.eval_labels, hd95=False).mean_dice
-        pseudo = register(registration, (atlas, atlas_labels), image).warped_labels
+        pseudo = register(registration, (atlas, atlas_labels), image, args.refine_steps).warped_labels
         result = segment(model, image)
         scores = [evaluate(v, truth, task.eval_labels, hd95=False).mean_dice for v in (pseudo, result.labels)]
         for volume, name in ((pseudo, "pseudo_labels"), (result.labels, "labels"), (result.auto_prompt, "auto_prompt")):
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="reuse --out: resume its models, replace its files")
     p.add_argument("--registration-steps", type=int, default=150)
     p.add_argument("--cotrain-steps", type=int, default=200)
+    p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per registered pair")
     p.add_argument("--slab", type=int, default=8)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--device", default="auto")

@@ -35,6 +35,7 @@ class CotrainConfig:
     steps: int = 300
     lr: float = 1e-2  # decoders: at 1e-3 they took hundreds of steps to predict any small structure
     encoder_lr: float = 5e-4
+    lr_schedule: str = "constant"  # or "poly": both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay)
     ema_alpha: float = 0.99
     use_mutual_ema: bool = True
     use_prompt: bool = True
@@ -105,6 +106,8 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     from ..models.segmentation import mutual_ema, slab_features
 
     config = copy.deepcopy(config) if config is not None else CotrainConfig()
+    if config.lr_schedule not in ("constant", "poly"):
+        raise InputError(f"lr_schedule must be 'constant' or 'poly', not {config.lr_schedule!r}.")
     checkpoint = Path(checkpoint)
     atlas_labels = check_atlas(atlas, atlas_labels)
     if not unlabelled:
@@ -192,6 +195,10 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
                 losses["consistency"] = float(cons.detach())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if config.lr_schedule == "poly":
+                decay = (1 - step / config.steps) ** 0.9
+                for group, base in zip(optimiser.param_groups, (config.encoder_lr, config.lr)):
+                    group["lr"] = base * decay
             optimiser.step()
             if config.use_mutual_ema:
                 mutual_ema(parts["general"], parts["medical"], config.ema_alpha)
