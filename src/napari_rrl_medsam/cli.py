@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas-labels", required=True)
     p.add_argument("--out", required=True, help="folder for <target>_pseudo_labels / _warped_atlas / "
                    "_displacement_mm / _jacobian .nii.gz (each on its target's grid)")
-    p.add_argument("--refine-steps", type=int, default=0, help="instance optimisation steps per pair")
+    p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per pair (0: network only)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_register)

@@ -34,7 +34,7 @@ class InferenceWidget(QWidget, FollowsLayers):
             ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
             ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
             ComboBox(name="target", label="target image", choices=layer_choices(v, "image")),
-            SpinBox(name="refine_steps", label="refine steps", min=0, max=1000, value=0,
+            SpinBox(name="refine_steps", label="refine steps", min=0, max=1000, value=5,
                     tooltip="instance optimisation on this pair: slower, more accurate"),
             PushButton(name="register", text="Register"),
             PushButton(name="segment", text="Segment"),
