@@ -23,10 +23,11 @@ LIVE = {"target": ("live: current volume", "image"), "warped_atlas": ("live: war
 
 def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
     """Mean Dice of the warped atlas labels on the validation pair, from the registration checkpoint just
-    saved (the registration engine reports no validation metric; the co-training engine does)."""
+    saved (the registration engine reports no validation metric; the co-training engine does). The network
+    alone, without refinement: this follows its training."""
     from ..api import evaluate, load_model, register, resample
 
-    pred = register(load_model(checkpoint, device), (atlas, atlas_labels), image).warped_labels
+    pred = register(load_model(checkpoint, device), (atlas, atlas_labels), image, refine_steps=0).warped_labels
     if not pred.grid.same_as(truth.grid):
         pred = resample(pred, truth.grid)
     return evaluate(pred, truth, hd95=False).mean_dice
