@@ -72,16 +72,22 @@ def notifications():
     notification_manager.notification_ready.disconnect(seen.append)
 
 
-def test_dskd_widget_runs_to_completion_with_a_live_layer(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+@pytest.fixture
+def dskd_widget(make_napari_viewer, tmp_path, monkeypatch):
+    """A DSKD widget with a tiny teacher and student on one phantom scan, writing `tmp_path/enc.pt`."""
     monkeypatch.setattr("napari_rrl_medsam.core.teachers.get_teacher", lambda *a, **k: tiny_teacher())
     viewer = make_napari_viewer()
-    scan = add(viewer, phantom()[0], "scan")
     widget = open_widget(viewer, "Encoder distillation (DSKD)")
     f = widget.form
-    f.volumes.value = [scan]
-    f.natural_steps.value, f.medical_steps.value, f.batch_size.value = 2, 2, 2
-    f.device.value, f.out.value = "cpu", str(tmp_path / "enc.pt")
+    f.volumes.value = [add(viewer, phantom()[0], "scan")]
+    f.batch_size.value, f.device.value, f.out.value = 2, "cpu", str(tmp_path / "enc.pt")
     widget.advanced = {"encoder": EncoderConfig(**TINY.to_dict()), "checkpoint_every": 1, "slices_per_volume": 4}
+    return viewer, widget
+
+
+def test_dskd_widget_runs_to_completion_with_a_live_layer(dskd_widget, qtbot, tmp_path):
+    viewer, widget = dskd_widget
+    widget.form.natural_steps.value, widget.form.medical_steps.value = 2, 2
     shots = []
     name = "DSKD: student embedding (a slice)"
     widget.shown.connect(lambda e: name in viewer.layers and shots.append(
@@ -101,17 +107,10 @@ def test_dskd_widget_runs_to_completion_with_a_live_layer(make_napari_viewer, qt
     assert json.loads((tmp_path / "config" / "settings.json").read_text())["encoder"] is None
 
 
-def test_dskd_widget_stop_then_resume_continues_from_the_saved_step(make_napari_viewer, qtbot, tmp_path,
-                                                                    monkeypatch):
-    monkeypatch.setattr("napari_rrl_medsam.core.teachers.get_teacher", lambda *a, **k: tiny_teacher())
-    viewer = make_napari_viewer()
-    scan = add(viewer, phantom()[0], "scan")
-    widget = open_widget(viewer, "Encoder distillation (DSKD)")
-    f = widget.form
-    f.volumes.value = [scan]
-    f.natural_steps.value, f.medical_steps.value, f.batch_size.value = 3, 3, 2
-    f.device.value, f.out.value = "cpu", str(tmp_path / "enc.pt")
-    widget.advanced = {"encoder": EncoderConfig(**TINY.to_dict()), "checkpoint_every": 100, "slices_per_volume": 4}
+def test_dskd_widget_stop_then_resume_continues_from_the_saved_step(dskd_widget, qtbot, tmp_path):
+    _, widget = dskd_widget
+    widget.form.natural_steps.value, widget.form.medical_steps.value = 3, 3
+    widget.advanced["checkpoint_every"] = 100
     steps = []
 
     def on_event(e):

@@ -57,6 +57,18 @@ def intensities(volume: Volume, grid: Grid):
     return torch.from_numpy(np.ascontiguousarray(array))[None, None]
 
 
+def encoder_features(encoder, x, config):
+    """The frozen encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor, as `config` (a registration
+    training config) sets it: slicing axis, feature level, encoder input size -> (1, C, X/2, Y/2, Z/2)."""
+    import torch
+
+    from .features import volume_features
+
+    with torch.no_grad():
+        return volume_features(encoder.eval(), x[0, 0], config.axis, config.feature_level,
+                               size=config.feature_size)[None]
+
+
 def warp_layer(mode: str = "bilinear"):
     """MONAI's `Warp`: voxel displacements, border padding."""
     from monai.networks.blocks import Warp
@@ -103,15 +115,7 @@ class RegistrationModel:
 
     def features(self, x):
         """The medical encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor (None without an encoder)."""
-        import torch
-
-        from .features import volume_features
-
-        if self.encoder is None:
-            return None
-        with torch.no_grad():
-            return volume_features(self.encoder.eval(), x[0, 0].to(self.device), self.config.axis,
-                                   self.config.feature_level, size=self.config.feature_size)[None]
+        return None if self.encoder is None else encoder_features(self.encoder, x, self.config)
 
     def field(self, atlas: Volume, target: Volume, refine_steps: int = 0) -> Field:
         """The atlas-to-target displacement on the working grid (world mm)."""

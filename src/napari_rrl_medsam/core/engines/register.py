@@ -25,7 +25,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..models.registration import RegistrationConfig, RegistrationNet
-from ..registration import KIND, intensities, registration_losses, warp_layer
+from ..registration import KIND, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
 from ..task import check_atlas, check_pair
 from ..volume import Volume
@@ -99,8 +99,6 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one."""
     import torch
 
-    from ..features import volume_features
-
     config = copy.deepcopy(config) if config is not None else RegistrationTrainConfig()
     checkpoint = Path(checkpoint)
     if not targets:
@@ -124,13 +122,10 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     labels_work = torch.from_numpy(resample(atlas_labels, grid).array.astype(np.float32))[None, None].to(device)
     feats_a, feats_t = None, [None] * len(ts)
     if medical is not None:
-        with torch.no_grad():
-            feats_a = volume_features(medical, a[0, 0], config.axis, config.feature_level, size=config.feature_size)[None]
-            feats_t = []
-            for i, t in enumerate(ts):
-                feats_t.append(volume_features(medical, t[0, 0].to(device), config.axis, config.feature_level,
-                                                size=config.feature_size)[None])
-                yield Progress("features", i + 1, len(ts), message="medical encoder features")
+        feats_a, feats_t = encoder_features(medical, a, config), []
+        for i, t in enumerate(ts):
+            feats_t.append(encoder_features(medical, t, config))
+            yield Progress("features", i + 1, len(ts), message="medical encoder features")
     ncc, smooth = registration_losses(config)
     warp_image, warp_labels = warp_layer(), warp_layer("nearest")
     label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
