@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
 from qtpy.QtCore import QTimer
 
 from .dskd import DEVICES, volume_files
+from .jobs import one_shot_training
 from .layers import layer_choices, show_volume, to_volume
 from .runner import TrainingPanel
 from .settings import load_settings, path_or_none, save_settings
@@ -21,22 +22,11 @@ LIVE = {"target": ("live: current volume", "image"), "warped_atlas": ("live: war
         "segmentation": ("live: segmentation", "labels")}
 
 
-def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
-    """Mean Dice of the warped atlas labels on the validation pair, from the registration checkpoint just
-    saved (the registration engine reports no validation metric; the co-training engine does). The network
-    alone, without refinement: this follows its training."""
-    from ..api import evaluate, load_model, register, resample
-
-    pred = register(load_model(checkpoint, device), (atlas, atlas_labels), image, refine_steps=0).warped_labels
-    if not pred.grid.same_as(truth.grid):
-        pred = resample(pred, truth.grid)
-    return evaluate(pred, truth, hd95=False).mean_dice
-
-
 class CotrainWidget(TrainingPanel):
     """Atlas + unlabelled volumes -> registration (pseudo labels) -> co-trained RRL-MedSAM model."""
 
     title = "co-training"
+    in_subprocess = True  # co-training runs 15-20% slower in a worker thread (see core.engines.remote)
 
     def __init__(self, napari_viewer) -> None:
         s = load_settings()
@@ -74,8 +64,6 @@ class CotrainWidget(TrainingPanel):
         return any(p.exists() for p in self.paths())
 
     def job(self, resume: bool) -> Callable[[], Iterator]:
-        from ..api import cotrainer, load_encoder, registration_trainer
-        from ..core.checkpoint import load_checkpoint
         from ..core.resample import working_grid
 
         f = self.form
@@ -98,29 +86,8 @@ class CotrainWidget(TrainingPanel):
         self.grid = working_grid(atlas, reg.get("spacing", 2.0))
         save_settings(**{"device": device, "encoder": path_or_none(encoder_path), "cotrain.out": str(reg_path.parent),
                          "cotrain.folder": path_or_none(f.folder.value)})
-
-        def validated(events: Iterator) -> Iterator:  # registration stage
-            try:
-                for event in events:
-                    if validation is not None and event.checkpoint is not None and event.losses:
-                        event.metrics = {**event.metrics, "val_dice_registration": registration_dice(
-                            event.checkpoint, atlas, labels, *validation, device)}
-                    yield event
-            finally:
-                events.close()
-
-        def run() -> Iterator:
-            reg_path.parent.mkdir(parents=True, exist_ok=True)
-            encoder = load_encoder(encoder_path)
-            done = reg_path.exists() and int(load_checkpoint(reg_path)["step"]) >= reg["steps"]
-            if not done:
-                yield from validated(registration_trainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
-                                                          encoder=encoder, out=reg_path, resume=resume, **reg))
-            yield from cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, registration=reg_path,
-                                 encoder=encoder, out=model_path, resume=resume,
-                                 validation=[validation] if validation else [], **cot)
-
-        return run
+        return partial(one_shot_training, atlas, labels, unlabelled, validation, encoder_path,
+                       reg_path, model_path, resume, reg, cot)
 
     def show_preview(self, event) -> None:
         from ..core.volume import Volume

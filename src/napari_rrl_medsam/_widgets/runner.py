@@ -4,6 +4,9 @@ Start / Pause / Resume / Stop, a progress bar, a live loss plot and error notifi
 Stop is `worker.quit()`. napari's `GeneratorWorker` then merely stops iterating and would leave the engine
 suspended until garbage collection, in some thread, at some time: `ClosingWorker` closes the generator in the
 worker thread as soon as the loop ends, so the engine saves its checkpoint before `finished` is emitted.
+
+With `in_subprocess` the worker thread only relays: the engine runs in the main thread of a child process
+(`core.engines.remote.RemoteEvents`, one step per event pulled, so Pause, Stop and errors behave the same).
 """
 
 from __future__ import annotations
@@ -32,14 +35,20 @@ class ClosingWorker(GeneratorWorker):
             self._gen.close()
 
 
-def _drive(job: Callable[[], Iterator]) -> Iterator:
-    yield from job()
+def _drive(job: Callable[[], Iterator], in_subprocess: bool) -> Iterator:
+    if in_subprocess:
+        from ..core.engines.remote import RemoteEvents
+
+        yield from RemoteEvents(job)
+    else:
+        yield from job()
 
 
 class TrainingPanel(QWidget, FollowsLayers):
     """Subclasses build `self.form` (a magicgui Container) and implement `job(resume)` and `show_preview`."""
 
     title = "training"
+    in_subprocess = False  # run the job in a child process (`core.engines.remote`); its job must be picklable
     shown = Signal(object)  # each Progress event once the widget has displayed it (tests, benchmarks)
 
     def __init__(self, napari_viewer, form: Container) -> None:
@@ -79,7 +88,8 @@ class TrainingPanel(QWidget, FollowsLayers):
 
     # --- to implement -------------------------------------------------------------------------------------
     def job(self, resume: bool) -> Callable[[], Iterator]:
-        """Collect inputs (main thread: layers are read here) and return the generator function the worker runs."""
+        """Collect inputs (main thread: layers are read here) and return the generator function the worker runs
+        (a picklable one, e.g. a `functools.partial` of a module-level function, when `in_subprocess`)."""
         raise NotImplementedError
 
     def resumable(self) -> bool:
@@ -105,7 +115,7 @@ class TrainingPanel(QWidget, FollowsLayers):
             self._offsets.clear()
             self._x = 0.0
         self.failed, self.last_event = None, None
-        worker = create_worker(_drive, job, _worker_class=ClosingWorker, _start_thread=False,
+        worker = create_worker(_drive, job, self.in_subprocess, _worker_class=ClosingWorker, _start_thread=False,
                                _connect={"errored": self._errored})
         worker.yielded.connect(self._yielded)
         worker.paused.connect(lambda: self._set_state("paused"))
