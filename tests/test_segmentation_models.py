@@ -61,3 +61,22 @@ def test_a_residual_ap_decoder_adds_the_prompt_as_a_log_prior():
     with torch.no_grad():
         assert torch.allclose(residual(feats, prompt), plain(feats, prompt) + torch.log(prompt.clamp_min(1e-4)))
     assert not APDecoder(CFG.channels, 3, 8, use_prompt=False, residual=True).residual  # ablation: no prompt at all
+
+
+def test_slab_statistics_normalise_each_slab_by_itself_and_keep_the_running_averages():
+    from napari_rrl_medsam.core.models.encoder import EncoderConfig, LightEncoder
+    from napari_rrl_medsam.core.models.segmentation import slab_statistics
+
+    torch.manual_seed(0)
+    encoder = LightEncoder(EncoderConfig(channels=(4, 8, 8, 8), embed_dim=16, neck_channels=8)).eval()
+    x = torch.rand(3, 3, 32, 32) * 5 + 2  # far from the initial running statistics (mean 0, variance 1)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    running = encoder.features(x)[-1]
+    with torch.no_grad(), slab_statistics(encoder):
+        by_slab = encoder.features(x)[-1]
+    assert not encoder.training and all(not m.training for m in encoder.modules())  # modes restored
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())  # statistics untouched
+    encoder.train()
+    with torch.no_grad():
+        as_trained = encoder.features(x)[-1]  # training normalises by the batch (the slab) too
+    assert torch.allclose(by_slab, as_trained, atol=1e-6) and not torch.allclose(by_slab, running, atol=1e-3)

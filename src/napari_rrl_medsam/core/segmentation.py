@@ -54,19 +54,25 @@ def from_square(p, shape: tuple[int, int]):
     return p[..., top:top + h, left:left + w]
 
 
-def predict_probabilities(general, medical, decoder_g, ap, volume, slab: int, size: int, use_prompt: bool = True):
-    """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each."""
+def predict_probabilities(parts: dict, volume, config):
+    """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each.
+    `parts`: the encoders and decoders (`build_parts`); `config`: their `CotrainConfig` (slab, image size,
+    prompt use, and whether batch norm uses each slab's statistics, `norm_statistics`)."""
+    from contextlib import nullcontext
+
     import torch
 
-    from .models.segmentation import slab_features
+    from .models.segmentation import slab_features, slab_statistics
 
+    general, medical = parts["general"], parts["medical"]
     x = volume.movedim(2, 0)  # axial slices first: (Z, X, Y)
+    norm = slab_statistics(general, medical) if config.norm_statistics == "slab" else nullcontext()
     pg, pm = [], []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], slab):
-            s = to_square(x[start:start + slab], size)
-            probs_g = torch.softmax(decoder_g(slab_features(general, s)), 1)
-            logits_m = ap(slab_features(medical, s), probs_g if use_prompt else None)
+    with torch.no_grad(), norm:
+        for start in range(0, x.shape[0], config.slab):
+            s = to_square(x[start:start + config.slab], config.image_size)
+            probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
+            logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
             pg.append(from_square(probs_g[0], x.shape[1:]))
             pm.append(from_square(torch.softmax(logits_m, 1)[0], x.shape[1:]))
     return torch.cat(pg, 1).movedim(1, 3), torch.cat(pm, 1).movedim(1, 3)
@@ -113,8 +119,7 @@ class SegmentationModel:
         p = self.parts
         for module in p.values():
             module.eval()
-        probs_g, probs_m = predict_probabilities(p["general"], p["medical"], p["decoder_g"], p["ap"], x,
-                                                 self.config.slab, self.config.image_size, self.config.use_prompt)
+        probs_g, probs_m = predict_probabilities(p, x, self.config)
         lut = np.array(self.classes)
         out = []
         for probs in (probs_m, probs_g):

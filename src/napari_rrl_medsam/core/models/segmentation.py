@@ -13,6 +13,9 @@ slice space (S x S per slice, S = 256 by default).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from monai.networks.blocks import Convolution
 from torch import nn
@@ -100,6 +103,21 @@ class APDecoder(nn.Module):
         if self.residual and mask_probs is not None:
             logits = logits + torch.log(mask_probs.clamp_min(1e-4))
         return logits
+
+
+@contextmanager
+def slab_statistics(*modules: nn.Module) -> Iterator[None]:
+    """Within the block, batch-norm layers normalise with the statistics of the slab at hand, as they did in
+    training (each step is one slab), instead of their running averages, which stay untouched."""
+    norms = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    try:
+        for m in norms:
+            m.training, m.track_running_stats = True, False
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.training, m.track_running_stats = training, track
 
 
 @torch.no_grad()
