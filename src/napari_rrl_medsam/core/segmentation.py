@@ -56,26 +56,33 @@ def from_square(p, shape: tuple[int, int]):
 
 def predict_probabilities(parts: dict, volume, config):
     """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each.
-    `parts`: the encoders and decoders (`build_parts`); `config`: their `CotrainConfig` (slab, image size,
-    prompt use, and whether batch norm uses each slab's statistics, `norm_statistics`)."""
+
+    `parts`: the encoders and decoders (`build_parts`); `config`: their `CotrainConfig`. Slabs of `slab`
+    axial slices go through both branches as in training (MONAI's sliding window along the slices, slabs
+    overlapping by `slab_overlap` and averaged); batch norm uses each slab's statistics when
+    `norm_statistics` is "slab"."""
     from contextlib import nullcontext
 
     import torch
+    from monai.inferers import sliding_window_inference
 
     from .models.segmentation import slab_features, slab_statistics
 
     general, medical = parts["general"], parts["medical"]
-    x = volume.movedim(2, 0)  # axial slices first: (Z, X, Y)
+    x = volume.movedim(2, 0)[None, None]  # axial slices first: (1, 1, Z, X, Y)
+    shape = tuple(x.shape[3:])
+
+    def branches(window):
+        s = to_square(window[0, 0], config.image_size)
+        probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
+        logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
+        return from_square(probs_g[0], shape)[None], from_square(torch.softmax(logits_m, 1)[0], shape)[None]
+
     norm = slab_statistics(general, medical) if config.norm_statistics == "slab" else nullcontext()
-    pg, pm = [], []
     with torch.no_grad(), norm:
-        for start in range(0, x.shape[0], config.slab):
-            s = to_square(x[start:start + config.slab], config.image_size)
-            probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
-            logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
-            pg.append(from_square(probs_g[0], x.shape[1:]))
-            pm.append(from_square(torch.softmax(logits_m, 1)[0], x.shape[1:]))
-    return torch.cat(pg, 1).movedim(1, 3), torch.cat(pm, 1).movedim(1, 3)
+        probs_g, probs_m = sliding_window_inference(x, (config.slab, *shape), 1, branches,
+                                                    overlap=(config.slab_overlap, 0, 0))
+    return probs_g[0].movedim(1, 3), probs_m[0].movedim(1, 3)
 
 
 class SegmentationModel:
