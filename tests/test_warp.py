@@ -55,3 +55,21 @@ def test_images_are_warped_trilinearly_and_fields_sampled_with_edge_values():
                  Grid((6, 6, 6), np.eye(4)))
     wider = Grid((10, 6, 6), np.array([[1.0, 0, 0, -2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
     assert np.allclose(ramp.sample(wider)[:, :, 0, 0], [[0, 0, 0, 1, 2, 3, 4, 5, 5, 5]] * 3)
+
+
+def test_class_probabilities_are_interpolated_before_deciding():
+    from napari_rrl_medsam.core.warp import argmax_resampled
+
+    coarse = Grid((4, 4, 4), np.diag([2.0, 2.0, 2.0, 1.0]))
+    ramp = np.linspace(0.0, 1.0, 4, dtype=np.float32)[:, None, None] * np.ones((4, 4, 4), np.float32)
+    probs = np.stack([0.6 - 0.4 * ramp, 0.1 + 0.2 * ramp, 0.3 + 0.2 * ramp])  # class 1 never wins a coarse voxel
+    assert set(np.unique(np.argmax(probs, 0))) == {0, 2}
+    assert np.array_equal(argmax_resampled(probs, coarse, coarse, chunk=2), np.argmax(probs, 0))  # same grid
+    fine = Grid((8, 8, 8), np.array([[1.0, 0, 0, -0.5], [0, 1, 0, -0.5], [0, 0, 1, -0.5], [0, 0, 0, 1]]))
+    out = argmax_resampled(probs, coarse, fine, chunk=2)
+    # along the first axis at 1 mm the switch from class 0 to 2 falls where the interpolated curves cross:
+    # 0.6 - 0.4 t = 0.3 + 0.2 t at t = 0.5, i.e. 3 mm (the coarse grid's arg-max switches between 2 and 4 mm)
+    x = fine.affine[0, 0] * np.arange(8) + fine.affine[0, 3]
+    assert np.array_equal(out[:, 3, 3], np.where(x < 3.0, 0, 2))
+    beyond = Grid((2, 2, 2), np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, 50]] * 3 + [[0, 0, 0, 0]]))
+    assert not argmax_resampled(probs, coarse, beyond).any()  # outside the source: class 0

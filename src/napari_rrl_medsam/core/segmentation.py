@@ -3,7 +3,7 @@
 The general branch gives the auto-prompt M_g; the medical branch's auto-prompting decoder gives the
 final labels. Probabilities are computed slab by slab on the atlas's working grid, brought back from
 the encoder's square slice space, and the labels are returned on the input's native grid and affine
-(linear interpolation of each label's mask, so boundaries follow the native resolution).
+(class probabilities interpolated linearly, then the most likely class: boundaries follow the native resolution).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .resample import resample
 from .volume import Grid, Volume
+from .warp import argmax_resampled
 
 KIND = "rrl-medsam"
 
@@ -130,6 +130,7 @@ class SegmentationModel:
         lut = np.array(self.classes)
         out = []
         for probs in (probs_m, probs_g):
-            work = Volume(lut[torch.argmax(probs, 0).cpu().numpy()].astype(np.int32), self.grid.affine, "labels")
-            out.append((resample(work, volume.grid, order=1), work.array))
+            native = argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid)
+            out.append((Volume(lut[native].astype(np.int32), volume.affine, "labels"),
+                        lut[torch.argmax(probs, 0).cpu().numpy()].astype(np.int32)))
         return SegmentationResult(out[0][0], out[1][0], out[0][1])
