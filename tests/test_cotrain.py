@@ -76,10 +76,12 @@ def test_stop_and_resume(setup):
         if e.stage == "co-training" and e.step == 2:
             run.close()
             break
-    assert load_checkpoint(tmp / "b.pt", "rrl-medsam")["step"] == 2
+    stopped = load_checkpoint(tmp / "b.pt", "rrl-medsam")
+    assert stopped["step"] == 2 and stopped["elapsed"] > 0
     rest = [e.step for e in cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "b.pt", encoder,
                                            cfg(steps=5), resume=True) if e.stage == "co-training"]
     assert rest == [3, 4, 5]
+    assert load_checkpoint(tmp / "b.pt", "rrl-medsam")["elapsed"] > stopped["elapsed"]  # training time adds up
 
 
 def test_poly_schedule_decays_both_learning_rates(setup):

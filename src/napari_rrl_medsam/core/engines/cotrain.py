@@ -12,6 +12,7 @@ consistency term between the branches. Ablations: `use_dskd=False` (random E_g),
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -162,6 +163,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         z = np.nonzero(y.numpy().reshape(-1, y.shape[2]).any(0))[0]
         ranges.append((int(z.min()), int(z.max())) if z.size else (0, y.shape[2] - 1))
     saved_step = step if state is not None else -1
+    elapsed = float(state.get("elapsed", 0.0)) if state is not None else 0.0  # seconds of training, all runs
     teacher = getattr(encoder, "teacher", {}) if encoder is not None else {}
     if state is not None:
         teacher = state["teacher"]
@@ -172,11 +174,12 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             "encoder_config": encoder_config.to_dict(), "parts": {n: m.state_dict() for n, m in parts.items()},
             "optimizer": optimiser.state_dict(), "classes": classes, "teacher": teacher,
             "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
-            "registration": registration.state,
+            "registration": registration.state, "elapsed": elapsed,
         }, checkpoint)
 
     try:
         while step < config.steps:
+            started = time.perf_counter()
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             use_atlas = bool(torch.rand(1, generator=gen) < config.atlas_probability)
             i = 0 if use_atlas else 1 + int(torch.randint(len(unlabelled), (1,), generator=gen))
@@ -209,6 +212,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             if config.use_mutual_ema:
                 mutual_ema(parts["general"], parts["medical"], config.ema_alpha)
             step += 1
+            elapsed += time.perf_counter() - started
             path = None
             if due(step, config.checkpoint_every, config.steps):
                 path, saved_step = save(), step
