@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(HERE.parent / "training" / "cotrain.json"))
     parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
     parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
+    parser.add_argument("--prior-weight", type=float, default=0.3,
+                        help="weight of the registration's labels in the fused row (segment's prior_weight)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     spec = json.loads(Path(args.config).read_text())
@@ -45,9 +47,10 @@ def main() -> None:
     refine = spec["settings"].get("refine_steps", 0)
     results = {}
     t = time.perf_counter()
-    reg = [evaluate(registration.register(atlas, atlas_labels, img, refine).warped_labels, truth, task.eval_labels,
-                    hd95=False) for img, truth in validation]
-    results["registration only"] = (reg, None, (time.perf_counter() - t) / len(validation))
+    warped = [registration.register(atlas, atlas_labels, img, refine).warped_labels for img, _ in validation]
+    per_reg = (time.perf_counter() - t) / len(validation)
+    results["registration only"] = ([evaluate(w, truth, task.eval_labels, hd95=False)
+                                     for w, (_, truth) in zip(warped, validation)], None, per_reg)
     t = time.perf_counter()
     for case in task.unlabelled:  # remembered by the registration model for every row below
         registration.pseudo_labels(atlas, atlas_labels, case.load()[0], refine)
@@ -62,6 +65,12 @@ def main() -> None:
         t = time.perf_counter()
         reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
         results[name] = (reports, train_s, (time.perf_counter() - t) / len(validation))
+        if name == "full":  # an option, not the method: the registration's labels as a prior (segment(prior=...))
+            t = time.perf_counter()
+            fused = [evaluate(segment(model, img, prior=w, prior_weight=args.prior_weight).labels, truth,
+                              task.eval_labels, hd95=False) for w, (img, truth) in zip(warped, validation)]
+            results[f"full + registration prior (weight {args.prior_weight})"] = (
+                fused, train_s, (time.perf_counter() - t) / len(validation) + per_reg)
     print("\n| method | " + " | ".join(c.id for c in task.evaluation) + " | mean | training s | s per volume |")
     print("|---|" + "---|" * (len(validation) + 3))
     for name, (reports, train_s, per) in results.items():

@@ -58,6 +58,12 @@ def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identicall
     assert np.array_equal(a.labels.affine, target.affine) and a.labels.shape == target.shape
     assert a.auto_prompt.shape == target.shape
     assert set(np.unique(a.labels.array)) <= {0, 1, 2}
+    # a prior label map (e.g. the registration's) fused with the final probabilities, by its weight
+    assert np.array_equal(model.segment(target, truth[1], prior_weight=1.0).labels.array, truth[1].array)
+    unfused = model.segment(target, truth[1], prior_weight=0.0)
+    assert np.array_equal(unfused.labels.array, a.labels.array)
+    with pytest.raises(InputError, match="prior_weight"):
+        model.segment(target, truth[1], prior_weight=2.0)
     # the validation Dice reported at the last step is that of the saved model on the working grid
     assert [bool(e.metrics) for e in training] == [False, True, False, True]
     from napari_rrl_medsam.api import evaluate, resample

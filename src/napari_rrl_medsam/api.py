@@ -232,12 +232,14 @@ def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas
     return Path(out)
 
 
-def segment(model, volume: Volume | str | Path):
+def segment(model, volume: Volume | str | Path, prior: Volume | str | Path | None = None, prior_weight: float = 0.3):
     """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
-    mask M_g), both on the volume's native grid and affine."""
+    mask M_g), both on the volume's native grid and affine. `prior`: optionally a label map of the volume,
+    e.g. `register(model, (atlas, labels), volume).warped_labels`, fused with the final probabilities at
+    `prior_weight` (see `SegmentationModel.segment`)."""
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if not hasattr(model, "segment"):
         raise InputError("this is a registration model; segment with a co-trained model (api.cotrain), or use "
                          "api.register for pseudo labels.")
-    return model.segment(_volume(volume))
+    return model.segment(_volume(volume), None if prior is None else _volume(prior, "labels"), prior_weight)

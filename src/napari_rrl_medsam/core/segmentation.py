@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .volume import Grid, Volume
 from .warp import argmax_resampled
 
@@ -116,11 +117,16 @@ class SegmentationModel:
         """The co-trained model's registration (see `RegistrationModel.register`)."""
         return self.registration.register(*args, **kwargs)
 
-    def segment(self, volume: Volume) -> SegmentationResult:
-        """Final labels and the auto-prompt mask of `volume`, on its native grid and affine."""
+    def segment(self, volume: Volume, prior: Volume | None = None, prior_weight: float = 0.3) -> SegmentationResult:
+        """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.
+
+        `prior`: an optional label map of `volume` (e.g. the registration's warped atlas labels) fused with the
+        AP decoder's probabilities, (1 - w) p_k + w [prior == k]; the auto-prompt mask stays the network's own.
+        """
         import torch
 
         from .registration import intensities
+        from .resample import resample
 
         x = intensities(volume, self.grid)[0, 0].to(self.device)
         p = self.parts
@@ -128,9 +134,18 @@ class SegmentationModel:
             module.eval()
         probs_g, probs_m = predict_probabilities(p, x, self.config)
         lut = np.array(self.classes)
+        prior_index = None
+        if prior is not None:
+            if not 0 <= prior_weight <= 1:
+                raise InputError(f"prior_weight must be between 0 and 1, not {prior_weight}.")
+            prior = prior if prior.grid.same_as(volume.grid) else resample(prior, volume.grid, order=0)
+            index = np.full(int(max(prior.array.max(), lut.max())) + 1, -1, np.int64)
+            index[lut] = np.arange(len(lut))
+            prior_index = index[np.clip(prior.array, 0, None).astype(np.int64)]  # labels the model lacks: no vote
         out = []
-        for probs in (probs_m, probs_g):
-            native = argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid)
+        for probs, fuse in ((probs_m, prior_index), (probs_g, None)):
+            native = argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse,
+                                      prior_weight=prior_weight)
             out.append((Volume(lut[native].astype(np.int32), volume.affine, "labels"),
                         lut[torch.argmax(probs, 0).cpu().numpy()].astype(np.int32)))
         return SegmentationResult(out[0][0], out[1][0], out[0][1])

@@ -73,16 +73,21 @@ def resample_linear(array: np.ndarray, source: Grid, grid: Grid) -> np.ndarray:
     return interpolate(array, _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid), padding="border")
 
 
-def argmax_resampled(probs: np.ndarray, source: Grid, grid: Grid, chunk: int = 8) -> np.ndarray:
+def argmax_resampled(probs: np.ndarray, source: Grid, grid: Grid, chunk: int = 8,
+                     prior: np.ndarray | None = None, prior_weight: float = 0.0) -> np.ndarray:
     """Index of the most likely class at each voxel of `grid`, from class probabilities (C, *source.shape)
     interpolated linearly (outside `source`: class 0). Deciding after interpolation keeps the detail a coarse
     grid's probabilities hold (+0.007 mean Dice against interpolating the coarse arg-max, measured).
+    `prior`: class indices on `grid` (-1: none) fused as (1 - w) p_k + w [prior == k], w = `prior_weight`.
     Classes go through in chunks so memory stays at a few volumes."""
     coords = _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid)
     best = np.full(grid.shape, -1.0, np.float32)
     out = np.zeros(grid.shape, np.int64)
+    w = np.float32(prior_weight if prior is not None else 0.0)
     for start in range(0, len(probs), chunk):
         for k, p in enumerate(interpolate(probs[start:start + chunk], coords), start):
+            if w:
+                p = (1 - w) * p + w * (prior == k)
             better = p > best
             best[better], out[better] = p[better], k
     return out
