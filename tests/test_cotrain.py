@@ -144,3 +144,14 @@ def test_api_and_cli_faces(setup, capsys):
                                                                 "t1_auto_prompt.nii.gz", "t1_labels.nii.gz"]
     with pytest.raises(InputError, match="registration model"):
         api.segment(registration, targets[0])
+    # with the atlas: the registration's labels as a prior; at full weight the labels are the warped atlas labels
+    api.save_volume(atlas, tmp / "atlas.nii.gz", overwrite=True)
+    api.save_volume(atlas_labels, tmp / "atlas_labels.nii.gz", overwrite=True)
+    assert main(["segment", str(folder / "t0.nii.gz"), "--model", str(out), "--out", str(tmp / "fused"), "--device",
+                 "cpu", "--atlas-image", str(tmp / "atlas.nii.gz"), "--atlas-labels", str(tmp / "atlas_labels.nii.gz"),
+                 "--prior-weight", "1", "--refine-steps", "0"]) == 0
+    warped = api.register(model, (atlas, atlas_labels), targets[0], refine_steps=0).warped_labels
+    assert np.array_equal(api.load_volume(tmp / "fused" / "t0_labels.nii.gz").array, warped.array)
+    capsys.readouterr()
+    assert main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "x"), "--atlas-image", "a.nii.gz"]) == 2
+    assert "--atlas-labels" in capsys.readouterr().err

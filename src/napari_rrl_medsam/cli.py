@@ -161,10 +161,14 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .api import load_model, load_volume, save_volume, segment
+    from .api import InputError, load_model, load_volume, register, save_volume, segment
     from .core.io import is_volume_path
 
+    if (args.atlas_image is None) != (args.atlas_labels is None):
+        raise InputError("a registration prior needs both --atlas-image and --atlas-labels (or neither).")
     model = load_model(args.model, args.device or "auto")
+    atlas = None if args.atlas_image is None else (load_volume(args.atlas_image),
+                                                    load_volume(args.atlas_labels, kind="labels"))
     paths = []
     for item in args.inputs:
         p = Path(item)
@@ -173,7 +177,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path in paths:
         volume = load_volume(path)
         start = time.perf_counter()
-        result = segment(model, volume)
+        prior = None if atlas is None else register(model, atlas, volume, args.refine_steps).warped_labels
+        result = segment(model, volume, prior=prior, prior_weight=args.prior_weight)
         written = [save_volume(result.labels, out / f"{volume.name}_labels.nii.gz", args.overwrite)]
         if args.auto_prompt:
             written.append(save_volume(result.auto_prompt, out / f"{volume.name}_auto_prompt.nii.gz", args.overwrite))
@@ -259,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="folder for <name>_labels.nii.gz (each on its input's grid)")
     p.add_argument("--auto-prompt", action="store_true", help="also write the auto-prompt mask")
+    p.add_argument("--atlas-image", help="with --atlas-labels: fuse the model's registration of the atlas as a prior")
+    p.add_argument("--atlas-labels")
+    p.add_argument("--prior-weight", type=float, default=0.3, help="weight of that prior (default: %(default)s)")
+    p.add_argument("--refine-steps", type=int, default=5, help="registration refinement steps for the prior")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_segment)
