@@ -4,10 +4,10 @@ the full model and training / segmentation times on this CPU.
 
     python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full]
 
-Trains what is missing (resuming interrupted runs) from training/cotrain.json; the registration checkpoint
-comes from `benchmarks/registration.py --train` (same runs folder). Training time is the co-training steps'
-own time, which each checkpoint accumulates over its runs; the pseudo labels (computed once, shared by all
-rows) are timed apart.
+Trains what is missing (resuming interrupted runs) from training/cotrain.json, and first the registration
+network from training/registration.json if the runs folder has none (as `benchmarks/registration.py --train`).
+Training time is the co-training steps' own time, which each checkpoint accumulates over its runs; the pseudo
+labels (computed once, shared by all rows) are timed apart.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rrl_medsam.api import cotrain, evaluate, load_model, load_task, segment
+from napari_rrl_medsam.api import cotrain, evaluate, load_model, load_task, segment, train_registration
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
 
 HERE = Path(__file__).parent
@@ -40,6 +40,12 @@ def main() -> None:
     spec = json.loads(Path(args.config).read_text())
     runs, data = Path(args.runs), Path(args.data)
     task = load_task(data / spec["task"], split=spec["split"], check=False)
+    if not (runs / spec["registration"]).exists():  # one command from a clean checkout: train it first
+        reg_spec = json.loads((HERE.parent / "training" / "registration.json").read_text())
+        print(f"training the registration network with training/registration.json -> {runs / spec['registration']}")
+        train_registration(load_task(data / reg_spec["task"], split=reg_spec["split"], check=False),
+                           encoder=reg_spec["encoder"], out=runs / spec["registration"], resume=True,
+                           **reg_spec["settings"])
     registration = load_model(runs / spec["registration"])
     atlas, atlas_labels = task.atlas.load()
     validation = [case.load() for case in task.evaluation]

@@ -278,6 +278,14 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     labels = viewer.layers["target02 RRL-MedSAM labels"]
     assert set(np.unique(labels.data)) <= set(np.unique(viewer.layers["atlas labels"].data))
     assert viewer.layers["target02 displacement mm"].data.max() > 0
+    # Segment with the registration prior: the fused labels move toward the warped atlas labels
+    pseudo, unfused = viewer.layers["target02 pseudo labels"].data, labels.data.copy()
+    f.prior.value = True
+    f.segment.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=LONG)
+    fused = viewer.layers["target02 RRL-MedSAM labels"].data
+    assert np.mean(fused == pseudo) > np.mean(unfused == pseudo)
+    f.prior.value = False
     out = tmp_path / "target02_labels.nii.gz"
     (truth,) = viewer.open(str(SAMPLE_DIR / "labels" / "target02.nii.gz"), plugin=PLUGIN)
     f.prediction.value, f.truth.value = viewer.layers["target02 pseudo labels"], truth

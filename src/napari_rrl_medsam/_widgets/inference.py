@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
@@ -37,6 +37,9 @@ class InferenceWidget(QWidget, FollowsLayers):
             SpinBox(name="refine_steps", label="refine steps", min=0, max=1000, value=5,
                     tooltip="instance optimisation on this pair: slower, more accurate"),
             PushButton(name="register", text="Register"),
+            CheckBox(name="prior", text="registration prior", value=False,
+                     tooltip="Segment also registers the atlas above and fuses its labels with the network's "
+                             "(weight 0.3): more accurate, slower"),
             PushButton(name="segment", text="Segment"),
             ComboBox(name="prediction", label="prediction", choices=layer_choices(v, "labels")),
             ComboBox(name="truth", label="ground truth", choices=layer_choices(v, "labels")),
@@ -127,17 +130,23 @@ class InferenceWidget(QWidget, FollowsLayers):
         self._run("register", work, done)
 
     def segment(self) -> None:
-        """Final labels (medical branch) and the auto-prompt mask (general branch), placed like the target."""
+        """Final labels (medical branch) and the auto-prompt mask (general branch), placed like the target; with
+        "registration prior", the atlas's warped labels fused into the final labels (`api.segment(prior=)`)."""
+        prior = self.form.prior.value
         try:
-            layers = self._inputs("model", "target")
+            layers = self._inputs("model", "target", *(("atlas", "atlas_labels") if prior else ()))
         except ValueError as exc:
             return show_error(f"segment: {exc}")
         target, like = to_volume(layers["target"]), layers["target"]
+        atlas = (to_volume(layers["atlas"]), to_volume(layers["atlas_labels"])) if prior else None
+        steps = self.form.refine_steps.value
 
         def work():
-            from ..api import segment
+            from ..api import register, segment
 
-            return segment(self._load_model(), target)
+            model = self._load_model()
+            warped = register(model, atlas, target, steps).warped_labels if atlas is not None else None
+            return segment(model, target, prior=warped)
 
         def done(result) -> None:
             upsert(self.viewer, *like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels"))
