@@ -80,17 +80,21 @@ def argmax_resampled(probs: np.ndarray, source: Grid, grid: Grid, chunk: int = 8
     grid's probabilities hold (+0.007 mean Dice against interpolating the coarse arg-max, measured).
     `prior`: class indices on `grid` (-1: none) fused as (1 - w) p_k + w [prior == k], w = `prior_weight`.
     Classes go through in chunks so memory stays at a few volumes."""
+    import torch
+
     coords = _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid)
-    best = np.full(grid.shape, -1.0, np.float32)
-    out = np.zeros(grid.shape, np.int64)
-    w = np.float32(prior_weight if prior is not None else 0.0)
+    best = torch.full(grid.shape, -1.0)
+    out = torch.zeros(grid.shape, dtype=torch.int64)
+    w = float(prior_weight) if prior is not None else 0.0
     for start in range(0, len(probs), chunk):
-        for k, p in enumerate(interpolate(probs[start:start + chunk], coords), start):
-            if w:
-                p = (1 - w) * p + w * (prior == k)
-            better = p > best
-            best[better], out[better] = p[better], k
-    return out
+        p = torch.from_numpy(interpolate(probs[start:start + chunk], coords))
+        if w:
+            k = torch.arange(start, start + len(p)).view(-1, *([1] * len(grid.shape)))
+            p = (1 - w) * p + w * (torch.from_numpy(prior)[None] == k)
+        value, index = p.max(0)  # the first of equal maxima, as a class-by-class strict comparison would keep
+        better = value > best
+        best, out = torch.where(better, value, best), torch.where(better, index + start, out)
+    return out.numpy()
 
 
 def _mapped_centres(matrix: np.ndarray, grid: Grid) -> np.ndarray:
