@@ -100,6 +100,10 @@ def test_poly_schedule_decays_both_learning_rates(setup):
     with pytest.raises(InputError, match="lr_schedule"):
         next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder,
                             cfg(lr_schedule="cosine")))
+    # checkpoints from before the poly / residual defaults load with what they were trained with
+    old = CotrainConfig.from_dict({"steps": 10})
+    assert (old.lr_schedule, old.prompt_residual) == ("constant", False)
+    assert (CotrainConfig().lr_schedule, CotrainConfig().prompt_residual) == ("poly", True)
 
 
 def test_ablation_switches_remove_their_component(setup, monkeypatch):

@@ -36,7 +36,7 @@ class CotrainConfig:
     steps: int = 300
     lr: float = 1e-2  # decoders: at 1e-3 they took hundreds of steps to predict any small structure
     encoder_lr: float = 5e-4
-    lr_schedule: str = "constant"  # or "poly": both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay)
+    lr_schedule: str = "poly"  # both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay), or "constant"
     # prediction's batch norm: "slab" = each slab's own statistics, as in training (+0.017 Dice measured), or
     # "running" = the running averages (the usual eval mode)
     norm_statistics: str = "slab"
@@ -45,7 +45,7 @@ class CotrainConfig:
     ema_alpha: float = 0.99
     use_mutual_ema: bool = True
     use_prompt: bool = True
-    prompt_residual: bool = False  # AP logits + log M_g: the AP decoder corrects the prompt (see APDecoder)
+    prompt_residual: bool = True  # AP logits + log M_g: the AP decoder corrects the prompt (see APDecoder)
     use_dskd: bool = True  # False: E_g (and so E_m) start from random weights
     slab: int = 8
     image_size: int = 128  # encoder input per slice; 2 mm brain slices are about 112 px across
@@ -65,8 +65,10 @@ class CotrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CotrainConfig":
+        """From a checkpoint's config; keys older checkpoints lack take the values they were trained with."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        legacy = {"lr_schedule": "constant", "prompt_residual": False}
+        return cls(**{**legacy, **{k: v for k, v in d.items() if k in known}})
 
 
 def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes: int, general_state=None):
