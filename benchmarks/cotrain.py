@@ -59,15 +59,12 @@ def main() -> None:
         return (f"| {name} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | **{np.mean(scores):.3f}** | "
                 + (f"{train_s:.0f}" if train_s else "-") + f" | {per:.1f} |")
 
-    def done(name: str) -> None:  # each row as soon as it is known: a long run can be read while it goes on
-        print(row(name), flush=True)
-
     t = time.perf_counter()
     warped = [registration.register(atlas, atlas_labels, img, refine).warped_labels for img, _ in validation]
     per_reg = (time.perf_counter() - t) / len(validation)
     results["registration only"] = ([evaluate(w, truth, task.eval_labels, hd95=False)
                                      for w, (_, truth) in zip(warped, validation)], None, per_reg)
-    done("registration only")
+    print(row("registration only"), flush=True)  # each row as soon as it is known: long runs can be read
     t = time.perf_counter()
     for case in task.unlabelled:  # remembered by the registration model for every row below
         registration.pseudo_labels(atlas, atlas_labels, case.load()[0], refine)
@@ -82,14 +79,14 @@ def main() -> None:
         t = time.perf_counter()
         reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
         results[name] = (reports, train_s, (time.perf_counter() - t) / len(validation))
-        done(name)
+        print(row(name), flush=True)
         if name == "full":  # an option, not the method: the registration's labels as a prior (segment(prior=...))
             t = time.perf_counter()
             fused = [evaluate(segment(model, img, prior=w, prior_weight=args.prior_weight).labels, truth,
                               task.eval_labels, hd95=False) for w, (img, truth) in zip(warped, validation)]
-            results[f"full + registration prior (weight {args.prior_weight})"] = (
-                fused, train_s, (time.perf_counter() - t) / len(validation) + per_reg)
-            done(f"full + registration prior (weight {args.prior_weight})")
+            fused_name = f"full + registration prior (weight {args.prior_weight})"
+            results[fused_name] = (fused, train_s, (time.perf_counter() - t) / len(validation) + per_reg)
+            print(row(fused_name), flush=True)
     print("\n| method | " + " | ".join(c.id for c in task.evaluation) + " | mean | training s | s per volume |")
     print("|---|" + "---|" * (len(validation) + 3))
     for name in results:

@@ -142,10 +142,8 @@ class SegmentationModel:
             index = np.full(int(max(prior.array.max(), lut.max())) + 1, -1, np.int64)
             index[lut] = np.arange(len(lut))
             prior_index = index[np.clip(prior.array, 0, None).astype(np.int64)]  # labels the model lacks: no vote
-        out = []
-        for probs, fuse in ((probs_m, prior_index), (probs_g, None)):
-            native = argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse,
-                                      prior_weight=prior_weight)
-            out.append((Volume(lut[native].astype(np.int32), volume.affine, "labels"),
-                        lut[torch.argmax(probs, 0).cpu().numpy()].astype(np.int32)))
-        return SegmentationResult(out[0][0], out[1][0], out[0][1])
+        labels, auto_prompt = (
+            Volume(lut[argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse,
+                                        prior_weight=prior_weight)].astype(np.int32), volume.affine, "labels")
+            for probs, fuse in ((probs_m, prior_index), (probs_g, None)))
+        return SegmentationResult(labels, auto_prompt, lut[torch.argmax(probs_m, 0).cpu().numpy()].astype(np.int32))

@@ -88,9 +88,9 @@ class RemoteEvents:
             raise payload
         raise StopIteration
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self) -> None:
         """Close the engine in the child (it saves its checkpoint) and wait for the child to exit."""
-        if self._process.pid is None or (self._done and not self._process.is_alive()):
+        if self._done and not self._process.is_alive():
             return
         self._done = True
         try:
@@ -99,7 +99,7 @@ class RemoteEvents:
                 pass
         except (EOFError, OSError):
             pass
-        self._process.join(timeout)
+        self._process.join()
         self._conn.close()
 
     def __del__(self) -> None:
