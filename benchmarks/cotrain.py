@@ -2,7 +2,7 @@
 validation volumes (mean Dice over the 27 eval labels on each native 1 mm grid), with per-structure Dice of
 the full model and training / segmentation times on this CPU.
 
-    python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full]
+    python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full] [--seed 1]
 
 Trains what is missing (resuming interrupted runs) from training/cotrain.json, and first the registration
 network from training/registration.json if the runs folder has none (as `benchmarks/registration.py --train`).
@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(HERE.parent / "training" / "cotrain.json"))
     parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
     parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
+    parser.add_argument("--seed", type=int, help="train and score each row with this seed instead of the recipe's "
+                        "(its own checkpoints, `_seed<n>`): the spread between seeds sizes the rows' differences")
     parser.add_argument("--prior-weight", type=float, default=0.3,
                         help="weight of the registration's labels in the fused row (segment's prior_weight)")
     args = parser.parse_args()
@@ -69,33 +71,39 @@ def main() -> None:
     for case in task.unlabelled:  # remembered by the registration model for every row below
         registration.pseudo_labels(atlas, atlas_labels, case.load()[0], refine)
     print(f"pseudo labels of {len(task.unlabelled)} volumes: {time.perf_counter() - t:.0f} s", flush=True)
-    for name, overrides in spec["ablations"].items():
-        if args.only and name not in args.only:
+    full = None
+    for ablation, overrides in spec["ablations"].items():
+        if args.only and ablation not in args.only:
             continue
-        out = runs / f"cotrain_{re.sub('[^a-z]+', '_', name.lower())}.pt"
-        cotrain(task, registration=registration, out=out, resume=True, **{**spec["settings"], **overrides})
+        settings, name = {**spec["settings"], **overrides}, ablation
+        stem = f"cotrain_{re.sub('[^a-z]+', '_', name.lower())}"
+        if args.seed is not None and args.seed != settings.get("seed"):
+            settings["seed"], stem, name = args.seed, f"{stem}_seed{args.seed}", f"{name} (seed {args.seed})"
+        out = runs / f"{stem}.pt"
+        cotrain(task, registration=registration, out=out, resume=True, **settings)
         train_s = load_checkpoint(out, "rrl-medsam").get("elapsed")
         model = load_model(out)
         t = time.perf_counter()
         reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
         results[name] = (reports, train_s, (time.perf_counter() - t) / len(validation))
         print(row(name), flush=True)
-        if name == "full":  # an option, not the method: the registration's labels as a prior (segment(prior=...))
+        if ablation == "full":  # an option, not the method: the registration's labels as a prior (segment(prior=...))
+            full = name
             t = time.perf_counter()
             fused = [evaluate(segment(model, img, prior=w, prior_weight=args.prior_weight).labels, truth,
                               task.eval_labels, hd95=False) for w, (img, truth) in zip(warped, validation)]
-            fused_name = f"full + registration prior (weight {args.prior_weight})"
+            fused_name = f"{name} + registration prior (weight {args.prior_weight})"
             results[fused_name] = (fused, train_s, (time.perf_counter() - t) / len(validation) + per_reg)
             print(row(fused_name), flush=True)
     print("\n| method | " + " | ".join(c.id for c in task.evaluation) + " | mean | training s | s per volume |")
     print("|---|" + "---|" * (len(validation) + 3))
     for name in results:
         print(row(name))
-    if "full" in results:
-        print("\nper-structure Dice, full model (mean over validation volumes)")
+    if full is not None:
+        print(f"\nper-structure Dice, {full} (mean over validation volumes)")
         for label in task.eval_labels:
             print(f"  {label:>3} {names.get(label, ''):<28} "
-                  f"{np.nanmean([r.dice[label] for r in results['full'][0]]):.3f}")
+                  f"{np.nanmean([r.dice[label] for r in results[full][0]]):.3f}")
 
 
 if __name__ == "__main__":

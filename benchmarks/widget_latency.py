@@ -1,13 +1,15 @@
 """Does training in the napari widget keep the GUI responsive, and does the worker slow training down?
 
-Runs a short registration + co-training on the bundled sample twice after a short warm-up run: once in the
-"One-shot training" dock widget of a real viewer, whose worker drives the engines while a 10 ms Qt timer on
-the main thread measures the time between its ticks, then through the same engines directly (plain Python
-loop, no GUI), alternating `--repeats` times. Throughput counts training steps only (the engines' own preparation excluded).
+Runs a short registration + co-training on the bundled sample twice: once in the "One-shot training" dock
+widget of a real viewer, whose worker drives the engines (in a child process) while a 10 ms Qt timer on the
+main thread measures the time between its ticks, then through the same engines directly (a plain Python loop
+in a fresh process, as the CLI runs them: both start cold), alternating `--repeats` times. Throughput counts
+training steps only (the engines' own preparation excluded).
 Needs an X server; on a headless machine:
 
     xvfb-run -a python benchmarks/widget_latency.py                   # defaults: 16 + 8 steps
     xvfb-run -a python benchmarks/widget_latency.py --registration-steps 40 --cotrain-steps 20
+    xvfb-run -a python benchmarks/widget_latency.py --dskd                # the DSKD widget: 16 + 16 steps
 
 Targets (issue 6): main-thread tick interval p99 < 100 ms; worker throughput within 10% of direct calls.
 """
@@ -15,13 +17,17 @@ Targets (issue 6): main-thread tick interval p99 < 100 ms; worker throughput wit
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from napari_rrl_medsam.core.cache import CACHE_ENV
 
 
 def rates(times: dict[str, list[float]]) -> dict[str, float]:
@@ -58,23 +64,64 @@ def direct(args, out: Path) -> dict[str, float]:
     return rates(times)
 
 
-def in_widget(args, out: Path) -> tuple[dict[str, float], np.ndarray]:
-    """The same run in the dock widget of a real viewer; returns its rates and the timer tick intervals (ms)."""
+def direct_dskd(args, out: Path) -> dict[str, float]:
+    """DSKD (LiteMedSAM teacher, scikit-image's photographs, the sample's targets) driven by a plain loop."""
+    from napari_rrl_medsam import api
+
+    volumes = [case.load()[0] for case in api.sample_task(check=False).unlabelled]
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, list[float]] = {}
+    for event in api.distiller(volumes, None, "litemedsam", None, out / "encoder.pt", **dskd_settings(args)):
+        if event.losses:
+            times.setdefault(event.stage, []).append(time.perf_counter())
+    return rates(times)
+
+
+def dskd_settings(args) -> dict:
+    return dict(natural_steps=args.dskd_steps, medical_steps=args.dskd_steps, batch_size=args.dskd_batch,
+                device="cpu", checkpoint_every=10**6)
+
+
+def training_form(args, out: Path):
+    """Fill the "One-shot training" widget like a user would, with this benchmark's settings."""
+    def fill(viewer, widget) -> None:
+        f = widget.form
+        f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
+        f.unlabelled.value = [viewer.layers["target01"], viewer.layers["target02"]]
+        f.encoder.value, f.device.value, f.out.value = None, "cpu", str(out)
+        reg, cot = settings(args)
+        f.registration_steps.value, f.cotrain_steps.value = reg.pop("steps"), cot.pop("steps")
+        f.slab.value, f.image_size.value = cot.pop("slab"), cot.pop("image_size")
+        widget.registration_settings = {k: v for k, v in reg.items() if k != "device"}
+        widget.cotrain_settings = {k: v for k, v in cot.items() if k != "device"}
+    return "One-shot training", fill
+
+
+def dskd_form(args, out: Path):
+    """Fill the DSKD widget: bundled LiteMedSAM teacher, default photographs, two of the sample's scans."""
+    def fill(viewer, widget) -> None:
+        f = widget.form
+        f.teacher.value, f.natural.value, f.volume_folder.value = "litemedsam", None, None
+        f.volumes.value = [viewer.layers["target01"], viewer.layers["target02"]]
+        s = dskd_settings(args)
+        f.natural_steps.value, f.medical_steps.value = s.pop("natural_steps"), s.pop("medical_steps")
+        f.batch_size.value, f.device.value = s.pop("batch_size"), s.pop("device")
+        f.cache_dir.value, f.out.value = os.environ[CACHE_ENV], str(out / "encoder.pt")
+        widget.advanced = s
+    return "Encoder distillation (DSKD)", fill
+
+
+def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
+    """A run in a dock widget of a real viewer (`form`: its name and how to fill it); returns its rates and the
+    main-thread timer's tick intervals (ms)."""
     import napari
     from qtpy.QtCore import QEventLoop, Qt, QTimer
 
     viewer = napari.Viewer()
     viewer.open_sample("napari-rrl-medsam", "oneshot_brain")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-rrl-medsam", "One-shot training")
-    f = widget.form
-    f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
-    f.unlabelled.value = [viewer.layers["target01"], viewer.layers["target02"]]
-    f.encoder.value, f.device.value, f.out.value = None, "cpu", str(out)
-    reg, cot = settings(args)
-    f.registration_steps.value, f.cotrain_steps.value = reg.pop("steps"), cot.pop("steps")
-    f.slab.value, f.image_size.value = cot.pop("slab"), cot.pop("image_size")
-    widget.registration_settings = {k: v for k, v in reg.items() if k != "device"}
-    widget.cotrain_settings = {k: v for k, v in cot.items() if k != "device"}
+    name, fill = form
+    _, widget = viewer.window.add_plugin_dock_widget("napari-rrl-medsam", name)
+    fill(viewer, widget)
     times: dict[str, list[float]] = {}
     widget.shown.connect(lambda e: e.losses and times.setdefault(e.stage, []).append(time.perf_counter()))
     ticks: list[float] = []
@@ -110,28 +157,38 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--preview-every", type=int, default=4, help="live layer updates (every n steps)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating widget / direct runs")
+    parser.add_argument("--dskd", action="store_true",
+                        help="measure the DSKD widget instead (its worker is a thread; teacher embeddings cached first)")
+    parser.add_argument("--dskd-steps", type=int, default=16, help="steps of each DSKD stage")
+    parser.add_argument("--dskd-batch", type=int, default=4)
     args = parser.parse_args()
     os.environ.setdefault("RRL_MEDSAM_CONFIG_DIR", tempfile.mkdtemp())  # leave the user's settings alone
+    os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp())  # teacher embeddings: shared by all runs, not the user's
     import torch
 
-    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; registration {args.registration_steps} "
-          f"steps, co-training {args.cotrain_steps} steps (slab {args.slab}, {args.image_size} px), live layers "
-          f"every {args.preview_every} steps")
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; " +
+          (f"DSKD {args.dskd_steps} + {args.dskd_steps} steps, batch {args.dskd_batch}" if args.dskd else
+           f"registration {args.registration_steps} steps, co-training {args.cotrain_steps} steps (slab {args.slab}, "
+           f"{args.image_size} px), live layers every {args.preview_every} steps"))
+    form, run_direct = (dskd_form, direct_dskd) if args.dskd else (training_form, direct)
     plain: list[dict[str, float]] = []
     gui: list[dict[str, float]] = []
     intervals = []
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        # warm-up (not measured): the first steps of a process are several times slower (allocator, oneDNN)
-        warm = argparse.Namespace(**{**vars(args), "registration_steps": 3, "cotrain_steps": 3})
-        direct(warm, Path(tmp) / "warm-up")
+        if args.dskd:  # not measured: the teacher's embeddings of every photograph and slice, into the cache
+            warm = argparse.Namespace(**{**vars(args), "dskd_steps": 1})
+            with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
+                fresh.submit(direct_dskd, warm, Path(tmp) / "warm-up").result()
         for r in range(args.repeats):  # alternated: other jobs on a shared machine change the pace over time
             start = time.perf_counter()
-            rate, ticks = in_widget(args, Path(tmp) / f"widget{r}")
+            rate, ticks = in_widget(form(args, Path(tmp) / f"widget{r}"))
             gui.append(rate)
             intervals.append(ticks)
             print(f"widget run {r + 1}: {time.perf_counter() - start:.0f} s, " + _rates(rate))
             start = time.perf_counter()
-            plain.append(direct(args, Path(tmp) / f"direct{r}"))
+            with ProcessPoolExecutor(1, mp_context=spawn) as fresh:  # cold like the widget's child process
+                plain.append(fresh.submit(run_direct, args, Path(tmp) / f"direct{r}").result())
             print(f"direct run {r + 1}: {time.perf_counter() - start:.0f} s, " + _rates(plain[-1]))
     intervals = np.concatenate(intervals)
     print(f"\nmain-thread timer (10 ms) while training in the worker: {len(intervals)} ticks, interval median "
