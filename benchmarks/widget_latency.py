@@ -124,6 +124,8 @@ def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
     fill(viewer, widget)
     times: dict[str, list[float]] = {}
     widget.shown.connect(lambda e: e.losses and times.setdefault(e.stage, []).append(time.perf_counter()))
+    cpu: list[tuple[float, float]] = []  # this (GUI) process's CPU time at each step: what it takes from training
+    widget.shown.connect(lambda e: e.losses and cpu.append((time.perf_counter(), time.process_time())))
     ticks: list[float] = []
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
@@ -145,6 +147,8 @@ def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
         print(f"  stall {1000 * gaps[k]:.0f} ms at {ticks[k] - t0:.1f} s; last event {before[-1][1:] if before else None}")
     if widget.failed is not None:
         raise widget.failed
+    if widget.in_subprocess:  # else the worker thread's training counts too
+        print(f"  GUI process CPU while training: {100 * (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]):.0f}% of a core")
     viewer.close()
     return rates(times), np.diff(ticks) * 1000
 

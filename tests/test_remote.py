@@ -63,3 +63,21 @@ def test_a_child_that_dies_is_an_error_that_says_so(tmp_path):
     remote._process.kill()
     with pytest.raises(RuntimeError, match="ended unexpectedly"):
         next(remote)
+
+
+def test_a_main_script_without_a_guard_is_not_run_again_in_the_child(tmp_path):
+    """napari users' scripts often lack `if __name__ == "__main__"`; spawn would re-run them in the child."""
+    import subprocess
+    import sys
+
+    marker, script = tmp_path / "runs.txt", tmp_path / "user_script.py"
+    script.write_text(
+        "from functools import partial\n"
+        "from napari_rrl_medsam.core.engines.remote import RemoteEvents\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        "print(list(RemoteEvents(partial(iter, [1, 2, 3]))))\n"
+        "assert __file__.endswith('user_script.py')\n")  # the parent's __main__ is restored after the start
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2, 3]"
+    assert marker.read_text() == "ran\n"  # once: in the user's process only

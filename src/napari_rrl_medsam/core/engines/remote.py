@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import sys
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 _NEXT, _CLOSE = "next", "close"
@@ -56,6 +58,24 @@ def _picklable(exc: Exception) -> Exception:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+@contextmanager
+def _main_module_hidden():
+    """Start children that do not import the parent's `__main__`.
+
+    A spawned child normally re-imports the parent's main script; a napari user's script without an
+    `if __name__ == "__main__":` guard would then open a second viewer in the child and never train. The job
+    comes from an importable module, so the child needs nothing from `__main__`.
+    """
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 class RemoteEvents:
     """Iterator over the events of `job()` computed in a spawned child process (see module doc)."""
 
@@ -63,7 +83,8 @@ class RemoteEvents:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds Qt and PyTorch threads
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=_serve, args=(job, child), daemon=True, name="rrl-medsam-engine")
-        self._process.start()
+        with _main_module_hidden():
+            self._process.start()
         child.close()
         self._done = False
 
