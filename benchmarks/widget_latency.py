@@ -148,7 +148,8 @@ def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
     if widget.failed is not None:
         raise widget.failed
     if widget.in_subprocess:  # else the worker thread's training counts too
-        print(f"  GUI process CPU while training: {100 * (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]):.0f}% of a core")
+        share = (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0])
+        print(f"  GUI process CPU while training: {100 * share:.0f}% of a core")
     viewer.close()
     return rates(times), np.diff(ticks) * 1000
 
@@ -162,7 +163,7 @@ def main() -> None:
     parser.add_argument("--preview-every", type=int, default=4, help="live layer updates (every n steps)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating widget / direct runs")
     parser.add_argument("--dskd", action="store_true",
-                        help="measure the DSKD widget instead (its worker is a thread; teacher embeddings cached first)")
+                        help="measure the DSKD widget instead (a thread worker; teacher embeddings cached first)")
     parser.add_argument("--dskd-steps", type=int, default=16, help="steps of each DSKD stage")
     parser.add_argument("--dskd-batch", type=int, default=4)
     args = parser.parse_args()
