@@ -27,6 +27,12 @@ from napari_rrl_medsam.core.checkpoint import load_checkpoint
 HERE = Path(__file__).parent
 
 
+def checkpoint_name(ablation: str, seed: int | None = None) -> str:
+    """The runs-folder file of a row of training/cotrain.json (with another seed than the recipe's: its own)."""
+    stem = f"cotrain_{re.sub('[^a-z]+', '_', ablation.lower())}"
+    return f"{stem}_seed{seed}.pt" if seed is not None else f"{stem}.pt"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
@@ -75,11 +81,11 @@ def main() -> None:
     for ablation, overrides in spec["ablations"].items():
         if args.only and ablation not in args.only:
             continue
-        settings, name = {**spec["settings"], **overrides}, ablation
-        stem = f"cotrain_{re.sub('[^a-z]+', '_', name.lower())}"
+        settings, name, seed = {**spec["settings"], **overrides}, ablation, None
         if args.seed is not None and args.seed != settings.get("seed"):
-            settings["seed"], stem, name = args.seed, f"{stem}_seed{args.seed}", f"{name} (seed {args.seed})"
-        out = runs / f"{stem}.pt"
+            settings["seed"] = seed = args.seed
+            name = f"{ablation} (seed {seed})"
+        out = runs / checkpoint_name(ablation, seed)
         cotrain(task, registration=registration, out=out, resume=True, **settings)
         train_s = load_checkpoint(out, "rrl-medsam").get("elapsed")
         model = load_model(out)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cotrain import checkpoint_name  # benchmarks/cotrain.py: the same runs folder
 from napari_rrl_medsam.api import evaluate, load_model, load_task, load_volume, segment
 
 HERE = Path(__file__).parent
@@ -55,7 +55,7 @@ def main() -> None:
     registration = load_model(runs / spec["registration"])
     atlas, atlas_labels = task.atlas.load()
     names = [n for n in spec["ablations"] if (args.models is None or n in args.models)]
-    paths = {n: runs / f"cotrain_{re.sub('[^a-z]+', '_', n.lower())}.pt" for n in names}
+    paths = {n: runs / checkpoint_name(n) for n in names}
     models = {n: load_model(p) for n, p in paths.items() if p.exists()}
     sets = {"training (pseudo-labelled)": task.unlabelled, "validation": task.evaluation}
     print("| model | volumes | registration vs truth | model vs truth | model vs registration | corrected | broken |")
