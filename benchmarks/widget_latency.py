@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--preview-every", type=int, default=4, help="live layer updates (every n steps)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating widget / direct runs")
     parser.add_argument("--dskd", action="store_true",
-                        help="measure the DSKD widget instead (a thread worker; teacher embeddings cached first)")
+                        help="measure the DSKD widget instead (teacher embeddings cached first)")
     parser.add_argument("--dskd-steps", type=int, default=16, help="steps of each DSKD stage")
     parser.add_argument("--dskd-batch", type=int, default=4)
     args = parser.parse_args()

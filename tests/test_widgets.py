@@ -1,6 +1,7 @@
 """The three dock widgets in a real napari viewer (Xvfb), opened through the plugin manifest, on tiny runs."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -74,10 +75,14 @@ def notifications():
 
 @pytest.fixture
 def dskd_widget(make_napari_viewer, tmp_path, monkeypatch):
-    """A DSKD widget with a tiny teacher and student on one phantom scan, writing `tmp_path/enc.pt`."""
+    """A DSKD widget with a tiny teacher and student on one phantom scan, writing `tmp_path/enc.pt`.
+
+    The tiny teacher is patched into this process, so the engine runs in the widget's worker thread here; the
+    child process the widget uses by default is tested with the bundled teacher below."""
     monkeypatch.setattr("napari_rrl_medsam.core.teachers.get_teacher", lambda *a, **k: tiny_teacher())
     viewer = make_napari_viewer()
     widget = open_widget(viewer, "Encoder distillation (DSKD)")
+    widget.in_subprocess = False
     f = widget.form
     f.volumes.value = [add(viewer, phantom()[0], "scan")]
     f.batch_size.value, f.device.value, f.out.value = 2, "cpu", str(tmp_path / "enc.pt")
@@ -133,6 +138,31 @@ def test_dskd_widget_stop_then_resume_continues_from_the_saved_step(dskd_widget,
     assert widget.failed is None
     assert resumed[0] == saved["step"] + 1 and resumed[-1] == 6 and len(resumed) == 6 - saved["step"]
     assert load_checkpoint(tmp_path / "enc.pt", "distill")["complete"]
+
+
+def test_dskd_widget_trains_in_a_child_process_with_the_bundled_teacher(make_napari_viewer, qtbot, tmp_path):
+    """The default path: LiteMedSAM teacher, the engine in a child process; its cache folder is the form's."""
+    from test_distill import write_photos
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, "Encoder distillation (DSKD)")
+    assert widget.in_subprocess
+    f = widget.form
+    f.teacher.value, f.natural.value = "litemedsam", write_photos(tmp_path / "photos", (60, 80), ".png")
+    f.volumes.value = [add(viewer, phantom()[0], "scan")]
+    f.natural_steps.value, f.medical_steps.value, f.batch_size.value, f.device.value = 1, 1, 2, "cpu"
+    f.cache_dir.value, f.out.value = tmp_path / "my-cache", tmp_path / "enc.pt"
+    widget.advanced = {"encoder": EncoderConfig(**TINY.to_dict()), "checkpoint_every": 1, "slices_per_volume": 2}
+    previews = []
+    widget.shown.connect(lambda e: e.preview and previews.append(e.preview["embedding"]))
+    widget.start()
+    wait_done(qtbot, widget)
+    assert widget.failed is None
+    state = load_checkpoint(tmp_path / "enc.pt", "distill")
+    assert state["step"] == 2 and state["complete"] and state["teacher"]["name"] == "litemedsam"
+    assert len(previews) == 2 and "DSKD: student embedding (a slice)" in viewer.layers
+    assert any((tmp_path / "my-cache").rglob("*.npy"))  # teacher embeddings went to the chosen folder
+    assert os.environ["RRL_MEDSAM_CACHE"] == str(tmp_path / "cache")  # ... set in the child, not in napari
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select, SpinBox
 from qtpy.QtWidgets import QLabel
 
+from .jobs import distillation
 from .layers import layer_choices, to_volume, upsert
 from .runner import TrainingPanel
 from .settings import load_settings, path_or_none, save_settings
@@ -25,27 +26,11 @@ def volume_files(folder: Path | None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_volume_path(p)) if folder else []
 
 
-def embedding_preview(checkpoint: Path, volume) -> np.ndarray:
-    """The student's embedding strength (channel norm) on the middle slice with anatomy of `volume`: a picture
-    of what the encoder has learnt so far, taken from the checkpoint just written (the engine has no preview)."""
-    import torch
-
-    from ..api import load_encoder, load_volume
-    from ..core.checkpoint import load_checkpoint
-    from ..core.inputs import volume_slices
-
-    config = load_checkpoint(checkpoint, "distill")["config"]
-    volume = load_volume(volume) if isinstance(volume, (str, Path)) else volume
-    x = volume_slices(volume, config["axis"], config["spacing"], config["image_size"], 1)
-    with torch.no_grad():
-        embedding = load_encoder(checkpoint)(x)[0]
-    return embedding.norm(dim=0).numpy()
-
-
 class DistillWidget(TrainingPanel):
     """Teacher, photographs, unlabelled volumes, stage lengths; Start / Pause / Resume / Stop."""
 
     title = "DSKD"
+    in_subprocess = True  # its medical stage runs ~15% slower in a worker thread (see core.engines.remote)
 
     def __init__(self, napari_viewer) -> None:
         s = load_settings()
@@ -95,14 +80,10 @@ class DistillWidget(TrainingPanel):
         return Path(self.form.out.value).exists()
 
     def job(self, resume: bool) -> Callable[[], Iterator]:
-        from ..api import distiller
-        from ..core.cache import CACHE_ENV
-
         f = self.form
         teacher, checkpoint = f.teacher.value, f.sam_checkpoint.value
         if teacher == "sam_file" and checkpoint is None:
             raise ValueError("choose the SAM ViT-B checkpoint file, or another teacher.")
-        teacher = "sam_vit_b" if teacher == "sam_file" else teacher
         volumes = [to_volume(layer) for layer in f.volumes.value] + volume_files(f.volume_folder.value)
         if f.medical_steps.value > 0 and not volumes:
             raise ValueError("choose unlabelled volumes (image layers or a folder) for the medical stage, or set its "
@@ -110,27 +91,12 @@ class DistillWidget(TrainingPanel):
         out = Path(f.out.value)
         settings = {"natural_steps": f.natural_steps.value, "medical_steps": f.medical_steps.value,
                     "batch_size": f.batch_size.value, "device": f.device.value, **self.advanced}
-        if f.cache_dir.value is not None:
-            os.environ[CACHE_ENV] = str(f.cache_dir.value)  # where the engine caches teacher embeddings
         save_settings(**{"device": f.device.value, "cache_dir": path_or_none(f.cache_dir.value),
-                         "dskd.teacher": f.teacher.value, "dskd.sam_checkpoint": path_or_none(checkpoint),
+                         "dskd.teacher": teacher, "dskd.sam_checkpoint": path_or_none(checkpoint),
                          "dskd.natural": path_or_none(f.natural.value),
                          "dskd.volume_folder": path_or_none(f.volume_folder.value), "dskd.out": str(out)})
-        natural = f.natural.value
-        checkpoint = checkpoint if f.teacher.value == "sam_file" else None
-
-        def run() -> Iterator:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            events = distiller(volumes, natural, teacher, checkpoint, out, resume, **settings)
-            try:
-                for event in events:
-                    if event.checkpoint is not None and volumes:
-                        event.preview = {"embedding": embedding_preview(event.checkpoint, volumes[0])}
-                    yield event
-            finally:
-                events.close()
-
-        return run
+        return partial(distillation, volumes, f.natural.value, "sam_vit_b" if teacher == "sam_file" else teacher,
+                       checkpoint if teacher == "sam_file" else None, out, resume, settings, f.cache_dir.value)
 
     def show_preview(self, event) -> None:
         # 2D: napari shows it over every slice of the volumes
