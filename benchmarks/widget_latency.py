@@ -1,10 +1,11 @@
 """Does training in the napari widget keep the GUI responsive, and does the worker slow training down?
 
-Runs a short registration + co-training on the bundled sample twice: once in the "One-shot training" dock
-widget of a real viewer, whose worker drives the engines (in a child process) while a 10 ms Qt timer on the
-main thread measures the time between its ticks, then through the same engines directly (a plain Python loop
-in a fresh process, as the CLI runs them: both start cold), alternating `--repeats` times. Throughput counts
-training steps only (the engines' own preparation excluded).
+Runs a short registration + co-training on the bundled sample three ways, alternating `--repeats` times: in the
+"One-shot training" dock widget of a real viewer, whose worker drives the engines (in a child process); the
+same with a 10 ms Qt timer on the main thread (the probe) measuring the time between its ticks; and through the
+same engines directly (a plain Python loop in a fresh process, as the CLI runs them: all start cold).
+Throughput counts training steps only (the engines' own preparation excluded), with and without the probe
+(which wakes the GUI 100 times a second, as a person's use does not).
 Needs an X server; on a headless machine:
 
     xvfb-run -a python benchmarks/widget_latency.py                   # defaults: 16 + 8 steps
@@ -111,9 +112,11 @@ def dskd_form(args, out: Path):
     return "Encoder distillation (DSKD)", fill
 
 
-def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
-    """A run in a dock widget of a real viewer (`form`: its name and how to fill it); returns its rates and the
-    main-thread timer's tick intervals (ms)."""
+def in_widget(form, probe: bool = True, activity: bool = True) -> tuple[dict[str, float], np.ndarray]:
+    """A run in a dock widget of a real viewer (`form`: its name and how to fill it); returns its rates and,
+    with `probe`, the main-thread timer's tick intervals (ms). The viewer settles for 2 s before Start, as it
+    has when a person fills the form. `activity=False` leaves out the widget's napari `progress` (diagnosis:
+    while one runs, napari animates a 33 frames/s "in progress" GIF in its status bar)."""
     import napari
     from qtpy.QtCore import QEventLoop, Qt, QTimer
 
@@ -122,19 +125,30 @@ def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
     name, fill = form
     _, widget = viewer.window.add_plugin_dock_widget("napari-rrl-medsam", name)
     fill(viewer, widget)
+    if not activity:
+        widget._update_napari_progress = lambda event: None
+    loop = QEventLoop()
+    QTimer.singleShot(2000, loop.quit)
+    loop.exec()
     times: dict[str, list[float]] = {}
-    widget.shown.connect(lambda e: e.losses and times.setdefault(e.stage, []).append(time.perf_counter()))
     cpu: list[tuple[float, float]] = []  # this (GUI) process's CPU time at each step: what it takes from training
-    widget.shown.connect(lambda e: e.losses and cpu.append((time.perf_counter(), time.process_time())))
+    shown: list[tuple[float, str, bool]] = []
+
+    def on_shown(e) -> None:
+        now = time.perf_counter()
+        shown.append((now, e.stage, e.preview is not None))
+        if e.losses:
+            times.setdefault(e.stage, []).append(now)
+            cpu.append((now, time.process_time()))
+
+    widget.shown.connect(on_shown)
     ticks: list[float] = []
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    shown: list[tuple[float, str, bool]] = []
-    widget.shown.connect(lambda e: shown.append((time.perf_counter(), e.stage, e.preview is not None)))
-    loop = QEventLoop()
-    timer.start()
+    if probe:
+        timer.start()
     t0 = time.perf_counter()
     worker = widget.start()
     print(f"widget.start() (reads the layers on the main thread): {1000 * (time.perf_counter() - t0):.0f} ms")
@@ -151,7 +165,7 @@ def in_widget(form) -> tuple[dict[str, float], np.ndarray]:
         share = (cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0])
         print(f"  GUI process CPU while training: {100 * share:.0f}% of a core")
     viewer.close()
-    return rates(times), np.diff(ticks) * 1000
+    return rates(times), gaps * 1000
 
 
 def main() -> None:
@@ -161,11 +175,13 @@ def main() -> None:
     parser.add_argument("--slab", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--preview-every", type=int, default=4, help="live layer updates (every n steps)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating widget / direct runs")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of widget / widget + probe / direct runs")
     parser.add_argument("--dskd", action="store_true",
                         help="measure the DSKD widget instead (teacher embeddings cached first)")
     parser.add_argument("--dskd-steps", type=int, default=16, help="steps of each DSKD stage")
     parser.add_argument("--dskd-batch", type=int, default=4)
+    parser.add_argument("--no-activity", dest="activity", action="store_false",
+                        help="diagnosis: widget runs without their napari progress (and its animated indicator)")
     args = parser.parse_args()
     os.environ.setdefault("RRL_MEDSAM_CONFIG_DIR", tempfile.mkdtemp())  # leave the user's settings alone
     os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp())  # teacher embeddings: shared by all runs, not the user's
@@ -176,8 +192,7 @@ def main() -> None:
            f"registration {args.registration_steps} steps, co-training {args.cotrain_steps} steps (slab {args.slab}, "
            f"{args.image_size} px), live layers every {args.preview_every} steps"))
     form, run_direct = (dskd_form, direct_dskd) if args.dskd else (training_form, direct)
-    plain: list[dict[str, float]] = []
-    gui: list[dict[str, float]] = []
+    runs: dict[str, list[dict[str, float]]] = {"direct": [], "widget": [], "widget + probe": []}
     intervals = []
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,23 +201,27 @@ def main() -> None:
             with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
                 fresh.submit(direct_dskd, warm, Path(tmp) / "warm-up").result()
         for r in range(args.repeats):  # alternated: other jobs on a shared machine change the pace over time
-            start = time.perf_counter()
-            rate, ticks = in_widget(form(args, Path(tmp) / f"widget{r}"))
-            gui.append(rate)
-            intervals.append(ticks)
-            print(f"widget run {r + 1}: {time.perf_counter() - start:.0f} s, " + _rates(rate))
-            start = time.perf_counter()
-            with ProcessPoolExecutor(1, mp_context=spawn) as fresh:  # cold like the widget's child process
-                plain.append(fresh.submit(run_direct, args, Path(tmp) / f"direct{r}").result())
-            print(f"direct run {r + 1}: {time.perf_counter() - start:.0f} s, " + _rates(plain[-1]))
+            for kind in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                start, out = time.perf_counter(), Path(tmp) / f"{kind}{r}".replace(" + ", "-")
+                if kind == "direct":
+                    with ProcessPoolExecutor(1, mp_context=spawn) as fresh:  # cold like the widget's child process
+                        rate = fresh.submit(run_direct, args, out).result()
+                else:
+                    rate, ticks = in_widget(form(args, out), probe=kind == "widget + probe", activity=args.activity)
+                    if kind == "widget + probe":
+                        intervals.append(ticks)
+                runs[kind].append(rate)
+                print(f"{kind} run {r + 1}: {time.perf_counter() - start:.0f} s, " + _rates(rate), flush=True)
     intervals = np.concatenate(intervals)
     print(f"\nmain-thread timer (10 ms) while training in the worker: {len(intervals)} ticks, interval median "
           f"{statistics.median(intervals):.1f} ms, p99 {np.percentile(intervals, 99):.1f} ms, "
           f"max {intervals.max():.1f} ms")
-    print(f"\n{'stage':<14} {'direct steps/s':>15} {'worker steps/s':>15} {'worker/direct':>14}   (mean of {args.repeats})")
-    for stage in plain[0]:
-        a, b = np.mean([p[stage] for p in plain]), np.mean([g.get(stage, np.nan) for g in gui])
-        print(f"{stage:<14} {a:15.3f} {b:15.3f} {b / a:14.2f}")
+    print(f"\nsteps/s, mean of {args.repeats} runs each (the probe: the 10 ms timer that measures latency; it "
+          "wakes the GUI 100 times a second)")
+    print(f"{'stage':<14} {'direct':>8} {'widget':>8} {'ratio':>6} {'widget + probe':>15} {'ratio':>6}")
+    for stage in runs["direct"][0]:
+        a, b, c = (np.mean([run.get(stage, np.nan) for run in runs[kind]]) for kind in runs)
+        print(f"{stage:<14} {a:8.3f} {b:8.3f} {b / a:6.2f} {c:15.3f} {c / a:6.2f}")
 
 
 def _rates(rate: dict[str, float]) -> str:
