@@ -104,6 +104,7 @@ def test_dskd_widget_runs_to_completion_with_a_live_layer(dskd_widget, qtbot, tm
     assert state["step"] == 4 and state["complete"]
     assert len(shots) >= 4 and len({id(layer) for layer, _ in shots}) == 1  # one layer, updated in place
     assert not np.array_equal(shots[0][1], shots[-1][1])  # it changed as the student learnt
+    assert [layer.name for layer in widget.form.volumes.choices] == ["scan"]  # the 2D preview is no volume
     assert set(widget.plot.series) >= {"loss", "mse", "cosine"} and len(widget.plot.series["loss"]) == 4
     assert "finished" in widget.status.text() and widget.buttons["Start"].isEnabled()
     settings = json.loads((tmp_path / "config" / "settings.json").read_text())

@@ -72,10 +72,11 @@ def show_volume(viewer, volume: Volume, name: str):
 
 
 def layer_choices(viewer, kind: str, optional: bool = False) -> Callable[[Any], list]:
-    """A magicgui `choices` callable listing the viewer's layers of one kind (by name, the layer as value)."""
+    """A magicgui `choices` callable listing the viewer's 3D layers of one kind (by name, the layer as value);
+    2D ones, such as the DSKD widget's embedding preview, are no volumes."""
 
     def choices(_widget=None) -> list:
-        layers = [(layer.name, layer) for layer in viewer.layers if is_kind(layer, kind)]
+        layers = [(layer.name, layer) for layer in viewer.layers if is_kind(layer, kind) and layer.ndim >= 3]
         return ([("(none)", None)] if optional else []) + layers
 
     return choices
