@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,15 @@ from napari_rrl_medsam.core.cache import CACHE_ENV
 def rates(times: dict[str, list[float]]) -> dict[str, float]:
     """Steps per second of each training stage, from the arrival times of its events (first to last)."""
     return {stage: (len(t) - 1) / (t[-1] - t[0]) for stage, t in times.items() if len(t) > 1}
+
+
+def step_rates(events) -> dict[str, float]:
+    """`rates` of an engine's events driven by a plain loop (its training steps: the events with losses)."""
+    times: dict[str, list[float]] = {}
+    for event in events:
+        if event.losses:
+            times.setdefault(event.stage, []).append(time.perf_counter())
+    return rates(times)
 
 
 def settings(args) -> tuple[dict, dict]:
@@ -53,16 +63,12 @@ def direct(args, out: Path) -> dict[str, float]:
     unlabelled = [case.load()[0] for case in task.unlabelled]
     reg, cot = settings(args)
     encoder = api.load_encoder()
-    times: dict[str, list[float]] = {}
-    for events in (lambda: api.registration_trainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
-                                                    encoder=encoder, out=out / "registration.pt", **reg),
-                   lambda: api.cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, encoder=encoder,
-                                         registration=out / "registration.pt", out=out / "rrl_medsam.pt",
-                                         validation=[], **cot)):
-        for event in events():
-            if event.losses:
-                times.setdefault(event.stage, []).append(time.perf_counter())
-    return rates(times)
+    stages = (lambda: api.registration_trainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
+                                               encoder=encoder, out=out / "registration.pt", **reg),
+              lambda: api.cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, encoder=encoder,
+                                    registration=out / "registration.pt", out=out / "rrl_medsam.pt",
+                                    validation=[], **cot))
+    return step_rates(chain.from_iterable(stage() for stage in stages))  # co-training starts once registration is done
 
 
 def direct_dskd(args, out: Path) -> dict[str, float]:
@@ -71,11 +77,7 @@ def direct_dskd(args, out: Path) -> dict[str, float]:
 
     volumes = [case.load()[0] for case in api.sample_task(check=False).unlabelled]
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, list[float]] = {}
-    for event in api.distiller(volumes, None, "litemedsam", None, out / "encoder.pt", **dskd_settings(args)):
-        if event.losses:
-            times.setdefault(event.stage, []).append(time.perf_counter())
-    return rates(times)
+    return step_rates(api.distiller(volumes, None, "litemedsam", None, out / "encoder.pt", **dskd_settings(args)))
 
 
 def dskd_settings(args) -> dict:

@@ -82,7 +82,8 @@ class DistillWidget(TrainingPanel):
     def job(self, resume: bool) -> Callable[[], Iterator]:
         f = self.form
         teacher, checkpoint = f.teacher.value, f.sam_checkpoint.value
-        if teacher == "sam_file" and checkpoint is None:
+        sam_file = teacher == "sam_file"
+        if sam_file and checkpoint is None:
             raise ValueError("choose the SAM ViT-B checkpoint file, or another teacher.")
         volumes = [to_volume(layer) for layer in f.volumes.value] + volume_files(f.volume_folder.value)
         if f.medical_steps.value > 0 and not volumes:
@@ -95,8 +96,8 @@ class DistillWidget(TrainingPanel):
                          "dskd.teacher": teacher, "dskd.sam_checkpoint": path_or_none(checkpoint),
                          "dskd.natural": path_or_none(f.natural.value),
                          "dskd.volume_folder": path_or_none(f.volume_folder.value), "dskd.out": str(out)})
-        return partial(distillation, volumes, f.natural.value, "sam_vit_b" if teacher == "sam_file" else teacher,
-                       checkpoint if teacher == "sam_file" else None, out, resume, settings, f.cache_dir.value)
+        return partial(distillation, volumes, f.natural.value, "sam_vit_b" if sam_file else teacher,
+                       checkpoint if sam_file else None, out, resume, settings, f.cache_dir.value)
 
     def show_preview(self, event) -> None:
         # 2D: napari shows it over every slice of the volumes
