@@ -1,5 +1,6 @@
 """The co-training building blocks: slab decoders, the auto-prompting decoder, mutual EMA."""
 
+import pytest
 import torch
 
 from napari_rrl_medsam.core.models.encoder import EncoderConfig, LightEncoder
@@ -80,3 +81,21 @@ def test_slab_statistics_normalise_each_slab_by_itself_and_keep_the_running_aver
     with torch.no_grad():
         as_trained = encoder.features(x)[-1]  # training normalises by the batch (the slab) too
     assert torch.allclose(by_slab, as_trained, atol=1e-6) and not torch.allclose(by_slab, running, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape,size", [((112, 96), 128), ((80, 96), 128), ((72, 84), 64), ((30, 30), 32)])
+def test_training_labels_sit_on_their_image_after_the_square_resize(shape, size):
+    """A label edge lands on the same pixel as the image edge it outlines (both resized to the encoder's square)."""
+    from napari_rrl_medsam.core.segmentation import labels_to_square, to_square
+
+    mid = size // 2  # profiles through the middle, away from corners where an edge meets the padding
+    for edge in range(3, min(shape) - 3, 5):
+        labels = torch.zeros((2, *shape), dtype=torch.long)
+        labels[0, edge:, :] = 1  # an edge across each axis
+        labels[1, :, edge:] = 2
+        image = (labels > 0).float()  # the image is the structure itself
+        resized_image = to_square(image, size)[:, 0] > 0.5
+        resized_labels = labels_to_square(labels, size)
+        assert torch.equal(resized_labels[0, :, mid] > 0, resized_image[0, :, mid]), (shape, size, edge)
+        assert torch.equal(resized_labels[1, mid] > 0, resized_image[1, mid]), (shape, size, edge)
+        assert set(resized_labels.unique().tolist()) == {0, 1, 2}

@@ -34,14 +34,16 @@ def to_square(x, size: int):
 
 
 def labels_to_square(y, size: int):
-    """(K, X, Y) class indices -> (K, size, size), nearest neighbour, same padding as `to_square`."""
+    """(K, X, Y) class indices -> (K, size, size), same padding as `to_square`; centre-aligned nearest
+    neighbour ("nearest-exact"), as the images' bilinear resize (legacy "nearest" put labels up to a pixel
+    off their image)."""
     import torch.nn.functional as F
 
     h, w = y.shape[-2:]
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     y = F.pad(y, (left, side - w - left, top, side - h - top))
-    return F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    return F.interpolate(y[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].long()
 
 
 def from_square(p, shape: tuple[int, int]):
