@@ -2,7 +2,7 @@
 validation volumes (mean Dice over the 27 eval labels on each native 1 mm grid), with per-structure Dice of
 the full model and training / segmentation times on this CPU.
 
-    python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full] [--seed 1]
+    python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full] [--seed 1] [--threads 1]
 
 Trains what is missing (resuming interrupted runs) from training/cotrain.json, and first the registration
 network from training/registration.json if the runs folder has none (as `benchmarks/registration.py --train`).
@@ -41,10 +41,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
     parser.add_argument("--seed", type=int, help="train and score each row with this seed instead of the recipe's "
                         "(its own checkpoints, `_seed<n>`): the spread between seeds sizes the rows' differences")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each when two runs share 2 cores)")
     parser.add_argument("--prior-weight", type=float, default=0.3,
                         help="weight of the registration's labels in the fused row (segment's prior_weight)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     spec = json.loads(Path(args.config).read_text())
     runs, data = Path(args.runs), Path(args.data)
     task = load_task(data / spec["task"], split=spec["split"], check=False)

@@ -117,10 +117,8 @@ class RegistrationModel:
         """The medical encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor (None without an encoder)."""
         return None if self.encoder is None else encoder_features(self.encoder, x, self.config)
 
-    def field(self, atlas: Volume, target: Volume, refine_steps: int = 0) -> Field:
-        """The atlas-to-target displacement on the working grid (world mm)."""
-        import torch
-
+    def _network_inputs(self, atlas: Volume, target: Volume):
+        """The working grid, both volumes' intensities and the network's inputs (features cached for the atlas)."""
         grid = working_grid(atlas, self.config.spacing)
         if grid.shape != self.grid.shape:
             raise InputError(f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
@@ -129,11 +127,26 @@ class RegistrationModel:
         key = hashlib.sha256(a.cpu().numpy().tobytes()).hexdigest()
         if self._atlas_features[0] != key:  # the atlas is usually the same for every target
             self._atlas_features = (key, self.features(a))
+        return grid, a, t, (a, t, self._atlas_features[1], self.features(t))
+
+    def field(self, atlas: Volume, target: Volume, refine_steps: int = 0) -> Field:
+        """The atlas-to-target displacement on the working grid (world mm)."""
+        import torch
+
+        grid, a, t, inputs = self._network_inputs(atlas, target)
         with torch.no_grad():
-            ddf = self.net(a, t, self._atlas_features[1], self.features(t))
+            ddf = self.net(*inputs)
         if refine_steps > 0:
             ddf = refine(ddf, a, t, self.config, refine_steps)
         return Field.from_voxels(ddf[0].cpu().numpy(), grid)
+
+    def velocity(self, atlas: Volume, target: Volume):
+        """The network's atlas-to-target output before integration, (3, X/2, Y/2, Z/2) half-resolution voxels
+        of the working grid, on the CPU: `net.displacement` turns it (or a scaled / mixed one) into a field."""
+        import torch
+
+        with torch.no_grad():
+            return self.net.velocity(*self._network_inputs(atlas, target)[3])[0].cpu()
 
     def pseudo_labels(self, atlas: Volume, atlas_labels: Volume, target: Volume, refine_steps: int = 0) -> np.ndarray:
         """The warped atlas labels on the working grid only (what co-training needs; no native-grid warps).

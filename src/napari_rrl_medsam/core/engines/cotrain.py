@@ -2,11 +2,13 @@
 atlas's true labels), with mutual EMA between the two encoders after every optimiser step.
 
 Pseudo labels are computed once at the start by the registration model (on the atlas's working grid).
-Each step trains on a slab of `slab` consecutive axial slices of one volume (the atlas with probability
-`atlas_probability`, else an unlabelled volume): general branch -> M_g (Dice + CE), medical branch with M_g
+Each step trains on a slab of `slab` consecutive axial slices of one pair: the atlas with its true labels
+(probability `atlas_probability`), an exact synthetic pair (`synthetic_probability`: the atlas image and labels
+warped by one sampled field, the image restyled after an unlabelled volume; `core/synthetic.py`), or else an
+unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general branch -> M_g (Dice + CE), medical branch with M_g
 (detached: a prompt is an input, as in SAM) as dense mask prompt -> final mask (Dice + CE), optionally a
 consistency term between the branches. Ablations: `use_dskd=False` (random E_g), `use_mutual_ema=False`,
-`use_prompt=False`. Events carry previews: the current volume's pseudo labels and auto-prompt mask.
+`use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`. Events carry previews: the current volume's pseudo labels and auto-prompt mask.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from ..checkpoint import resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
+from ..augment import intensity_augmentation
 from ..registration import intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
+from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
 from ..task import check_atlas
 from ..volume import Volume
 from .events import Progress, due
@@ -50,6 +54,13 @@ class CotrainConfig:
     slab: int = 8
     image_size: int = 128  # encoder input per slice; 2 mm brain slices are about 112 px across
     atlas_probability: float = 0.25
+    # exact synthetic pairs (0: none): share of steps; the rest after the atlas are (unlabelled, pseudo label)
+    synthetic_probability: float = 0.0
+    appearance: str = "style"  # of the synthetic image: "style" (BRBS offset), "fourier" (IST amplitude), "none"
+    field_mode: str = "mix"  # synthetic fields: "mix" two volumes' velocities, or "scale" one
+    synthetic_beta: float = 0.3  # Beta(b, b) of the field and style weights (BRBS)
+    pseudo_weight: float = 1.0  # loss weight of the (unlabelled image, pseudo label) steps (IST: 0.1)
+    intensity_augment: bool = False  # MONAI random bias field, contrast, histogram shift, blur, noise
     consistency_weight: float = 0.0
     decoder_width: int = 32
     refine_steps: int = 0  # instance optimisation when computing pseudo labels
@@ -67,7 +78,8 @@ class CotrainConfig:
     def from_dict(cls, d: dict) -> "CotrainConfig":
         """From a checkpoint's config; keys older checkpoints lack take the values they were trained with."""
         known = {f.name for f in fields(cls)}
-        legacy = {"lr_schedule": "constant", "prompt_residual": False}
+        legacy = {"lr_schedule": "constant", "prompt_residual": False, "synthetic_probability": 0.0,
+                  "pseudo_weight": 1.0, "intensity_augment": False}
         return cls(**{**legacy, **{k: v for k, v in d.items() if k in known}})
 
 
@@ -102,6 +114,20 @@ def validation_dice(parts: dict, validation, classes: np.ndarray, config: Cotrai
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
+def _check_mix(config: CotrainConfig) -> None:
+    """The training mix's settings, each a clear error."""
+    share = config.atlas_probability + config.synthetic_probability
+    if not (0 <= config.atlas_probability <= 1 and 0 <= config.synthetic_probability <= 1 and share <= 1):
+        raise InputError(f"atlas_probability ({config.atlas_probability}) and synthetic_probability "
+                         f"({config.synthetic_probability}) are shares of the steps: each in [0, 1], together <= 1.")
+    if config.appearance not in APPEARANCES:
+        raise InputError(f"appearance must be one of {', '.join(APPEARANCES)}, not {config.appearance!r}.")
+    if config.field_mode not in FIELD_MODES:
+        raise InputError(f"field_mode must be one of {', '.join(FIELD_MODES)}, not {config.field_mode!r}.")
+    if config.pseudo_weight < 0 or config.synthetic_beta <= 0:
+        raise InputError("pseudo_weight must be >= 0 and synthetic_beta > 0.")
+
+
 def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Volume], registration,
                    checkpoint: str | Path, encoder=None, config: CotrainConfig | None = None,
                    resume: bool = False, validation: Sequence[tuple[Volume, Volume]] = ()) -> Iterator[Progress]:
@@ -117,6 +143,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         raise InputError(f"lr_schedule must be 'constant' or 'poly', not {config.lr_schedule!r}.")
     if config.norm_statistics not in ("slab", "running"):
         raise InputError(f"norm_statistics must be 'slab' or 'running', not {config.norm_statistics!r}.")
+    _check_mix(config)
     checkpoint = Path(checkpoint)
     atlas_labels = check_atlas(atlas, atlas_labels)
     if not unlabelled:
@@ -141,6 +168,15 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         yield Progress("pseudo labels", i + 1, len(unlabelled), message="registration pseudo labels",
                        preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo})
 
+    synthetic = None
+    if config.synthetic_probability > 0:
+        velocities = []
+        for i, volume in enumerate(unlabelled):
+            velocities.append(registration.velocity(atlas, volume))
+            yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
+        synthetic = SyntheticPairs(images[0], targets[0], velocities, images[1:], registration.net.displacement,
+                                   config.appearance, config.field_mode, config.synthetic_beta)
+    augment = intensity_augmentation() if config.intensity_augment else None
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state is not None
                       else encoder.config if encoder is not None else EncoderConfig())
@@ -183,22 +219,32 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         while step < config.steps:
             started = time.perf_counter()
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            use_atlas = bool(torch.rand(1, generator=gen) < config.atlas_probability)
-            i = 0 if use_atlas else 1 + int(torch.randint(len(unlabelled), (1,), generator=gen))
-            lo, hi = ranges[i]
+            draw = float(torch.rand(1, generator=gen))
+            kind = ("atlas" if draw < config.atlas_probability else "synthetic"
+                    if draw < config.atlas_probability + config.synthetic_probability else "pseudo")
+            i = 0 if kind == "atlas" else 1 + int(torch.randint(len(unlabelled), (1,), generator=gen))
+            lo, hi = ranges[0 if kind == "synthetic" else i]  # a synthetic pair is the atlas, deformed
             start = lo + int(torch.randint(max(hi - lo - config.slab + 2, 1), (1,), generator=gen))
             start = min(start, images[i].shape[2] - config.slab) if images[i].shape[2] >= config.slab else 0
-            x = images[i][:, :, start:start + config.slab].movedim(2, 0)  # (K, X, Y)
-            y = targets[i][:, :, start:start + config.slab].movedim(2, 0)
+            if kind == "synthetic":
+                x, y = (t.movedim(2, 0) for t in synthetic.sample(np.random.default_rng([config.seed, step]),
+                                                                   start, min(config.slab, images[0].shape[2])))
+            else:
+                x = images[i][:, :, start:start + config.slab].movedim(2, 0)  # (K, X, Y)
+                y = targets[i][:, :, start:start + config.slab].movedim(2, 0)
             if config.augment:
                 x = x.clamp(0, 1) ** float(torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)))
+            if augment is not None:
+                augment.set_random_state(seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
+                x = augment(x[None])[0]
+                x = x.as_tensor() if hasattr(x, "as_tensor") else x  # MONAI's MetaTensor -> a plain tensor
             xs = to_square(x, config.image_size).to(device)
             ys = labels_to_square(y, config.image_size)[None, None].to(device)  # (1, 1, K, S, S)
             logits_g = parts["decoder_g"](slab_features(parts["general"], xs))
             probs_g = torch.softmax(logits_g, 1)
             logits_m = parts["ap"](slab_features(parts["medical"], xs), probs_g.detach() if config.use_prompt else None)
             loss_g, loss_m = loss_fn(logits_g, ys), loss_fn(logits_m, ys)
-            loss = loss_g + loss_m
+            loss = (loss_g + loss_m) * (config.pseudo_weight if kind == "pseudo" else 1.0)
             losses = {"general": float(loss_g.detach()), "medical": float(loss_m.detach())}
             if config.consistency_weight > 0:
                 cons = torch.mean((torch.softmax(logits_m, 1) - probs_g) ** 2)

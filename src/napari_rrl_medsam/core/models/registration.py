@@ -61,6 +61,12 @@ class RegistrationNet(nn.Module):
     def forward(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
                 target_features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1, X, Y, Z) each (+ (B, F, X/2, Y/2, Z/2) features) -> displacement (B, 3, X, Y, Z) in voxels."""
+        return self.displacement(self.velocity(atlas, target, atlas_features, target_features), atlas.shape[2:])
+
+    def velocity(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
+                 target_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output before integration: (B, 3, X/2, Y/2, Z/2), in half-resolution voxels (a
+        stationary velocity field with `diffeomorphic`, else the displacement itself)."""
         x = torch.cat([atlas, target], 1)
         skips = []
         for i, block in enumerate(self.down):
@@ -75,7 +81,11 @@ class RegistrationNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[1:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = block(torch.cat([x, skip], 1))
-        flow = self.head(x)  # half resolution, in half-resolution voxels
+        return self.head(x)
+
+    def displacement(self, flow: torch.Tensor, size) -> torch.Tensor:
+        """Half-resolution network output (`velocity`) -> displacement (B, 3, *size) in full-resolution voxels:
+        integrated by scaling and squaring if `diffeomorphic`, then upsampled."""
         if self.integrate is not None:
             flow = self.integrate(flow)
-        return 2 * F.interpolate(flow, size=atlas.shape[2:], mode="trilinear", align_corners=False)
+        return 2 * F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False)
