@@ -5,7 +5,8 @@ the full model and training / segmentation times on this CPU.
     python benchmarks/cotrain.py --data ../shared/data --runs training/runs [--only full] [--seed 1] [--threads 1]
 
 Trains what is missing (resuming interrupted runs) from training/cotrain.json, and first the registration
-network from training/registration.json if the runs folder has none (as `benchmarks/registration.py --train`).
+network from training/registration.json (with cotrain.json's `registration_settings` on top, e.g. fewer steps)
+if the runs folder has none.
 Training time is the co-training steps' own time, which each checkpoint accumulates over its runs; the pseudo
 labels (computed once, shared by all rows) are timed apart.
 """
@@ -51,10 +52,11 @@ def main() -> None:
     task = load_task(data / spec["task"], split=spec["split"], check=False)
     if not (runs / spec["registration"]).exists():  # one command from a clean checkout: train it first
         reg_spec = json.loads((HERE.parent / "training" / "registration.json").read_text())
-        print(f"training the registration network with training/registration.json -> {runs / spec['registration']}")
+        settings = {**reg_spec["settings"], **spec.get("registration_settings", {})}
+        print(f"training the registration network with training/registration.json and {settings} "
+              f"-> {runs / spec['registration']}")
         train_registration(load_task(data / reg_spec["task"], split=reg_spec["split"], check=False),
-                           encoder=reg_spec["encoder"], out=runs / spec["registration"], resume=True,
-                           **reg_spec["settings"])
+                           encoder=reg_spec["encoder"], out=runs / spec["registration"], resume=True, **settings)
     registration = load_model(runs / spec["registration"])
     atlas, atlas_labels = task.atlas.load()
     validation = [case.load() for case in task.evaluation]

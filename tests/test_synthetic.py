@@ -6,7 +6,6 @@ import torch
 
 from napari_rrl_medsam.api import InputError
 from napari_rrl_medsam.core.engines.cotrain import cotrain_engine
-from napari_rrl_medsam.core.models.registration import RegistrationConfig, RegistrationNet
 from napari_rrl_medsam.core.synthetic import SyntheticPairs, warp_slab
 from napari_rrl_medsam.core.volume import Grid
 from napari_rrl_medsam.core.warp import Field
@@ -34,10 +33,9 @@ def smooth_velocity(seed: int, magnitude: float):
 
 def pairs(velocities, appearance="none", field_mode="mix", images=None):
     classes, image = structures()
-    net = RegistrationNet(RegistrationConfig(feature_channels=0, integration_steps=7))
     images = images if images is not None else [torch.rand(SHAPE, generator=torch.Generator().manual_seed(i))
                                                 for i in range(len(velocities))]
-    return SyntheticPairs(image, classes, velocities, images, net.displacement, appearance, field_mode)
+    return SyntheticPairs(image, classes, velocities, images, 7, appearance, field_mode)
 
 
 def test_image_and_labels_move_together_under_a_known_field():
@@ -85,6 +83,20 @@ def test_appearance_transfer_changes_intensities_never_the_labels(appearance):
     assert changed >= 3  # (Beta(0.3, 0.3) weights: some draws are close to no transfer)
 
 
+def test_the_style_offset_is_the_unlabelled_volume_brought_back_to_the_atlas():
+    """S = U o exp(-v) - A: zero when U is the atlas moved by exp(v), the field registration found."""
+    classes, image = structures()
+    atlas = torch.nn.functional.avg_pool3d(image[None, None], 5, 1, 2, count_include_pad=False)[0, 0]  # smooth
+    v = smooth_velocity(6, 2.0)
+    moved = pairs([v]).field(v)
+    unlabelled = warp_slab(atlas, moved, 0, SHAPE[2])  # the atlas as a subject that registration maps exactly
+    synthetic = SyntheticPairs(atlas, classes, [v], [unlabelled], 7, "style")
+    inner = (slice(3, -3),) * 3  # away from the borders, where the moved atlas was padded
+    offset = float(synthetic.styles[0][inner].abs().mean())  # interpolation's blur only
+    wrong_way = float((warp_slab(unlabelled, moved, 0, SHAPE[2]) - atlas)[inner].abs().mean())  # U o exp(+v)
+    assert offset < 0.25 * float((unlabelled - atlas)[inner].abs().mean()) and offset < 0.15 * wrong_way
+
+
 def test_sampled_fields_do_not_fold_for_any_weight():
     v1, v2 = smooth_velocity(3, 4.0), smooth_velocity(4, 4.0)  # large: a displacement this size would fold
     synthetic = pairs([v1, v2])
@@ -109,6 +121,9 @@ def test_slab_warp_is_monai_warp():
 def test_cotraining_on_the_mix_stops_and_resumes_as_one_run(setup, monkeypatch):  # noqa: F811
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     mix = dict(steps=4, synthetic_probability=0.5, intensity_augment=True, pseudo_weight=0.5, checkpoint_every=1)
+    sampled = []
+    real_sample = SyntheticPairs.sample
+    monkeypatch.setattr(SyntheticPairs, "sample", lambda s, *a: sampled.append(1) or real_sample(s, *a))
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "mix.pt", encoder, cfg(**mix)))
     run = cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "mix2.pt", encoder, cfg(**mix))
     for e in run:
@@ -118,7 +133,7 @@ def test_cotraining_on_the_mix_stops_and_resumes_as_one_run(setup, monkeypatch):
     rest = [e for e in cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "mix2.pt", encoder,
                                       cfg(**mix), resume=True)]
     assert [e.step for e in rest if e.stage == "co-training"] == [3, 4]
-    assert "synthetic pairs" in {e.stage for e in rest}
+    assert "synthetic pairs" in {e.stage for e in rest} and 0 < len(sampled) < 8  # a mix of pair kinds
     from napari_rrl_medsam.core.checkpoint import load_checkpoint
 
     one, two = (load_checkpoint(tmp / n, "rrl-medsam")["parts"] for n in ("mix.pt", "mix2.pt"))
@@ -151,3 +166,10 @@ def test_each_switch_removes_its_part(setup, monkeypatch):  # noqa: F811
                             cfg(atlas_probability=0.5, synthetic_probability=0.6)))
     with pytest.raises(InputError, match="appearance"):
         next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder, cfg(appearance="x")))
+
+
+def test_the_registration_velocity_integrates_to_its_field(setup):  # noqa: F811
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    velocity = registration.velocity(atlas, targets[0])
+    ddf = registration.net.displacement(velocity[None], registration.grid.shape)[0].numpy()
+    assert np.allclose(ddf, registration.field(atlas, targets[0]).to_voxels(), atol=1e-4)

@@ -16,7 +16,7 @@ The appearance source j' is drawn independently of the field source (Brainstorm:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -32,17 +32,18 @@ class SyntheticPairs:
         atlas_classes: (X, Y, Z) class indices of the atlas labels on the same grid.
         velocities: per unlabelled volume, the registration network's (3, X/2, Y/2, Z/2) output (`velocity`).
         images: the unlabelled volumes' (X, Y, Z) normalised intensities (the appearance sources).
-        displacement: the network's `displacement(flow, size)`: half-resolution output -> full-resolution
-            voxel displacement (1, 3, X, Y, Z) (integration when the network is diffeomorphic).
+        integration_steps: scaling-and-squaring steps of the registration network (its `integration_steps`),
+            0 when its output is a displacement (then fields are mixed linearly, and "style" uses -v as an
+            approximate inverse).
         appearance: "style", "fourier" or "none".
         field_mode: "mix" or "scale".
         beta: the Beta(beta, beta) parameter of the field and style weights.
     """
 
-    def __init__(self, atlas, atlas_classes, velocities: Sequence, images: Sequence,
-                 displacement: Callable, appearance: str = "style", field_mode: str = "mix",
-                 beta: float = 0.3) -> None:
+    def __init__(self, atlas, atlas_classes, velocities: Sequence, images: Sequence, integration_steps: int,
+                 appearance: str = "style", field_mode: str = "mix", beta: float = 0.3) -> None:
         import torch
+        from monai.networks.blocks import DVF2DDF
 
         if appearance not in APPEARANCES:
             raise ValueError(f"appearance must be one of {APPEARANCES}, not {appearance!r}")
@@ -52,7 +53,9 @@ class SyntheticPairs:
             raise ValueError("one velocity field per unlabelled image, at least one")
         self.atlas, self.classes = atlas.float(), atlas_classes
         self.velocities, self.images = [v.float() for v in velocities], [u.float() for u in images]
-        self.displacement, self.appearance, self.field_mode, self.beta = displacement, appearance, field_mode, beta
+        self.appearance, self.field_mode, self.beta = appearance, field_mode, beta
+        # its own integrator: MONAI's Warp caches its grid per device, so it is not shared with the network's
+        self.integrate = DVF2DDF(integration_steps) if integration_steps else None
         with torch.no_grad():
             if appearance == "style":  # S_j = U_j o exp(-v_j) - A, in atlas space
                 self.styles = [warp_slab(u, self.field(-v), 0, u.shape[2]) - self.atlas
@@ -62,7 +65,9 @@ class SyntheticPairs:
 
     def field(self, velocity):
         """A (1, 3, X, Y, Z) voxel displacement from a half-resolution network output."""
-        return self.displacement(velocity[None], self.atlas.shape)
+        from .models.registration import displacement
+
+        return displacement(velocity[None], self.atlas.shape, self.integrate)
 
     def sample_field(self, rng: np.random.Generator):
         """A new displacement (1, 3, X, Y, Z) and what it was made of: (i, j, a)."""

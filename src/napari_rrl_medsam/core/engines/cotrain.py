@@ -117,7 +117,7 @@ def validation_dice(parts: dict, validation, classes: np.ndarray, config: Cotrai
 def _check_mix(config: CotrainConfig) -> None:
     """The training mix's settings, each a clear error."""
     share = config.atlas_probability + config.synthetic_probability
-    if not (0 <= config.atlas_probability <= 1 and 0 <= config.synthetic_probability <= 1 and share <= 1):
+    if not (0 <= config.atlas_probability <= 1 and 0 <= config.synthetic_probability <= 1 and share <= 1 + 1e-9):
         raise InputError(f"atlas_probability ({config.atlas_probability}) and synthetic_probability "
                          f"({config.synthetic_probability}) are shares of the steps: each in [0, 1], together <= 1.")
     if config.appearance not in APPEARANCES:
@@ -174,7 +174,10 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         for i, volume in enumerate(unlabelled):
             velocities.append(registration.velocity(atlas, volume))
             yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
-        synthetic = SyntheticPairs(images[0], targets[0], velocities, images[1:], registration.net.displacement,
+        network = registration.net.config
+        synthetic = SyntheticPairs(images[0].to(device), targets[0].to(device), [v.to(device) for v in velocities],
+                                   [u.to(device) for u in images[1:]],
+                                   network.integration_steps if network.diffeomorphic else 0,
                                    config.appearance, config.field_mode, config.synthetic_beta)
     augment = intensity_augmentation() if config.intensity_augment else None
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]

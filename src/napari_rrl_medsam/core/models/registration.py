@@ -86,6 +86,17 @@ class RegistrationNet(nn.Module):
     def displacement(self, flow: torch.Tensor, size) -> torch.Tensor:
         """Half-resolution network output (`velocity`) -> displacement (B, 3, *size) in full-resolution voxels:
         integrated by scaling and squaring if `diffeomorphic`, then upsampled."""
-        if self.integrate is not None:
-            flow = self.integrate(flow)
-        return 2 * F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False)
+        return displacement(flow, size, self.integrate)
+
+
+def displacement(flow: torch.Tensor, size, integrate: nn.Module | None) -> torch.Tensor:
+    """A half-resolution output (B, 3, x, y, z) -> displacement (B, 3, *size) in full-resolution voxels.
+
+    Args:
+        flow: velocity (or displacement) in half-resolution voxels.
+        size: the full-resolution spatial shape.
+        integrate: MONAI `DVF2DDF` (scaling and squaring) for a velocity, None for a displacement.
+    """
+    if integrate is not None:
+        flow = integrate(flow)
+    return 2 * F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False)
