@@ -56,7 +56,7 @@ class CotrainConfig:
     atlas_probability: float = 0.25
     # exact synthetic pairs (0: none): share of steps; the rest after the atlas are (unlabelled, pseudo label)
     synthetic_probability: float = 0.0
-    appearance: str = "style"  # of the synthetic image: "style" (BRBS offset), "fourier" (IST amplitude), "none"
+    appearance: str = "fourier"  # of the synthetic image: "fourier" (IST amplitude), "style" (BRBS offset), "none"
     field_mode: str = "mix"  # synthetic fields: "mix" two volumes' velocities, or "scale" one
     synthetic_beta: float = 0.3  # Beta(b, b) of the field and style weights (BRBS)
     pseudo_weight: float = 1.0  # loss weight of the (unlabelled image, pseudo label) steps (IST: 0.1)
