@@ -41,7 +41,7 @@ class SyntheticPairs:
     """
 
     def __init__(self, atlas, atlas_classes, velocities: Sequence, images: Sequence, integration_steps: int,
-                 appearance: str = "style", field_mode: str = "mix", beta: float = 0.3) -> None:
+                 appearance: str = "fourier", field_mode: str = "mix", beta: float = 0.3) -> None:
         import torch
         from monai.networks.blocks import DVF2DDF
 

@@ -5,10 +5,11 @@ Pseudo labels are computed once at the start by the registration model (on the a
 Each step trains on a slab of `slab` consecutive axial slices of one pair: the atlas with its true labels
 (probability `atlas_probability`), an exact synthetic pair (`synthetic_probability`: the atlas image and labels
 warped by one sampled field, the image restyled after an unlabelled volume; `core/synthetic.py`), or else an
-unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general branch -> M_g (Dice + CE), medical branch with M_g
-(detached: a prompt is an input, as in SAM) as dense mask prompt -> final mask (Dice + CE), optionally a
-consistency term between the branches. Ablations: `use_dskd=False` (random E_g), `use_mutual_ema=False`,
-`use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`. Events carry previews: the current volume's pseudo labels and auto-prompt mask.
+unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general branch -> M_g (Dice + CE),
+medical branch with M_g (detached: a prompt is an input, as in SAM) as dense mask prompt -> final mask
+(Dice + CE), optionally a consistency term between the branches. Ablations: `use_dskd=False` (random E_g),
+`use_mutual_ema=False`, `use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`. Events carry
+previews: the current volume's pseudo labels and auto-prompt mask.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..augment import intensity_augmentation
 from ..checkpoint import resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
-from ..augment import intensity_augmentation
 from ..registration import intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
