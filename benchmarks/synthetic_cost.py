@@ -54,9 +54,8 @@ def main() -> None:
     print(f"registration fields of {len(volumes)} volumes: {time.perf_counter() - t:.1f} s (once per training)")
     z = np.nonzero(classes.numpy().reshape(-1, classes.shape[2]).any(0))[0]
     for appearance in APPEARANCES:
-        network = registration.net.config
-        pairs = SyntheticPairs(a, classes, velocities, images, network.integration_steps if network.diffeomorphic
-                               else 0, appearance, settings["field_mode"], settings["synthetic_beta"])
+        pairs = SyntheticPairs(a, classes, velocities, images, registration.net.config.scaling_and_squaring_steps,
+                               appearance, settings["field_mode"], settings["synthetic_beta"])
         rng = np.random.default_rng(0)
         change, t = [], time.perf_counter()
         for _ in range(args.draws):

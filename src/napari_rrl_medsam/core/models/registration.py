@@ -26,6 +26,11 @@ class RegistrationConfig:
     diffeomorphic: bool = True
     integration_steps: int = 7
 
+    @property
+    def scaling_and_squaring_steps(self) -> int:
+        """Integration steps of the network's output (0: the output is a displacement, not a velocity)."""
+        return self.integration_steps if self.diffeomorphic else 0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
