@@ -177,7 +177,8 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
         synthetic = SyntheticPairs(images[0].to(device), targets[0].to(device), [v.to(device) for v in velocities],
                                    [u.to(device) for u in images[1:]],
-                                   registration.net.config.scaling_and_squaring_steps, config.appearance, config.field_mode, config.synthetic_beta)
+                                   registration.net.config.scaling_and_squaring_steps, config.appearance,
+                                   config.field_mode, config.synthetic_beta)
     augment = intensity_augmentation() if config.intensity_augment else None
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state is not None
