@@ -3,13 +3,16 @@
 Real scans cannot be shipped, so one-shot segmentation is demonstrated on a
 procedural brain: a left/right symmetric template of smooth implicit shapes
 (MNI-like millimetre coordinates) that every subject samples through its own
-smooth random deformation.  Seed 0 is the undeformed atlas; other seeds are
-targets of the same anatomy that a registration method has to align.
+smooth random deformation.  Seed 0 is the undeformed atlas with the template's
+anatomy; every other seed is a subject with its own anatomy (`Anatomy`: gyral
+pattern, sulcal depth, cortical thickness, ventricle and nuclei sizes, drawn as
+real subjects differ), which no smooth deformation of the atlas matches exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -35,8 +38,41 @@ _CENTRE = np.array([0.0, -18.0, 5.0])  # template point mapped to the grid centr
 _FOLD_SEED = 20240607                  # fixed: the gyral pattern is part of the template
 
 
+@dataclass(frozen=True)
+class Anatomy:
+    """One subject's anatomy relative to the template (the defaults are the atlas's).
+
+    fold_phases: radians added to the phases of the 16 sulcal waves: sulci move by a few millimetres and
+    bend differently, as gyral patterns differ between subjects.
+    The other fields scale a size: sulcal depth, cortical thickness (mm), the lateral ventricles (left,
+    right), deep grey nuclei (thalamus, caudate, putamen), hippocampus and cerebellum.
+    """
+
+    fold_phases: tuple[float, ...] = ()
+    sulcal_depth: float = 1.0
+    cortex_mm: float = 3.2
+    ventricles: tuple[float, float] = (1.0, 1.0)
+    nuclei: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    hippocampus: float = 1.0
+    cerebellum: float = 1.0
+
+
+def subject_anatomy(seed: int) -> Anatomy:
+    """The anatomy of subject `seed` (seed 0: the template's). Ranges are those of healthy adults of
+    different ages: ventricles from 0.85x to 1.5x, cortex 2.6-3.8 mm, nuclei and hippocampus +-12%."""
+    if seed == 0:
+        return Anatomy()
+    rng = np.random.default_rng([seed, 7])  # its own stream: the deformation and contrast draws stay as they were
+    phases = rng.normal(0.0, 1.0, 16)
+    depth, cortex, ventricle = rng.uniform(0.85, 1.15), rng.uniform(2.6, 3.8), rng.uniform(0.85, 1.5)
+    sides, nuclei = ventricle * rng.uniform(0.92, 1.08, 2), rng.uniform(0.88, 1.12, 3)
+    hippocampus, cerebellum = rng.uniform(0.88, 1.12), rng.uniform(0.92, 1.08)
+    return Anatomy(tuple(map(float, phases)), float(depth), float(cortex), tuple(map(float, sides)),
+                   tuple(map(float, nuclei)), float(hippocampus), float(cerebellum))
+
+
 def _fold_waves() -> list[tuple[np.ndarray, np.ndarray]]:
-    """Random plane waves (fixed for all subjects): sulcal sheets, their depth and their bending."""
+    """Random plane waves (the template's): sulcal sheets, their depth and their bending."""
     rng = np.random.default_rng(_FOLD_SEED)
 
     def waves(n: int, lam_lo: float, lam_hi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -76,11 +112,12 @@ def _tube(q: list[np.ndarray], points: Sequence[Sequence[float]],
     return best
 
 
-def _template(q: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label the template at template-mm points q; also return brain mask and cerebellar shading.
+def _template(q: list[np.ndarray], anatomy: Anatomy = Anatomy()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label the template at template-mm points q with a subject's `anatomy`; also return the brain mask and
+    cerebellar shading.
 
-    One hemisphere is modelled and mirrored with |x|, so the anatomy is symmetric
-    about the (possibly deformed) midline; later assignments win (fixed priority).
+    One hemisphere is modelled and mirrored with |x|, so the shapes are symmetric about the (possibly
+    deformed) midline except for the ventricles' sizes; later assignments win (fixed priority).
     """
     x, y, z = q
     h = [np.abs(x), y, z]                     # mirrored coordinates
@@ -97,7 +134,9 @@ def _template(q: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     r, rho, direction = radial_depth((0, -18, 14), (71, 86, 48), (71, 86, 62))
     (k, phase), depth_waves, *bend_waves = _fold_waves()
-    sulcal_depth = 15.0 + 5.0 * _wave_sum(direction, *depth_waves)
+    if anatomy.fold_phases:
+        phase = phase + np.asarray(anatomy.fold_phases, np.float32)
+    sulcal_depth = anatomy.sulcal_depth * (15.0 + 5.0 * _wave_sum(direction, *depth_waves))
     direction = [direction[i] + 6.0 * _wave_sum(h, *bend_waves[i]) for i in range(3)]
     fold = _wave_sum(direction, k, phase)           # zero set = curved, mostly radial sheets
     sheet = np.abs(fold) / np.sqrt((k ** 2).sum(1).mean())   # ~ mm to the nearest sheet
@@ -112,30 +151,32 @@ def _template(q: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pial = np.minimum(depth, np.hypot(sheet, np.maximum(depth - sulcal_depth, 0.0)))
     csf = (depth < 0) | ((sheet < 0.6) & (depth < sulcal_depth))
     lab[cerebrum & ~csf] = 3
-    lab[cerebrum & (pial > 3.2)] = 2
+    lab[cerebrum & (pial > anatomy.cortex_mm)] = 2
 
     # Cerebellum (two hemispheres) and brainstem (tapering tube with a pontine bulge).
     cb = np.minimum(_ellipsoid(h, (21, -60, -36), (27, 25, 18), -15.0),
-                    _ellipsoid(h, (4, -58, -30), (10, 22, 17)))
+                    _ellipsoid(h, (4, -58, -30), (10, 22, 17))) / anatomy.cerebellum ** 2
     lab[cb < 1] = 8
     bs = _tube(q, [(0, -20, 0), (0, -26, -22), (0, -30, -40), (0, -38, -80)], [9, 12, 9, 8])
     lab[bs < 1] = 16
 
     # Deep grey nuclei, hippocampus and the C-shaped lateral ventricle (highest priority last).
-    lab[_ellipsoid(h, (25, 2, 2), (6.5, 15, 10), 10.0) < 1] = 12
-    lab[_tube(h, [(31, -8, -20), (30, -22, -14), (25, -36, -4)], [5.5, 4.5, 3.5]) < 1] = 17
-    lab[_ellipsoid(h, (11, -18, 6), (8, 16, 9.5), -15.0) < 1] = 10
-    lab[_tube(h, [(14, 16, 8), (15, 0, 16), (19, -16, 20), (25, -30, 16)], [8, 6, 4, 3]) < 1] = 11
-    lab[_ellipsoid(q, (0, -14, 4), (2.5, 14, 9)) < 1] = 0           # third ventricle (CSF)
+    thalamus, caudate, putamen = anatomy.nuclei
+    ventricle = np.where(right, anatomy.ventricles[1], anatomy.ventricles[0]).astype(np.float32)
+    lab[_ellipsoid(h, (25, 2, 2), (6.5, 15, 10), 10.0) < putamen ** 2] = 12
+    lab[_tube(h, [(31, -8, -20), (30, -22, -14), (25, -36, -4)], [5.5, 4.5, 3.5]) < anatomy.hippocampus] = 17
+    lab[_ellipsoid(h, (11, -18, 6), (8, 16, 9.5), -15.0) < thalamus ** 2] = 10
+    lab[_tube(h, [(14, 16, 8), (15, 0, 16), (19, -16, 20), (25, -30, 16)], [8, 6, 4, 3]) < caudate] = 11
+    lab[_ellipsoid(q, (0, -14, 4), (2.5, 14, 9)) < np.mean(anatomy.ventricles) ** 2] = 0  # third ventricle (CSF)
     lab[_tube(h, [(8, 24, 10), (8, 8, 17), (11, -14, 20), (20, -34, 16), (28, -40, 4),
-                  (33, -28, -10), (33, -12, -16)], [5.5, 6.0, 5.5, 6.5, 5.5, 3.5, 3.0]) < 1] = 4
+                  (33, -28, -10), (33, -12, -16)], [5.5, 6.0, 5.5, 6.5, 5.5, 3.5, 3.0]) < ventricle] = 4
 
     brain = cerebrum | (cb < 1) | (bs < 1.2)
     lab[~brain] = 0
     for lft, rgt in _RIGHT.items():
         lab[(lab == lft) & right] = rgt
     # Cerebellar folia: concentric bright core / dark lamina modulation (intensity only).
-    rc = np.sqrt(_ellipsoid(h, (21, -60, -36), (27, 25, 18), -15.0))
+    rc = np.sqrt(_ellipsoid(h, (21, -60, -36), (27, 25, 18), -15.0)) / anatomy.cerebellum
     folia = np.where(rc < 0.45, 55.0, -22.0 * (np.cos(2 * np.pi * rc * 22.0 / 5.0) > 0.6))
     return lab, brain, folia.astype(np.float32)
 
@@ -165,7 +206,8 @@ def make_subject(seed: int, shape: tuple[int, int, int] = (96, 112, 96), spacing
     """Return (image uint8 [0..255], labels uint8) on a RAS-ordered grid (axis0 = left->right,
     axis1 = posterior->anterior, axis2 = inferior->superior), voxel spacing `spacing` mm isotropic.
 
-    Seed 0 is the atlas (no deformation); every seed is bit-identical across calls.
+    Seed 0 is the atlas (the template's anatomy, no deformation); every other seed has its own anatomy
+    (`subject_anatomy`) under its own deformation; every seed is bit-identical across calls.
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -186,7 +228,7 @@ def make_subject(seed: int, shape: tuple[int, int, int] = (96, 112, 96), spacing
         norm = np.sqrt((disp ** 2).sum(0)).max() + 1e-12
         p = p + disp * np.float32(deform_mm / norm)
     q = [(p[i] / _SCALE + _CENTRE[i]).astype(np.float32).reshape(shape) for i in range(3)]
-    labels, brain, folia = _template(q)
+    labels, brain, folia = _template(q, subject_anatomy(seed))
 
     # T1 contrast: per-tissue jitter, partial volume, bias field, Rician noise in the brain only.
     lut = np.zeros(256, np.float32)
