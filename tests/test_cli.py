@@ -17,7 +17,7 @@ def test_demo_runs_the_pipeline_and_writes_nifti(tmp_path, capsys):
     table = out.split("Mean Dice")[1].splitlines()[2:5]
     assert [row.split()[0] for row in table] == ["target01", "target02", "target03"]
     for row in table:
-        assert all(0.0 <= float(v) <= 1.0 for v in row.split()[1:4])
+        assert all(0.0 <= float(v) <= 1.0 for v in row.split()[1:5])
     from napari_rrl_medsam.api import load_volume
     from napari_rrl_medsam.data.sample import SAMPLE_DIR
 
