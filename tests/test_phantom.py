@@ -2,13 +2,13 @@
 
 import numpy as np
 
-from napari_rrl_medsam.data.phantom import Anatomy, _template, make_subject, subject_anatomy
+from napari_rrl_medsam.data.phantom import _CENTRE, _SCALE, Anatomy, _template, make_subject, subject_anatomy
 
 
 def _grid(spacing=3.0, shape=(48, 56, 48)):
-    axes = [((np.arange(s) + 0.5) - s / 2.0).astype(np.float32) * spacing / 0.9 for s in shape]
-    q = np.meshgrid(*axes, indexing="ij")
-    return [q[0], q[1] - 18.0, q[2] + 5.0]  # template mm around the phantom's centre
+    """Template-mm points of a coarse grid around the phantom's centre (as `make_subject` maps its grid)."""
+    axes = [((np.arange(s) + 0.5) - s / 2.0).astype(np.float32) * spacing for s in shape]
+    return [q / _SCALE + c for q, c in zip(np.meshgrid(*axes, indexing="ij"), _CENTRE)]
 
 
 def test_the_atlas_has_the_template_anatomy_and_subjects_their_own():

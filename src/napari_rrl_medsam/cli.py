@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="reuse --out: resume its models, replace its files")
     p.add_argument("--registration-steps", type=int, default=150)
     p.add_argument("--cotrain-steps", type=int, default=600,
-                   help="co-training steps (the phantom's model passes its registration after about 500)")
+                   help="co-training steps (at 600 the phantom's model beats its registration on the evaluation "
+                        "target; 200 are far too few)")
     p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per registered pair")
     p.add_argument("--slab", type=int, default=8)
     p.add_argument("--image-size", type=int, default=96,
