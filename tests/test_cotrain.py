@@ -159,3 +159,7 @@ def test_api_and_cli_faces(setup, capsys):
     capsys.readouterr()
     assert main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "x"), "--atlas-image", "a.nii.gz"]) == 2
     assert "--atlas-labels" in capsys.readouterr().err
+    # a co-trained model also registers: it can stand where a registration model is asked for
+    again = api.cotrainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=targets, registration=out,
+                          encoder=encoder, out=tmp / "again.pt", **cfg(steps=1).to_dict())
+    assert [e.stage for e in again][-1] == "co-training"

@@ -83,17 +83,21 @@ def test_outputs_sit_on_the_target_native_grid(tmp_path):
 def test_stop_and_resume_and_previews(tmp_path):
     atlas, atlas_labels = phantom()
     targets = [phantom(shift=s)[0] for s in (1.0, -1.0)]
-    run = registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6))
+    run = registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6, preview_every=0))
     for event in run:
+        assert event.preview is None
         if event.step == 3:
             run.close()
             break
     assert load_checkpoint(tmp_path / "r.pt", "registration")["step"] == 3
     with pytest.raises(InputError, match="resume"):
         next(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6)))
-    rest = list(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6),
-                                    resume=True))
+    # how the run is driven (cadences, steps) comes from the caller; what it trains from the checkpoint
+    rest = list(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", resume=True,
+                                    config=config(steps=6, checkpoint_every=1, smooth_weight=9.0)))
     assert [e.step for e in rest] == [4, 5, 6]
+    assert all(e.checkpoint is not None for e in rest)
+    assert load_checkpoint(tmp_path / "r.pt", "registration")["config"]["smooth_weight"] == 0.5
     preview = rest[0].preview
     assert preview is not None and preview["pseudo_labels"].shape == atlas.shape
     assert set(np.unique(preview["pseudo_labels"])) <= {0, 1, 2}
@@ -144,6 +148,21 @@ def test_api_and_cli_faces(tmp_path, capsys):
     assert written.kind == "labels" and np.array_equal(written.affine, target.affine)
     with pytest.raises(InputError, match="registration settings are"):
         api.registration_trainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=[target], bogus=1)
+    # whatever fills the atlas-labels slot is a label map: an integer map loaded as an image is warped as labels
+    (tmp_path / "labels").mkdir()
+    in_task = api.save_volume(Volume(atlas_labels.array, atlas.affine), tmp_path / "labels" / "atlas.nii.gz")
+    assert api.load_volume(in_task).kind == "labels"  # a task's labels/ folder says what its files are
+    as_image = api.load_volume(paths["atlas_seg"], kind="image")
+    warped = api.register(model, (atlas, as_image), target, refine_steps=0).warped_labels
+    assert warped.kind == "labels" and set(np.unique(warped.array)) <= {0, 1, 2}
+    for bad, match in ((atlas, "non-integer"), (atlas_labels.with_array(-atlas_labels.array.astype(np.int16)),
+                                                "negative")):
+        with pytest.raises(InputError, match=match):
+            api.register(model, (atlas, bad), target)
+    moved = np.array(atlas.affine)
+    moved[:3, 3] += 7.0
+    with pytest.raises(InputError, match="different affines"):
+        api.register(model, (atlas, Volume(atlas_labels.array, moved, "labels")), target)
 
 
 def test_dice_coupling_pulls_the_atlas_labels_onto_a_given_segmentation(tmp_path):

@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .core.errors import InputError
-from .core.io import load_volume, save_volume
+from .core.files import check_output, check_output_folder
+from .core.io import load_volume, plan_outputs, save_volume, volume_files
 from .core.metrics import Evaluation
 from .core.metrics import evaluate as _evaluate
 from .core.resample import normalise_intensity, resample, to_working, working_grid
@@ -25,10 +26,10 @@ from .core.task import Case, OneShotTask, load_task
 from .core.volume import Grid, Volume
 from .data.sample import sample_task
 
-__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "cotrain", "cotrainer", "distill",
-           "distiller", "evaluate", "load_encoder", "load_model", "load_task", "load_volume", "normalise_intensity",
-           "register", "registration_trainer", "resample", "sample_task", "save_volume", "segment", "to_working",
-           "train_registration", "working_grid"]
+__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "check_output", "check_output_folder",
+           "cotrain", "cotrainer", "distill", "distiller", "evaluate", "load_encoder", "load_model", "load_task",
+           "load_volume", "normalise_intensity", "plan_outputs", "register", "registration_trainer", "resample",
+           "sample_task", "save_volume", "segment", "to_working", "train_registration", "volume_files", "working_grid"]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
@@ -150,6 +151,7 @@ def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=No
     """
     from .core.engines.events import run
 
+    settings.setdefault("preview_every", 0)  # previews are for live layers; nothing here shows them
     run(registration_trainer(task, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, encoder=encoder,
                              out=out, resume=resume, segmentations=segmentations, **settings), progress)
     return Path(out)
@@ -208,6 +210,7 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
     if not hasattr(registration, "register"):
         registration = load_model(registration, config.device)
+    registration = getattr(registration, "registration", registration)  # a co-trained model's own registration
     if config.use_dskd and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     if validation is True:
@@ -227,6 +230,7 @@ def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas
     """
     from .core.engines.events import run
 
+    settings.setdefault("preview_every", 0)  # a full-volume prediction each time; nothing here shows it
     run(cotrainer(task, registration=registration, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled,
                   encoder=encoder, out=out, resume=resume, validation=validation, **settings), progress)
     return Path(out)

@@ -37,27 +37,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .api import evaluate
+    from .api import check_output, evaluate
 
+    if args.csv:
+        check_output(args.csv, args.overwrite, "CSV table")  # before the work
     report = evaluate(args.prediction, args.truth, labels=args.labels, hd95=not args.no_hd95)
     print(report.table())
     if args.csv:
-        print(f"wrote {report.to_csv(args.csv)}")
+        print(f"wrote {report.to_csv(args.csv, args.overwrite)}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole one-shot pipeline on the bundled sample: shipped encoder -> registration -> co-training ->
     segmentation -> Dice report, with every output written as NIfTI on its volume's grid."""
-    from .api import cotrain, evaluate, load_model, load_volume, register, resample, sample_task, save_volume, segment
-    from .api import train_registration
+    from .api import check_output_folder, cotrain, evaluate, load_model, load_volume, register, resample, sample_task
+    from .api import save_volume, segment, train_registration
     from .data.sample import held_back_labels
 
     start = time.perf_counter()
     task = sample_task()
     out = Path(args.out) if args.out else Path("rrl-medsam-demo") / time.strftime("run-%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite.")
+    check_output_folder(out)
     print(f"napari-rrl-medsam {__version__} demo on the bundled one-shot brain phantom (synthetic, not real MRI)")
     print(task.summary() + f"; outputs in {out}/")
     atlas, atlas_labels = task.atlas.load()
@@ -120,7 +123,8 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
     from .api import train_registration
 
     settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "spacing": args.spacing,
-                                  "smooth_weight": args.smooth_weight}.items() if v is not None}
+                                  "smooth_weight": args.smooth_weight,
+                                  "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     if args.no_features:
         settings["use_features"] = False
     out = train_registration(args.task, encoder=args.encoder, out=args.out, resume=args.resume, **settings)
@@ -129,20 +133,19 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from .api import load_model, load_volume, register, save_volume
+    from .api import load_model, load_volume, plan_outputs, register, save_volume
 
+    names = ("_pseudo_labels.nii.gz", "_warped_atlas.nii.gz", "_displacement_mm.nii.gz", "_jacobian.nii.gz")
+    plan = plan_outputs(args.targets, args.out, names, args.overwrite)  # before any work: never half a set
     model = load_model(args.model, args.device or "auto")
-    out = Path(args.out)
-    for path in args.targets:
+    for path, outputs in zip(args.targets, plan):
         target = load_volume(path)
         start = time.perf_counter()
         result = register(model, (args.atlas_image, args.atlas_labels), target, refine_steps=args.refine_steps)
         seconds = time.perf_counter() - start
-        written = [save_volume(result.warped_labels, out / f"{target.name}_pseudo_labels.nii.gz", args.overwrite),
-                   save_volume(result.warped_image, out / f"{target.name}_warped_atlas.nii.gz", args.overwrite),
-                   save_volume(result.displacement_magnitude(), out / f"{target.name}_displacement_mm.nii.gz",
-                               args.overwrite),
-                   save_volume(result.jacobian_determinant(), out / f"{target.name}_jacobian.nii.gz", args.overwrite)]
+        volumes = (result.warped_labels, result.warped_image, result.displacement_magnitude(),
+                   result.jacobian_determinant())
+        written = [save_volume(v, o, args.overwrite) for v, o in zip(volumes, outputs)]
         print(f"{target.name}: {seconds:.1f} s, folding {100 * result.folding:.2f}% -> "
               + ", ".join(p.name for p in written))
     return 0
@@ -152,7 +155,8 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
     from .api import cotrain
 
     settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "slab": args.slab,
-                                  "image_size": args.image_size}.items() if v is not None}
+                                  "image_size": args.image_size,
+                                  "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     for flag, key in (("no_ema", "use_mutual_ema"), ("no_prompt", "use_prompt"), ("no_dskd", "use_dskd")):
         if getattr(args, flag):
             settings[key] = False
@@ -163,27 +167,26 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .api import InputError, load_model, load_volume, register, save_volume, segment
-    from .core.io import is_volume_path
+    from .api import InputError, load_model, load_volume, plan_outputs, register, save_volume, segment, volume_files
 
     if (args.atlas_image is None) != (args.atlas_labels is None):
         raise InputError("a registration prior needs both --atlas-image and --atlas-labels (or neither).")
+    paths = []
+    for item in args.inputs:
+        paths += volume_files(item) if Path(item).is_dir() else [Path(item)]
+    if not paths:
+        raise InputError(f"no volume files (.nii.gz, .nii, .tif, .tiff) in {', '.join(args.inputs)}.")
+    endings = ("_labels.nii.gz", "_auto_prompt.nii.gz") if args.auto_prompt else ("_labels.nii.gz",)
+    plan = plan_outputs(paths, args.out, endings, args.overwrite)  # before any work
     model = load_model(args.model, args.device or "auto")
     atlas = None if args.atlas_image is None else (load_volume(args.atlas_image),
                                                     load_volume(args.atlas_labels, kind="labels"))
-    paths = []
-    for item in args.inputs:
-        p = Path(item)
-        paths += sorted(q for q in p.iterdir() if is_volume_path(q)) if p.is_dir() else [p]
-    out = Path(args.out)
-    for path in paths:
+    for path, outputs in zip(paths, plan):
         volume = load_volume(path)
         start = time.perf_counter()
         prior = None if atlas is None else register(model, atlas, volume, args.refine_steps).warped_labels
         result = segment(model, volume, prior=prior, prior_weight=args.prior_weight)
-        written = [save_volume(result.labels, out / f"{volume.name}_labels.nii.gz", args.overwrite)]
-        if args.auto_prompt:
-            written.append(save_volume(result.auto_prompt, out / f"{volume.name}_auto_prompt.nii.gz", args.overwrite))
+        written = [save_volume(v, o, args.overwrite) for v, o in zip((result.labels, result.auto_prompt), outputs)]
         print(f"{volume.name}: {time.perf_counter() - start:.1f} s -> " + ", ".join(p.name for p in written))
     return 0
 
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, help="working resolution in mm (default 2)")
     p.add_argument("--smooth-weight", type=float)
     p.add_argument("--no-features", action="store_true", help="intensities only (ablation)")
+    p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 50)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_train_registration)
 
@@ -261,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="ablation: no mutual EMA")
     p.add_argument("--no-prompt", action="store_true", help="ablation: no auto-prompt")
     p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")
+    p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 25)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_cotrain)
 
@@ -287,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, nargs="+", help="structures to score (default: all in the truth)")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
     p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -300,6 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, FileNotFoundError, FileExistsError) as exc:
         print(f"rrl-medsam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the engines save their checkpoint on the way out
+        print(f"\nrrl-medsam {args.command}: interrupted." + _resume_hint(args), file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """Where an interrupted command left its checkpoint and how to go on, for the commands that train."""
+    if args.command in ("distill", "train-registration", "cotrain") and Path(args.out).exists():
+        return f" The checkpoint {args.out} was saved; run the same command with --resume to continue."
+    if args.command == "demo" and args.out:
+        return f" Its models in {args.out} were saved; run the same command with --overwrite to continue."
+    return ""
 
 
 if __name__ == "__main__":

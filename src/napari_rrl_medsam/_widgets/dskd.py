@@ -21,9 +21,9 @@ DEVICES = ["auto", "cpu", "cuda"]
 
 
 def volume_files(folder: Path | None) -> list[Path]:
-    from ..core.io import is_volume_path
+    from .. import api
 
-    return sorted(p for p in folder.iterdir() if is_volume_path(p)) if folder else []
+    return api.volume_files(folder) if folder else []
 
 
 class DistillWidget(TrainingPanel):

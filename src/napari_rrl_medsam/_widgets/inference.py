@@ -191,7 +191,7 @@ class InferenceWidget(QWidget, FollowsLayers):
             path, _ = QFileDialog.getSaveFileName(self, "Export scores", "scores.csv", "CSV (*.csv)")
             if not path:
                 return None
-        return self.evaluation.to_csv(path)
+        return self.evaluation.to_csv(path, overwrite=True)  # the save dialog asked before replacing a file
 
 
 def label_names(source: str | None) -> dict[int, str] | None:

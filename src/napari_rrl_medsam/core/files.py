@@ -34,3 +34,50 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _writable_folder(folder: Path) -> None:
+    """Refuse a folder that cannot be created or written in (checked on its nearest existing ancestor)."""
+    from .errors import InputError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{existing} is a file, so the folder {folder} cannot be made; choose another location.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {existing} (permission denied or read-only); choose another location.")
+
+
+def check_output(path: str | Path, overwrite: bool = False, what: str = "output") -> Path:
+    """Check, before any work, that a file can be written at `path` (and may be, if it exists).
+
+    Args:
+        path: the file to be written.
+        overwrite: whether an existing file may be replaced.
+        what: what the file is, for the messages ("checkpoint", "CSV table").
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name for the {what}.")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True (CLI: --overwrite).")
+    _writable_folder(path.parent)
+    return path
+
+
+def check_output_folder(folder: str | Path) -> Path:
+    """Check, before any work, that `folder` is (or can be made) a folder we can write in.
+
+    Args:
+        folder: the output folder.
+    """
+    from .errors import InputError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; --out must be a folder.")
+    _writable_folder(folder)
+    return folder

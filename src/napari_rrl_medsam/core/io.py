@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .errors import InputError
 from .files import atomic_write
-from .volume import Grid, Kind, Volume
+from .volume import Grid, Kind, Volume, volume_id
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -29,6 +30,49 @@ def is_volume_path(path: str | Path) -> bool:
     return str(path).lower().endswith(SUFFIXES)
 
 
+def volume_files(folder: str | Path) -> list[Path]:
+    """The volume files in `folder`, sorted; hidden files (macOS `._*` AppleDouble, our `.tmp`) are not volumes.
+
+    Args:
+        folder: the folder to list.
+    """
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_volume_path(p) and not p.name.startswith("."))
+
+
+def plan_outputs(inputs: Sequence[str | Path], folder: str | Path, endings: Sequence[str],
+                 overwrite: bool = False) -> list[list[Path]]:
+    """Each input's output files `<folder>/<input id><ending>`, checked before any work is done.
+
+    Refuses two inputs that would write the same outputs (`scan.nii` and `scan.nii.gz`), an output that is one
+    of the inputs, existing outputs without `overwrite`, and a folder that cannot be written.
+
+    Args:
+        inputs: the input volume files.
+        folder: the output folder.
+        endings: one per output of an input, e.g. ("_labels.nii.gz",).
+        overwrite: whether existing outputs may be replaced.
+    """
+    from .files import check_output, check_output_folder
+
+    folder = check_output_folder(folder)
+    sources = {Path(p).resolve(): Path(p) for p in inputs}
+    owner: dict[Path, Path] = {}
+    plan = []
+    for path in map(Path, inputs):
+        outputs = [folder / f"{volume_id(path)}{ending}" for ending in endings]
+        for out in outputs:
+            if out in owner:
+                raise InputError(f"{owner[out]} and {path} would both be written to {out.name}; rename one of "
+                                 "them or give them separate runs / --out folders.")
+            if out.resolve() in sources:
+                raise InputError(f"the output {out} would replace the input {sources[out.resolve()]}; choose "
+                                 "another --out folder.")
+            owner[out] = path
+            check_output(out, overwrite)
+        plan.append(outputs)
+    return plan
+
+
 def _check_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -42,11 +86,13 @@ def _check_path(path: str | Path) -> Path:
 
 
 def guess_kind(path: Path, dtype: np.dtype, nifti_intent: str | None = None) -> Kind:
-    """Label map or image: the NIfTI intent says so when set; else an integer file named like a label map."""
+    """Label map or image: the NIfTI intent says so when set; else an integer file named like a label map or
+    in a folder named like one (a task's `labels/`, nnU-Net's `labelsTr/`)."""
     if nifti_intent == "label":
         return "labels"
     name = path.name.lower()
-    if np.issubdtype(dtype, np.integer) and any(h in name for h in LABEL_HINTS):
+    if np.issubdtype(dtype, np.integer) and (any(h in name for h in LABEL_HINTS)
+                                             or path.parent.name.lower().startswith("label")):  # a task's labels/
         return "labels"
     return "image"
 
@@ -121,12 +167,28 @@ def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
         intent, affine, metadata = None, np.diag([*spacing, 1.0]), {}
     if isinstance(array, np.memmap):
         array = np.array(array)
+    _check_content(path, array, np.asarray(affine, np.float64))
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
             raise InputError(f"{path} has {bad} NaN or infinite voxels; replace them first "
                              "(e.g. numpy.nan_to_num) and save the volume again.")
     return Volume(array, affine, kind or guess_kind(path, array.dtype, intent), path, metadata)
+
+
+def _check_content(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Refuse what no step can use: an empty axis, non-real voxels, an affine that maps voxels to no volume."""
+    if 0 in array.shape:
+        raise InputError(f"{path} has an empty axis (shape {array.shape}); it holds no voxels.")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+            or array.dtype == bool):
+        raise InputError(f"{path} holds {array.dtype} voxels; save it with real (integer or float) values.")
+    linear = affine[:3, :3]
+    sizes = np.linalg.svd(linear, compute_uv=False) if np.all(np.isfinite(affine)) else np.zeros(3)
+    if sizes.min() <= 1e-6 * sizes.max() or sizes.max() == 0:  # relative: microscopy voxels are 1e-4 mm
+        raise InputError(f"{path} has a singular or non-finite voxel-to-world affine (voxel sizes "
+                         f"{np.round(np.linalg.norm(linear, axis=0), 4).tolist()} mm); fix its header (e.g. "
+                         "set the sform / qform from the voxel size) and save it again.")
 
 
 def _read_data(read, path: Path) -> np.ndarray:

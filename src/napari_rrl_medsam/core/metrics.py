@@ -49,13 +49,22 @@ class Evaluation:
         lines.append(f"{'mean':>6}  {'':<28} {self.mean_dice:6.3f} {self.mean_hd95:8.2f}")
         return "\n".join(lines)
 
-    def to_csv(self, path: str | Path) -> Path:
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["label", "name", "dice", "hd95_mm"])
-            writer.writeheader()
-            writer.writerows(self.rows())
-        return path
+    def to_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the table as CSV (atomic).
+
+        Args:
+            path: the CSV file.
+            overwrite: whether an existing file may be replaced.
+        """
+        from .files import atomic_write, check_output
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["label", "name", "dice", "hd95_mm"])
+                writer.writeheader()
+                writer.writerows(self.rows())
+
+        return atomic_write(check_output(path, overwrite, "CSV table"), write, ".csv")
 
 
 def _nanmean(values) -> float:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import InputError
 from .resample import normalise_intensity, resample, working_grid
+from .task import check_atlas
 from .volume import Grid, Volume
 from .warp import Field, resample_linear, source_coordinates, warp
 
@@ -153,6 +154,7 @@ class RegistrationModel:
 
         Remembered per (atlas, labels, target, refine_steps) contents for the life of this model.
         """
+        atlas_labels = check_atlas(atlas, atlas_labels)
         key = (*(hashlib.sha256(np.ascontiguousarray(v.array).tobytes()).hexdigest() for v in (atlas, atlas_labels, target)),
                atlas.grid.affine.tobytes(), target.grid.affine.tobytes(), refine_steps)
         if key not in self._pseudo:
@@ -162,8 +164,8 @@ class RegistrationModel:
     def register(self, atlas: Volume, atlas_labels: Volume | None, target: Volume,
                  refine_steps: int = 0) -> RegistrationResult:
         """Warp the atlas (and its labels) onto `target`; `refine_steps` > 0 adds instance optimisation."""
-        if atlas_labels is not None and atlas_labels.shape != atlas.shape:
-            raise InputError(f"atlas labels shape {atlas_labels.shape} differs from the atlas image {atlas.shape}.")
+        if atlas_labels is not None:  # whatever fills this slot is a label map (nearest warps), checked
+            atlas_labels = check_atlas(atlas, atlas_labels)
         field = self.field(atlas, target, refine_steps)
         coords = source_coordinates(field, atlas.grid, target.grid)  # shared by the image and its labels
         warped_labels = pseudo = None

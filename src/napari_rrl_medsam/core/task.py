@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import InputError
-from .io import SUFFIXES, is_volume_path, load_volume, read_grid
+from .io import SUFFIXES, load_volume, read_grid, volume_files
 from .volume import Grid, Volume, volume_id
 
 PathLike = str | Path
@@ -125,7 +125,7 @@ def _case(image: PathLike, labels: PathLike | None = None) -> Case:
 
 
 def _volume_files(folder: Path) -> dict[str, Path]:
-    return {volume_id(p): p for p in sorted(folder.iterdir()) if p.is_file() and is_volume_path(p)}
+    return {volume_id(p): p for p in volume_files(folder)}
 
 
 def _from_dataset_json(path: Path, split: str) -> OneShotTask:

@@ -23,17 +23,18 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..augment import intensity_augmentation
-from ..checkpoint import resume_state, save_checkpoint
+from ..checkpoint import check_same_task, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..registration import intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
+from ..settings import check_settings
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
 from ..task import check_atlas
 from ..volume import Volume
-from .events import Progress, due
+from .events import Progress, check_finite, due, resumed_settings
 
 
 @dataclass
@@ -71,6 +72,9 @@ class CotrainConfig:
     validate_every: int = 50  # validation Dice (working grid) every so many steps, when labelled volumes are given
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +155,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         raise InputError("co-training needs at least one unlabelled volume.")
     state = resume_state(checkpoint, KIND, resume)
     if state is not None:
-        config = CotrainConfig.from_dict({**state["config"], "steps": config.steps})
+        config = CotrainConfig.from_dict(resumed_settings(state["config"], config))
     if encoder is None and config.use_dskd and state is None:
         raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")
     device = resolve_device(config.device)
@@ -160,6 +164,8 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     lut = np.zeros(int(max(classes)) + 1, np.int64)
     lut[classes] = np.arange(len(classes))
     values = np.array(classes)  # class index -> label value
+    if state is not None:
+        check_same_task(state, checkpoint, grid, classes)
 
     images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
     for i, volume in enumerate(unlabelled):
@@ -253,6 +259,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
                 cons = torch.mean((torch.softmax(logits_m, 1) - probs_g) ** 2)
                 loss = loss + config.consistency_weight * cons
                 losses["consistency"] = float(cons.detach())
+            check_finite(loss, "co-training", step + 1)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if config.lr_schedule == "poly":

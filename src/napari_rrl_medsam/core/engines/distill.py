@@ -26,7 +26,8 @@ from ..checkpoint import load_checkpoint, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
-from .events import Progress
+from ..settings import check_settings
+from .events import Progress, check_finite
 
 KIND = "distill"
 
@@ -52,6 +53,9 @@ class DistillConfig:
     device: str = "auto"
     teacher_batch: int = 4
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -180,6 +184,8 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 pred = student(x)
             loss, parts = distill_loss(pred.float(), y, config.cosine_weight)
+            if not use_amp:  # under mixed precision the grad scaler skips overflowing steps itself
+                check_finite(loss, "distillation", step + 1)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)

@@ -20,16 +20,17 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..checkpoint import resume_state, save_checkpoint
+from ..checkpoint import check_same_task, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..models.registration import RegistrationConfig, RegistrationNet
 from ..registration import KIND, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
+from ..settings import check_settings
 from ..task import check_atlas, check_pair
 from ..volume import Volume
-from .events import Progress, due
+from .events import Progress, check_finite, due, resumed_settings
 
 
 @dataclass
@@ -50,6 +51,9 @@ class RegistrationTrainConfig:
     seed: int = 0
     device: str = "auto"
     network: RegistrationConfig = field(default_factory=RegistrationConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,7 +110,7 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     atlas_labels = check_atlas(atlas, atlas_labels)
     state = resume_state(checkpoint, KIND, resume)
     if state is not None:
-        config = RegistrationTrainConfig.from_dict({**state["config"], "steps": config.steps})
+        config = RegistrationTrainConfig.from_dict(resumed_settings(state["config"], config))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     net, medical = build_networks(config, state, encoder)
@@ -129,6 +133,8 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     ncc, smooth = registration_losses(config)
     warp_image, warp_labels = warp_layer(), warp_layer("nearest")
     label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    if state is not None:
+        check_same_task(state, checkpoint, grid, label_values)
     coupled = _coupling_targets(config, targets, segmentations, label_values, grid)
     if coupled:
         from monai.losses import DiceLoss
@@ -164,6 +170,7 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
                 dice = dice_loss(warp_image(atlas_onehot, ddf), coupled[i].to(device))
                 loss = loss + config.dice_weight * dice
                 terms["dice"] = float(dice.detach())
+            check_finite(loss, "registration training", step + 1)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
