@@ -45,9 +45,26 @@ def test_absent_structures_and_missed_structures():
     truth[1:4, 1:4, 1:4] = 2
     pred = np.zeros_like(truth)
     report = evaluate(pred, truth, labels=[2, 7])
-    assert report.dice[2] == 0.0 and math.isnan(report.hd95[2])
+    assert report.dice[2] == 0.0 and report.hd95[2] == pytest.approx(np.sqrt(3 * 8**2))  # the diagonal
+    assert report.missed == [2] and "missed" in report.table()
     assert math.isnan(report.dice[7])  # in neither: left out of the mean
-    assert report.mean_dice == 0.0
+    assert report.mean_dice == 0.0 and report.mean_hd95 == report.hd95[2]  # a miss stays in the mean
+    # a miss never scores better than a poor hit: missing a structure must not pay
+    poor = pred.copy()
+    poor[7, 7, 7] = 2
+    assert evaluate(poor, truth, labels=[2]).mean_hd95 < report.mean_hd95
+
+
+def test_what_is_not_a_label_map_is_refused():
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[1:4, 1:4, 1:4] = 2
+    image = truth * 0.37 + 0.1  # an intensity image
+    with pytest.raises(InputError, match="prediction has non-integer values"):
+        evaluate(image, truth)
+    with pytest.raises(InputError, match="negative"):
+        evaluate(truth, -truth.astype(np.int16))
+    with pytest.raises(InputError, match="no labelled voxel"):
+        evaluate(truth, np.zeros_like(truth))
 
 
 def test_evaluate_paths_and_csv(tmp_path):
@@ -58,7 +75,7 @@ def test_evaluate_paths_and_csv(tmp_path):
     report = evaluate(p, t)
     assert report.dice == {1: 1.0} and report.hd95 == {1: 0.0}
     rows = report.to_csv(tmp_path / "r.csv").read_text().splitlines()
-    assert rows[0] == "label,name,dice,hd95_mm" and rows[1].startswith("1,,1.0,0.0")
+    assert rows[0] == "label,name,dice,hd95_mm,missed" and rows[1].startswith("1,,1.0,0.0")
     assert "mean" in report.table()
 
 

@@ -168,7 +168,8 @@ def test_api_and_cli_faces(tmp_path, capsys):
 def test_dice_coupling_pulls_the_atlas_labels_onto_a_given_segmentation(tmp_path):
     atlas, atlas_labels = phantom()
     target_image, target_labels = phantom(shift=2.5)
-    flat = target_image.with_array(np.full(target_image.shape, 0.5, np.float32))  # nothing for NCC to match
+    noise = np.random.default_rng(0).normal(0.5, 0.01, target_image.shape).astype(np.float32)
+    flat = target_image.with_array(noise)  # nothing for NCC to match (a constant image is refused: no signal)
     dices = {}
     for weight in (0.0, 1.0):
         segmentations = [target_labels] if weight else ()

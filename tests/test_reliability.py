@@ -149,3 +149,121 @@ def test_degenerate_volumes_are_refused(tmp_path, capsys, sform, dtype, match):
     nib.save(img, str(path))
     assert cli.main(["info", str(path)]) == 2
     assert match in capsys.readouterr().err
+
+
+def _task_folder(root, label_name="atlas.nii.gz"):
+    """A tiny task folder: images/atlas, images/u1 and the atlas's labels under `label_name`."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    labels = blobs()
+    for name in ("atlas", "u1"):
+        write_nifti(root / "images" / f"{name}.nii.gz", (labels * 30.0 + 10).astype(np.float32), np.eye(4))
+    write_nifti(root / "labels" / label_name, labels, np.eye(4))
+    return root
+
+
+def test_malformed_tasks_end_in_messages(tmp_path):
+    from napari_rrl_medsam.api import load_task
+
+    root = _task_folder(tmp_path / "t")
+    for text, match in (("[1, 2]", "JSON list, not an object"),
+                        ('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1"]}}, '
+                         '"label_names": {"one": "x"}}', "'label_names' must map label values"),
+                        ('{"splits": {"oneshot": {"atlas": 3, "train_unlabelled": ["u1"]}}}', "a volume id"),
+                        ('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["atlas", "u1"]}}}',
+                         "listed more than once")):
+        (root / "dataset.json").write_text(text)
+        with pytest.raises(InputError, match=match):
+            load_task(root / "dataset.json")
+    with pytest.raises(InputError, match="not a dataset.json"):
+        load_task(root / "images" / "atlas.nii.gz")  # a volume where a task is asked for
+    (root / "dataset.json").write_text('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1"]}}, '
+                                       '"eval_labels": [1, 9]}')
+    with pytest.raises(InputError, match=r"eval_labels \[9\] are not in the atlas labels"):
+        load_task(root / "dataset.json")
+
+
+def test_a_folder_whose_labels_are_named_differently_says_which_names_it_expects(tmp_path):
+    from napari_rrl_medsam.api import load_task
+
+    root = _task_folder(tmp_path / "t", label_name="atlas_seg.nii.gz")
+    with pytest.raises(InputError, match=r"labels/atlas.nii.gz for images/atlas.nii.gz\); found atlas_seg.nii.gz"):
+        load_task(root)
+
+
+def test_huge_label_values_are_refused(tmp_path):
+    from napari_rrl_medsam.api import load_task
+
+    root = _task_folder(tmp_path / "t")
+    img = nib.Nifti1Image(blobs().astype(np.int64) * 2**40, np.eye(4), dtype=np.int64)
+    nib.save(img, str(root / "labels" / "atlas.nii.gz"))
+    with pytest.raises(InputError, match="label value 5497558138880; values up to 1000000"):
+        load_task(root)
+
+
+def test_checkpoints_missing_entries_or_with_wrong_shapes_are_refused(tmp_path):
+    from napari_rrl_medsam.api import load_model
+
+    atlas, labels = phantom()
+    list(registration_engine(atlas, labels, [phantom(shift=1.0)[0]], tmp_path / "r.pt", config=reg_config(steps=1)))
+    state = load_checkpoint(tmp_path / "r.pt")
+    del state["grid"]
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="lacks the entry 'grid'"):
+        load_model(tmp_path / "missing.pt")
+    state = load_checkpoint(tmp_path / "r.pt")
+    name = next(iter(state["network"]))
+    state["network"][name] = torch.zeros(1, 2, 3)
+    torch.save(state, tmp_path / "shapes.pt")
+    with pytest.raises(InputError, match="does not fit the model"):
+        load_model(tmp_path / "shapes.pt")
+
+
+def test_no_signal_or_no_overlap_with_the_atlas_is_refused(tmp_path):
+    from napari_rrl_medsam import api
+
+    atlas, labels = phantom()
+    list(registration_engine(atlas, labels, [phantom(shift=1.0)[0]], tmp_path / "r.pt", config=reg_config(steps=1)))
+    model = api.load_model(tmp_path / "r.pt", device="cpu")
+    with pytest.raises(InputError, match="no signal"):
+        api.register(model, (atlas, labels), Volume(np.zeros(atlas.shape, np.float32), atlas.affine))
+    far = np.array(atlas.affine)
+    far[:3, 3] += 500.0
+    with pytest.raises(InputError, match=r"covers 0% of the atlas's field of view"):
+        api.register(model, (atlas, labels), Volume(atlas.array, far))
+    half = np.array(atlas.affine)
+    half[0, 3] += atlas.shape[0] * atlas.spacing[0] / 2
+    with pytest.warns(UserWarning, match="covers 50%"):
+        api.register(model, (atlas, labels), Volume(atlas.array, half), refine_steps=0)
+
+
+def test_half_resolution_fields_scale_exactly_on_odd_axes():
+    from napari_rrl_medsam.core.models.registration import displacement
+
+    # one half-resolution voxel along each axis, on a 73 x 8 x 9 grid (half resolution 37 x 4 x 5)
+    flow = torch.ones(1, 3, 37, 4, 5)
+    full = displacement(flow, (73, 8, 9), None)
+    # a half-resolution voxel spans size / half-size full voxels (align_corners=False geometry of the upsampling)
+    assert full[0, :, 10, 3, 4].tolist() == pytest.approx([73 / 37, 2.0, 9 / 5])
+
+
+def test_a_temporary_file_left_by_a_killed_save_is_cleaned_up(tmp_path):
+    import os
+    import time
+
+    left = tmp_path / ".r.pt.abc123.tmp"  # what atomic_write leaves when killed mid-save
+    left.write_bytes(b"half")
+    recent = tmp_path / ".r.pt.def456.tmp"  # maybe another process's save in progress: kept
+    recent.write_bytes(b"half")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    save_checkpoint({"kind": "registration"}, tmp_path / "r.pt")
+    assert not left.exists() and recent.exists()
+
+
+def test_a_header_declaring_an_impossible_volume_is_refused_before_reading(tmp_path, capsys):
+    path = write_nifti(tmp_path / "huge.nii", np.zeros((4, 4, 4), np.float32), np.eye(4))
+    raw = bytearray(path.read_bytes())
+    raw[42:48] = np.array([30000, 30000, 30000], "<i2").tobytes()  # dim[1:4] in the NIfTI-1 header
+    path.write_bytes(bytes(raw))
+    assert cli.main(["info", str(path)]) == 2
+    assert "declares a volume of shape (30000, 30000, 30000)" in capsys.readouterr().err

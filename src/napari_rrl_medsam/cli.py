@@ -120,14 +120,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_train_registration(args: argparse.Namespace) -> int:
-    from .api import train_registration
+    from .api import load_task, train_registration
 
     settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "spacing": args.spacing,
                                   "smooth_weight": args.smooth_weight,
                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     if args.no_features:
         settings["use_features"] = False
-    out = train_registration(args.task, encoder=args.encoder, out=args.out, resume=args.resume, **settings)
+    task = load_task(args.task, atlas=args.atlas, check=False)
+    out = train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, **settings)
     print(f"wrote {out}")
     return 0
 
@@ -152,7 +153,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_cotrain(args: argparse.Namespace) -> int:
-    from .api import cotrain
+    from .api import cotrain, load_task
 
     settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "slab": args.slab,
                                   "image_size": args.image_size,
@@ -160,7 +161,8 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
     for flag, key in (("no_ema", "use_mutual_ema"), ("no_prompt", "use_prompt"), ("no_dskd", "use_dskd")):
         if getattr(args, flag):
             settings[key] = False
-    out = cotrain(args.task, registration=args.registration, encoder=args.encoder, out=args.out,
+    task = load_task(args.task, atlas=args.atlas, check=False)
+    out = cotrain(task, registration=args.registration, encoder=args.encoder, out=args.out,
                   resume=args.resume, **settings)
     print(f"wrote {out}")
     return 0
@@ -230,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-registration", help="train the one-shot registration network")
     p.add_argument("task", help="dataset.json or task folder (atlas + unlabelled volumes)")
+    p.add_argument("--atlas", help="the atlas's id in a task folder where several images have labels")
     p.add_argument("--encoder", help="distilled encoder checkpoint (default: the shipped general encoder)")
     p.add_argument("--out", default="registration.pt", help="checkpoint to write (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
@@ -255,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cotrain", help="co-train the two branches (RRL-MedSAM) on registration pseudo labels")
     p.add_argument("task", help="dataset.json or task folder (atlas + unlabelled volumes)")
+    p.add_argument("--atlas", help="the atlas's id in a task folder where several images have labels")
     p.add_argument("--registration", required=True, help="trained registration checkpoint")
     p.add_argument("--encoder", help="distilled general encoder (default: the shipped one)")
     p.add_argument("--out", default="rrl_medsam.pt", help="checkpoint to write (default: %(default)s)")
@@ -305,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (InputError, FileNotFoundError, FileExistsError) as exc:
         print(f"rrl-medsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # a folder we may not list or write in
+        print(f"rrl-medsam {args.command}: error: permission denied: {exc.filename}; choose a location you can "
+              "read and write, or change its permissions.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the engines save their checkpoint on the way out
         print(f"\nrrl-medsam {args.command}: interrupted." + _resume_hint(args), file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -106,6 +107,24 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         raise InputError(f"{path} holds NaN or infinite weights ({bad!r}): it is corrupt or from a run that "
                          "diverged; use an earlier checkpoint or train again.")
     return state
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Turn a checkpoint that lacks an entry or whose weights do not fit its model into a clear error.
+
+    Args:
+        path: the checkpoint being turned into a model, for the message.
+    """
+    try:
+        yield
+    except KeyError as exc:
+        raise InputError(f"{path} lacks the entry {exc}: it is incomplete or was not written by this version of "
+                         "napari-rrl-medsam. Use a checkpoint it wrote, or train again.") from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path} does not fit the model it describes ({first}); it is damaged or was edited. "
+                         "Use a checkpoint napari-rrl-medsam wrote, or train again.") from exc
 
 
 def check_same_task(state: dict[str, Any], path: str | Path, grid: Any, labels: list[int]) -> None:

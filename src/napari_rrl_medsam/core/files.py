@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +19,19 @@ def _file_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
+STALE_SECONDS = 600  # a temporary file this old was left by a killed writer (a save takes seconds)
+
+
+def _remove_stale(path: Path, suffix: str) -> None:
+    """Delete temporaries of `path` that a killed process (SIGKILL, power loss) left behind."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_SECONDS:
+                old.unlink()
+        except OSError:
+            pass
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
     """Call `write(temporary_path)` in `path`'s folder, then rename it onto `path` (keeping normal permissions).
 
@@ -24,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path, suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:

@@ -6,6 +6,7 @@ Writes are atomic (temporary file + rename) and refuse to replace an existing fi
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
@@ -82,7 +83,22 @@ def _check_path(path: str | Path) -> Path:
     if not is_volume_path(path):
         raise InputError(f"{path}: unsupported file type; napari-rrl-medsam reads {', '.join(SUFFIXES)}. "
                          "Convert the volume to NIfTI first (e.g. with dcm2niix for DICOM).")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {path}: permission denied. Give yourself read access (chmod u+r) or copy it.")
     return path
+
+
+def _check_size(shape: tuple[int, ...], dtype, path: Path) -> None:
+    """Refuse a header that declares more voxels than this machine could hold (corrupt or not a volume)."""
+    need = float(np.prod([float(s) for s in shape])) * np.dtype(dtype).itemsize
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no figure to compare with
+        return
+    if need > total:
+        raise InputError(f"{path} declares a volume of shape {tuple(shape)} ({need / 2**30:.0f} GiB), more than this "
+                         f"machine's {total / 2**30:.0f} GiB of memory: its header is corrupt or the volume needs a "
+                         "bigger machine (or cropping first).")
 
 
 def guess_kind(path: Path, dtype: np.dtype, nifti_intent: str | None = None) -> Kind:
@@ -148,6 +164,7 @@ def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         img = _nifti(path)
         shape = _as_3d(img.shape, path)
+        _check_size(shape, img.get_data_dtype(), path)
         array = _read_data(lambda: np.asarray(img.dataobj), path).reshape(shape)
         intent = img.header.get_intent()[0]
         affine, metadata = img.affine, {"nifti_header": img.header}
@@ -157,6 +174,7 @@ def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
         try:
             with tifffile.TiffFile(path) as tif:
                 shape = _as_3d(tif.series[0].shape, path)
+                _check_size(shape, tif.series[0].dtype, path)
                 spacing = _tiff_spacing(tif)
                 array = _read_data(lambda: tif.series[0].asarray(), path).reshape(shape)
         except InputError:

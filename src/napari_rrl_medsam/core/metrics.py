@@ -2,7 +2,10 @@
 
 Each structure is scored inside the bounding box of prediction and truth (plus a margin), which
 gives MONAI's values exactly at a fraction of the cost on whole brains.
-A structure absent from both prediction and truth scores NaN and is left out of the means.
+A structure absent from both prediction and truth scores NaN and is left out of the means. A structure in only
+one of them (missed, or predicted where there is none) scores Dice 0 and, as HD95, the diagonal of the
+volume in mm (the largest distance it can have; the BraTS convention): a miss is never rewarded by
+dropping out of the mean.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -28,6 +31,7 @@ class Evaluation:
     dice: dict[int, float]
     hd95: dict[int, float]
     names: dict[int, str] | None = None
+    missed: list[int] = field(default_factory=list)  # in only one of prediction and truth
 
     @property
     def mean_dice(self) -> float:
@@ -39,13 +43,14 @@ class Evaluation:
 
     def rows(self) -> list[dict]:
         names = self.names or {}
-        return [{"label": lab, "name": names.get(lab, ""), "dice": self.dice[lab], "hd95_mm": self.hd95.get(lab, math.nan)}
-                for lab in self.labels]
+        return [{"label": lab, "name": names.get(lab, ""), "dice": self.dice[lab], "hd95_mm": self.hd95.get(lab, math.nan),
+                 "missed": lab in self.missed} for lab in self.labels]
 
     def table(self) -> str:
         lines = [f"{'label':>6}  {'structure':<28} {'Dice':>6} {'HD95 mm':>8}"]
         for r in self.rows():
-            lines.append(f"{r['label']:>6}  {r['name'][:28]:<28} {r['dice']:6.3f} {r['hd95_mm']:8.2f}")
+            lines.append(f"{r['label']:>6}  {r['name'][:28]:<28} {r['dice']:6.3f} {r['hd95_mm']:8.2f}"
+                         + ("  missed" if r["missed"] else ""))
         lines.append(f"{'mean':>6}  {'':<28} {self.mean_dice:6.3f} {self.mean_hd95:8.2f}")
         return "\n".join(lines)
 
@@ -60,7 +65,7 @@ class Evaluation:
 
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["label", "name", "dice", "hd95_mm"])
+                writer = csv.DictWriter(f, fieldnames=["label", "name", "dice", "hd95_mm", "missed"])
                 writer.writeheader()
                 writer.writerows(self.rows())
 
@@ -98,7 +103,7 @@ def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels
     import torch
     from monai.metrics import compute_dice
 
-    pred_arr, true_arr = (v.array if isinstance(v, Volume) else np.asarray(v) for v in (prediction, truth))
+    pred_arr, true_arr = (_label_array(v, what) for v, what in ((prediction, "prediction"), (truth, "truth")))
     if pred_arr.shape != true_arr.shape:
         raise InputError(f"prediction shape {pred_arr.shape} differs from truth shape {true_arr.shape}; "
                          "bring the prediction to the truth's grid first (napari_rrl_medsam.core.resample).")
@@ -109,15 +114,38 @@ def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels
         spacing = truth.spacing if isinstance(truth, Volume) else (1.0,) * true_arr.ndim
     if labels is None:
         labels = [int(v) for v in np.unique(true_arr) if v != 0]
-    dice, hd = {}, {}
+        if not labels:
+            raise InputError("the truth has no labelled voxel (all 0): there is nothing to score. Check that it is "
+                             "the right label map, or name the structures to score (--labels).")
+    diagonal = float(np.linalg.norm(np.array(true_arr.shape) * np.asarray(spacing, float)))
+    dice, hd, missed = {}, {}, []
     for lab in labels:
         p, t = pred_arr == lab, true_arr == lab
         if not (p.any() or t.any()):
             dice[lab] = hd[lab] = math.nan
             continue
+        if p.any() != t.any():
+            dice[lab], missed = 0.0, missed + [int(lab)]
+            if hd95:
+                hd[lab] = diagonal
+            continue
         box = _crop(p, t)
         pt, tt = (torch.from_numpy(np.ascontiguousarray(x[box]))[None, None] for x in (p, t))
         dice[lab] = float(compute_dice(pt, tt, include_background=True, ignore_empty=False)[0, 0])
         if hd95:
-            hd[lab] = _hd95(pt, tt, spacing) if p.any() and t.any() else math.nan
-    return Evaluation([int(v) for v in labels], dice, hd, names)
+            hd[lab] = _hd95(pt, tt, spacing)
+    return Evaluation([int(v) for v in labels], dice, hd, names, missed)
+
+
+def _label_array(v: Volume | np.ndarray, what: str) -> np.ndarray:
+    """The array of a label map, refusing what is not one (fractions, negative values: an image)."""
+    array = v.array if isinstance(v, Volume) else np.asarray(v)
+    where = f"the {what} ({v.path})" if isinstance(v, Volume) and v.path else f"the {what}"
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        pass
+    elif not np.issubdtype(array.dtype, np.floating) or np.any(array != np.round(array)):
+        raise InputError(f"{where} has non-integer values: it looks like an image, not a label map. Give the "
+                         "segmentation file (one integer label per voxel).")
+    if array.size and array.min() < 0:
+        raise InputError(f"{where} has negative values ({array.min():g}); labels are 0 (background) or positive.")
+    return array

@@ -50,10 +50,29 @@ class RegistrationResult:
         return self.warped_image.with_array(det, kind="image")
 
 
+# below this share of the atlas's field of view a target is refused, below the second one warned about
+MIN_COVERAGE, LOW_COVERAGE = 0.3, 0.7
+
+
 def intensities(volume: Volume, grid: Grid):
-    """A volume on `grid`, robustly normalised to [0, 1], as a (1, 1, X, Y, Z) float tensor."""
+    """A volume on `grid`, robustly normalised to [0, 1], as a (1, 1, X, Y, Z) float tensor.
+
+    A volume without signal, or one that covers too little of `grid` in world space, is refused: the
+    registration or segmentation would be empty or wrong without saying so.
+    """
     import torch
 
+    name = volume.path.name if volume.path else "the volume"
+    if volume.array.size and volume.array.min() == volume.array.max():
+        raise InputError(f"{name} has no signal: every voxel is {volume.array.flat[0]}. Check the file.")
+    covered = grid.coverage(volume.grid)
+    message = (f"{name} covers {100 * covered:.0f}% of the atlas's field of view in world coordinates: the two "
+               "are not in the same space or the scan is cropped. Check their affines (origins), or align the "
+               "scan to the atlas first.")
+    if covered < MIN_COVERAGE:
+        raise InputError(message)
+    if covered < LOW_COVERAGE:
+        warnings.warn(message, stacklevel=2)
     array = normalise_intensity(resample(volume, grid).array)
     return torch.from_numpy(np.ascontiguousarray(array))[None, None]
 
@@ -97,9 +116,11 @@ class RegistrationModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RegistrationModel":
-        from .checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint, reading
 
-        return cls.from_state(load_checkpoint(path, KIND), device)
+        state = load_checkpoint(path, KIND)
+        with reading(path):
+            return cls.from_state(state, device)
 
     @classmethod
     def from_state(cls, state: dict, device: str = "auto") -> "RegistrationModel":

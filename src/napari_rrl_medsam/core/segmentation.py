@@ -98,22 +98,23 @@ class SegmentationModel:
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "SegmentationModel":
-        from .checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint, reading
         from .device import resolve_device
         from .engines.cotrain import CotrainConfig, build_parts
         from .models.encoder import EncoderConfig
         from .registration import RegistrationModel
 
         state = load_checkpoint(path, KIND)
-        config = CotrainConfig.from_dict(state["config"])
-        parts = build_parts(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
         dev = resolve_device(device)
-        for name, module in parts.items():
-            module.load_state_dict(state["parts"][name])
-            module.to(dev).eval()
-        grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
-        return cls(parts, config, list(state["classes"]), grid,
-                   RegistrationModel.from_state(state["registration"], device), dict(state["teacher"]), dev)
+        with reading(path):
+            config = CotrainConfig.from_dict(state["config"])
+            parts = build_parts(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
+            for name, module in parts.items():
+                module.load_state_dict(state["parts"][name])
+                module.to(dev).eval()
+            grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
+            return cls(parts, config, list(state["classes"]), grid,
+                       RegistrationModel.from_state(state["registration"], device), dict(state["teacher"]), dev)
 
     def register(self, *args, **kwargs):
         """The co-trained model's registration (see `RegistrationModel.register`)."""

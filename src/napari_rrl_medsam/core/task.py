@@ -24,6 +24,7 @@ from .io import SUFFIXES, load_volume, read_grid, volume_files
 from .volume import Grid, Volume, volume_id
 
 PathLike = str | Path
+MAX_LABEL = 1_000_000  # label values index lookup tables: FreeSurfer's largest is 14175
 
 
 def check_labels(labels: Volume) -> Volume:
@@ -40,6 +41,9 @@ def check_labels(labels: Volume) -> Volume:
         array = array.astype(np.int32)
     if array.size and array.min() < 0:
         raise InputError(f"{where} has negative values ({int(array.min())}); labels must be 0 (background) or positive.")
+    if array.size and array.max() > MAX_LABEL:
+        raise InputError(f"{where} has the label value {int(array.max())}; values up to {MAX_LABEL} are supported. "
+                         "Renumber the structures (e.g. 1, 2, 3, ...).")
     if not array.any():
         raise InputError(f"{where} is empty: every voxel is 0 (background). The atlas needs at least one "
                          "labelled structure.")
@@ -105,6 +109,17 @@ class OneShotTask:
         missing = [c.id for c in self.evaluation if c.labels is None]
         if missing:
             raise InputError(f"evaluation volumes need labels; none for {missing}.")
+        images = [c.image.resolve() for c in self.cases()]
+        twice = sorted({str(p) for p in images if images.count(p) > 1})
+        if twice:
+            raise InputError(f"{twice[0]} is listed more than once in the task (atlas, unlabelled and evaluation "
+                             "volumes must all differ): the atlas would be its own target, or a volume would count "
+                             "twice. List each volume once.")
+        ids = [c.id for c in self.cases()]
+        same = sorted({i for i in ids if ids.count(i) > 1})
+        if same:
+            raise InputError(f"two volumes of the task have the id {same[0]!r}: outputs are named by id, so each "
+                             "needs its own file name.")
 
     def cases(self) -> list[Case]:
         return [self.atlas, *self.unlabelled, *self.evaluation]
@@ -112,8 +127,21 @@ class OneShotTask:
     def check(self) -> "OneShotTask":
         """Read every file once and validate its voxels (slow for big sets; building the task checks headers)."""
         for case in self.cases():
-            case.load()
+            _, labels = case.load()
+            if case is self.atlas:
+                self.check_eval_labels(labels)
         return self
+
+    def check_eval_labels(self, atlas_labels: Volume) -> None:
+        """Refuse evaluation labels the atlas does not have: the model can never predict them.
+
+        Args:
+            atlas_labels: the atlas's label map.
+        """
+        absent = sorted(set(self.eval_labels or []) - {int(v) for v in np.unique(atlas_labels.array)})
+        if absent:
+            raise InputError(f"eval_labels {absent} are not in the atlas labels ({self.atlas.labels}); a one-shot "
+                             "model only knows the atlas's structures. Remove them from eval_labels.")
 
     def summary(self) -> str:
         return (f"task {self.name!r}: atlas {self.atlas.id}, {len(self.unlabelled)} unlabelled, "
@@ -131,9 +159,17 @@ def _volume_files(folder: Path) -> dict[str, Path]:
 def _from_dataset_json(path: Path, split: str) -> OneShotTask:
     try:
         spec = json.loads(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not a dataset.json (it is not text; a volume?): give a task's dataset.json or "
+                         "its folder here, and volumes where volumes are asked for.") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise InputError(f"{path} holds a JSON {type(spec).__name__}, not an object with 'splits' (see the README's "
+                         "task layout).")
     splits = spec.get("splits", {})
+    if not isinstance(splits, dict):
+        raise InputError(f"'splits' in {path} must be an object of named splits, not {type(splits).__name__}.")
     if split not in splits:
         raise InputError(f"{path} has no split {split!r} under 'splits' (it has {sorted(splits)}); "
                          "choose one with split=...")
@@ -141,17 +177,26 @@ def _from_dataset_json(path: Path, split: str) -> OneShotTask:
     for key in ("atlas", "train_unlabelled"):
         if key not in s:
             raise InputError(f"split {split!r} of {path} lacks {key!r}.")
+    if not isinstance(s["atlas"], str) or not all(isinstance(i, str) for i in [*s["train_unlabelled"],
+                                                                               *s.get("validation", [])]):
+        raise InputError(f"split {split!r} of {path}: 'atlas' must be a volume id (a string) and "
+                         "'train_unlabelled' / 'validation' lists of ids.")
     images, labels = root / spec.get("images", "images"), root / spec.get("labels", "labels")
     suffix = spec.get("suffix", ".nii.gz")
 
     def case(i: str, labelled: bool) -> Case:
         return Case(i, images / f"{i}{suffix}", labels / f"{i}{suffix}" if labelled else None)
 
+    try:
+        names = {int(k): str(v) for k, v in spec.get("label_names", {}).items()}
+        eval_labels = [int(v) for v in spec["eval_labels"]] if spec.get("eval_labels") is not None else None
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: 'label_names' must map label values to names ({{\"1\": \"cortex\"}}) and "
+                         f"'eval_labels' be a list of label values ({exc}).") from exc
     # Unlabelled volumes get no label path at all: their label files (if any) must never feed training.
     return OneShotTask(case(s["atlas"], True), [case(i, False) for i in s["train_unlabelled"]],
-                       [case(i, True) for i in s.get("validation", [])], spec.get("eval_labels"),
-                       spec.get("name", path.parent.name),
-                       {int(k): v for k, v in spec.get("label_names", {}).items()} or None)
+                       [case(i, True) for i in s.get("validation", [])], eval_labels,
+                       spec.get("name", path.parent.name), names or None)
 
 
 NEURITE_OASIS = ("OASIS_OAS1_*_MR1", "aligned_norm.nii.gz", "aligned_seg35.nii.gz")
@@ -191,9 +236,14 @@ def _from_folder(folder: Path, atlas: str | None, n_validation: int) -> OneShotT
         raise InputError(f"{folder / 'images'} holds no volume files ({', '.join(SUFFIXES)}).")
     labelled = [i for i in images if i in labels]
     if atlas is None:
-        if len(labelled) != 1:
-            raise InputError(f"{folder}: {len(labelled)} images have labels ({labelled[:5]}); "
-                             "name the atlas with atlas=ID (CLI: --atlas ID).")
+        if not labelled:
+            found = ", ".join(p.name for p in list(labels.values())[:3]) or "nothing"
+            raise InputError(f"{folder}: no image has labels. A label file has its image's name in "
+                             f"{folder / 'labels'} (e.g. labels/{next(iter(images.values())).name} for "
+                             f"images/{next(iter(images.values())).name}); found {found} there.")
+        if len(labelled) > 1:
+            raise InputError(f"{folder}: {len(labelled)} images have labels ({labelled[:5]}); name the atlas "
+                             "with atlas=ID (CLI: --atlas ID); the other labelled images are used for evaluation.")
         atlas = labelled[0]
     if atlas not in labels:
         raise InputError(f"{folder}: no labels for atlas {atlas!r} in {folder / 'labels'}.")

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint, resume_state, save_checkpoint
+from ..checkpoint import load_checkpoint, reading, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
@@ -220,10 +220,11 @@ def checkpoint_state(student, optimiser, step: int, config: DistillConfig, teach
 def load_encoder(path: str | Path):
     """A `LightEncoder` (eval mode) from a distillation checkpoint; `.teacher` says which teacher taught it."""
     state = load_checkpoint(path, KIND)
-    encoder = LightEncoder(EncoderConfig.from_dict(state["encoder_config"]))
-    encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["encoder"].items()})
-    encoder.teacher = dict(state["teacher"])
-    encoder.steps = int(state["step"])
+    with reading(path):
+        encoder = LightEncoder(EncoderConfig.from_dict(state["encoder_config"]))
+        encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["encoder"].items()})
+        encoder.teacher = dict(state["teacher"])
+        encoder.steps = int(state["step"])
     return encoder.eval()
 
 

@@ -104,4 +104,7 @@ def displacement(flow: torch.Tensor, size, integrate: nn.Module | None) -> torch
     """
     if integrate is not None:
         flow = integrate(flow)
-    return 2 * F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False)
+    # a half-resolution voxel is size / half-size full-resolution voxels along each axis: 2 for even sizes,
+    # 73 / 37 for 73 (a plain factor 2 would stretch odd axes by up to a few percent)
+    scale = torch.tensor([s / h for s, h in zip(size, flow.shape[2:])], dtype=flow.dtype, device=flow.device)
+    return F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False) * scale.view(1, 3, 1, 1, 1)
