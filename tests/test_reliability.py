@@ -267,3 +267,12 @@ def test_a_header_declaring_an_impossible_volume_is_refused_before_reading(tmp_p
     path.write_bytes(bytes(raw))
     assert cli.main(["info", str(path)]) == 2
     assert "declares a volume of shape (30000, 30000, 30000)" in capsys.readouterr().err
+
+
+def test_an_unreadable_file_says_permission_denied(tmp_path, capsys, monkeypatch):
+    import os
+
+    path = write_nifti(tmp_path / "v.nii.gz", np.ones((6, 6, 6), np.float32), np.eye(4))
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # as a non-owner sees it (tests may run as root)
+    assert cli.main(["info", str(path)]) == 2
+    assert "permission denied" in capsys.readouterr().err
