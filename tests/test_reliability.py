@@ -276,3 +276,14 @@ def test_an_unreadable_file_says_permission_denied(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # as a non-owner sees it (tests may run as root)
     assert cli.main(["info", str(path)]) == 2
     assert "permission denied" in capsys.readouterr().err
+
+
+def test_a_truncated_tiff_is_called_truncated_not_2d(tmp_path, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "full.tif", np.random.default_rng(0).random((20, 16, 16)).astype(np.float32),
+                     imagej=True)
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    assert cli.main(["info", str(tmp_path / "cut.tif")]) == 2
+    assert "is truncated: its metadata declares 20 images" in capsys.readouterr().err

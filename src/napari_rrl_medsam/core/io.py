@@ -88,6 +88,18 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
+def _check_complete(tif, path: Path) -> None:
+    """Refuse a TIFF that holds fewer images than its own metadata declares (a truncated copy)."""
+    declared = int((tif.imagej_metadata or {}).get("images", 0) or 0)
+    shaped = tif.shaped_metadata[0].get("shape") if tif.shaped_metadata else None
+    if shaped:
+        declared = max(declared, int(np.prod(shaped[:-2])) if len(shaped) > 2 else 1)
+    held = int(np.prod(tif.series[0].shape[:-2])) if len(tif.series[0].shape) > 2 else 1
+    if declared > held:
+        raise InputError(f"{path} is truncated: its metadata declares {declared} images, the file holds {held}. "
+                         "Re-export or re-copy it.")
+
+
 def _check_size(shape: tuple[int, ...], dtype, path: Path) -> None:
     """Refuse a header that declares more voxels than this machine could hold (corrupt or not a volume)."""
     need = float(np.prod([float(s) for s in shape])) * np.dtype(dtype).itemsize
@@ -173,6 +185,7 @@ def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
 
         try:
             with tifffile.TiffFile(path) as tif:
+                _check_complete(tif, path)
                 shape = _as_3d(tif.series[0].shape, path)
                 _check_size(shape, tif.series[0].dtype, path)
                 spacing = _tiff_spacing(tif)
