@@ -287,3 +287,33 @@ def test_a_truncated_tiff_is_called_truncated_not_2d(tmp_path, capsys):
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])  # an interrupted copy
     assert cli.main(["info", str(tmp_path / "cut.tif")]) == 2
     assert "is truncated: its metadata declares 20 images" in capsys.readouterr().err
+
+
+def test_a_failed_save_keeps_the_result_in_the_temporary_folder_and_says_where(tmp_path, monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    from napari_rrl_medsam.api import load_volume, save_volume
+    from napari_rrl_medsam.core import files
+
+    full = tmp_path / "full_disk"
+    spare_dir = tmp_path / "spare"
+    spare_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare_dir))
+    replace = os.replace
+
+    def no_space(src, dst):  # the output's disk is full; the temporary folder's is not
+        if os.path.dirname(dst) == str(full):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", no_space)
+    labels = Volume(blobs(), np.eye(4), "labels")
+    with pytest.raises(InputError, match="No space left on device.*saved to") as info:
+        save_volume(labels, full / "scan_labels.nii.gz")
+    rescued = next(spare_dir.glob("scan_labels-rescued-*.nii.gz"))
+    assert str(rescued) in str(info.value) and np.array_equal(load_volume(rescued).array, labels.array)
+    with pytest.raises(InputError, match="checkpoint was saved|saved to"):
+        save_checkpoint({"kind": "registration", "w": torch.ones(2)}, full / "r.pt")
+    assert torch.equal(load_checkpoint(next(spare_dir.glob("r-rescued-*.pt")))["w"], torch.ones(2))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,7 +40,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` with torch.save to a temporary file, then rename: a crash never leaves half a file.
 
     Non-finite weights are refused (the last good checkpoint stays). If the file cannot be written (disk full,
-    folder gone), the state goes to the system's temporary folder and the error says where.
+    folder gone), the state goes to the system's temporary folder and the error says where (`atomic_write`).
 
     Args:
         state: the checkpoint dict (with a "kind" entry).
@@ -55,17 +53,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     if bad is not None:
         raise InputError(f"not saving {path}: {bad!r} holds NaN or infinity (training diverged); the previous "
                          "checkpoint there, if any, is unchanged. Resume from it with a lower learning rate.")
-    try:
-        return atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except OSError as exc:
-        rescue = Path(tempfile.gettempdir()) / f"{path.stem}-rescued-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
-        try:
-            atomic_write(rescue, lambda tmp: torch.save(state, tmp))
-        except OSError:
-            raise InputError(f"cannot write {path} ({exc.strerror or exc}) nor a rescue copy in "
-                             f"{rescue.parent}; free some space and resume from the last checkpoint.") from exc
-        raise InputError(f"cannot write {path} ({exc.strerror or exc}); the checkpoint was saved to {rescue} "
-                         "instead: move it where you want it and resume from it.") from exc
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:

@@ -35,9 +35,36 @@ def _remove_stale(path: Path, suffix: str) -> None:
 def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
     """Call `write(temporary_path)` in `path`'s folder, then rename it onto `path` (keeping normal permissions).
 
-    `suffix` is the temporary file's ending, for writers that choose a format by it (e.g. ".nii.gz").
+    If that fails (disk full, folder gone), the result is written to the system's temporary folder instead
+    and an `InputError` says where: finished work is never lost to a failed save.
+
+    Args:
+        path: the file to write.
+        write: writes the content to the path it is given.
+        suffix: the temporary file's ending, for writers that choose a format by it (e.g. ".nii.gz").
     """
+    from .errors import InputError
+
     path = Path(path)
+    try:
+        return _write_and_rename(path, write, suffix)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        ending = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+        stem = path.name[: len(path.name) - len(ending)]
+        spare = Path(tempfile.gettempdir()) / f"{stem}-rescued-{time.strftime('%Y%m%d-%H%M%S')}{ending}"
+        if spare.parent.resolve() == path.parent.resolve():
+            raise
+        try:
+            _write_and_rename(spare, write, suffix)
+        except (OSError, RuntimeError):
+            raise InputError(f"cannot write {path} ({reason}) nor a rescue copy in {spare.parent}; free some "
+                             "space or choose another location, and run again.") from exc
+        raise InputError(f"cannot write {path} ({reason}); the result was saved to {spare} instead: move it "
+                         "where you want it.") from exc
+
+
+def _write_and_rename(path: Path, write: Callable[[str], None], suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path, suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
