@@ -317,3 +317,4 @@ def test_a_failed_save_keeps_the_result_in_the_temporary_folder_and_says_where(t
     with pytest.raises(InputError, match="checkpoint was saved|saved to"):
         save_checkpoint({"kind": "registration", "w": torch.ones(2)}, full / "r.pt")
     assert torch.equal(load_checkpoint(next(spare_dir.glob("r-rescued-*.pt")))["w"], torch.ones(2))
+

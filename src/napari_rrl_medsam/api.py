@@ -119,11 +119,13 @@ def _atlas_and_targets(task, atlas, atlas_labels, unlabelled):
 
 def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
                          unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
-                         resume: bool = False, segmentations: Sequence = (), **settings) -> Iterator:
+                         resume: bool = False, segmentations: Sequence = (), init: str | Path | None = None,
+                         **settings) -> Iterator:
     """Registration training as a generator of `Progress` events (with previews); close it to stop.
 
     `segmentations` (with `dice_weight` > 0): a label map (volume or path, or None) per unlabelled volume,
-    in the same order, for Dice coupling, e.g. segmentations by a co-trained model."""
+    in the same order, for Dice coupling, e.g. segmentations by a co-trained model. `init`: a registration
+    checkpoint to fine-tune (its weights, these settings, a new run written to `out`)."""
     from dataclasses import fields
 
     from .core.engines.register import RegistrationTrainConfig, registration_engine
@@ -137,13 +139,13 @@ def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=
     if config.use_features and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     segmentations = [None if s is None else _volume(s, "labels") for s in segmentations]
-    return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations)
+    return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init)
 
 
 def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
                        unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
                        resume: bool = False, progress: bool = True, segmentations: Sequence = (),
-                       **settings) -> Path:
+                       init: str | Path | None = None, **settings) -> Path:
     """Train the one-shot registration network (atlas -> each unlabelled volume) and save it to `out`.
 
     `encoder`: a distilled encoder (path or module) for the medical encoder's features; None = the
@@ -153,7 +155,7 @@ def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=No
 
     settings.setdefault("preview_every", 0)  # previews are for live layers; nothing here shows them
     run(registration_trainer(task, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, encoder=encoder,
-                             out=out, resume=resume, segmentations=segmentations, **settings), progress)
+                             out=out, resume=resume, segmentations=segmentations, init=init, **settings), progress)
     return Path(out)
 
 
@@ -194,9 +196,10 @@ def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 5):
 
 def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
               unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-              validation: Sequence | bool = True, **settings) -> Iterator:
+              validation: Sequence | bool = True, init: str | Path | None = None, **settings) -> Iterator:
     """Co-training as a generator of `Progress` events (previews: pseudo labels, auto-prompt mask; metrics:
-    validation Dice on `validation`, (image, labels) pairs; True = the task's evaluation volumes)."""
+    validation Dice on `validation`, (image, labels) pairs; True = the task's evaluation volumes). `init`: a
+    co-trained checkpoint to fine-tune (its weights, these settings, a new run written to `out`)."""
     from dataclasses import fields
 
     from .core.engines.cotrain import CotrainConfig, cotrain_engine
@@ -211,18 +214,19 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
     if not hasattr(registration, "register"):
         registration = load_model(registration, config.device)
     registration = getattr(registration, "registration", registration)  # a co-trained model's own registration
-    if config.use_dskd and not hasattr(encoder, "features"):
+    if config.use_dskd and init is None and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     if validation is True:
         validation = [case.load() for case in task.evaluation] if task is not None else []
     validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
     return cotrain_engine(image, labels, targets, registration, out, encoder if config.use_dskd else None, config,
-                          resume, validation)
+                          resume, validation, init)
 
 
 def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
             unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-            validation: Sequence | bool = True, progress: bool = True, **settings) -> Path:
+            validation: Sequence | bool = True, progress: bool = True, init: str | Path | None = None,
+            **settings) -> Path:
     """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels; save to `out`.
 
     `registration`: a trained registration model or its checkpoint path; `encoder`: the distilled general
@@ -232,7 +236,7 @@ def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas
 
     settings.setdefault("preview_every", 0)  # a full-volume prediction each time; nothing here shows it
     run(cotrainer(task, registration=registration, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled,
-                  encoder=encoder, out=out, resume=resume, validation=validation, **settings), progress)
+                  encoder=encoder, out=out, resume=resume, validation=validation, init=init, **settings), progress)
     return Path(out)
 
 

@@ -128,7 +128,8 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
     if args.no_features:
         settings["use_features"] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
-    out = train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, **settings)
+    out = train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init,
+                             **settings)
     print(f"wrote {out}")
     return 0
 
@@ -163,7 +164,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
             settings[key] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
     out = cotrain(task, registration=args.registration, encoder=args.encoder, out=args.out,
-                  resume=args.resume, **settings)
+                  resume=args.resume, init=args.init, **settings)
     print(f"wrote {out}")
     return 0
 
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-weight", type=float)
     p.add_argument("--no-features", action="store_true", help="intensities only (ablation)")
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 50)")
+    p.add_argument("--init", help="a trained registration checkpoint to fine-tune (a new run written to --out)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_train_registration)
 
@@ -270,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prompt", action="store_true", help="ablation: no auto-prompt")
     p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 25)")
+    p.add_argument("--init", help="a co-trained checkpoint to fine-tune, e.g. with a fine-tuned --registration")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_cotrain)
 

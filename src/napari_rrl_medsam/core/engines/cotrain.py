@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..augment import intensity_augmentation
-from ..checkpoint import check_same_task, resume_state, save_checkpoint
+from ..checkpoint import check_same_task, load_checkpoint, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
@@ -34,7 +34,7 @@ from ..settings import check_settings
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
 from ..task import check_atlas
 from ..volume import Volume
-from .events import Progress, check_finite, due, resumed_settings
+from .events import Progress, check_finite, due, initialised_settings, resumed_settings
 
 
 @dataclass
@@ -88,6 +88,11 @@ class CotrainConfig:
         return cls(**{**legacy, **{k: v for k, v in d.items() if k in known}})
 
 
+# the settings that shape the networks (or what they were trained to see): a fine-tuned run keeps its init's
+ARCHITECTURE = ("decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size",
+                "norm_statistics")
+
+
 def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes: int, general_state=None):
     """E_g, E_m (a copy of E_g), the general decoder and the AP decoder."""
     import torch
@@ -135,9 +140,12 @@ def _check_mix(config: CotrainConfig) -> None:
 
 def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Volume], registration,
                    checkpoint: str | Path, encoder=None, config: CotrainConfig | None = None,
-                   resume: bool = False, validation: Sequence[tuple[Volume, Volume]] = ()) -> Iterator[Progress]:
+                   resume: bool = False, validation: Sequence[tuple[Volume, Volume]] = (),
+                   init: str | Path | None = None) -> Iterator[Progress]:
     """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g;
-    `validation`: labelled (image, labels) volumes whose Dice is reported in the events' metrics."""
+    `validation`: labelled (image, labels) volumes whose Dice is reported in the events' metrics; `init`: a
+    co-trained checkpoint to start from (fine-tuning: its weights and architecture, this run's training settings,
+    a new optimiser; e.g. with a fine-tuned registration's pseudo labels)."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -154,9 +162,13 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     if not unlabelled:
         raise InputError("co-training needs at least one unlabelled volume.")
     state = resume_state(checkpoint, KIND, resume)
+    start = state  # the weights this run starts from: its own checkpoint, else `init`'s, else new ones
     if state is not None:
         config = CotrainConfig.from_dict(resumed_settings(state["config"], config))
-    if encoder is None and config.use_dskd and state is None:
+    elif init is not None:
+        start = load_checkpoint(init, KIND)
+        config = CotrainConfig.from_dict(initialised_settings(start["config"], config, ARCHITECTURE))
+    if encoder is None and config.use_dskd and start is None:
         raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")
     device = resolve_device(config.device)
     grid = registration.grid
@@ -164,8 +176,8 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     lut = np.zeros(int(max(classes)) + 1, np.int64)
     lut[classes] = np.arange(len(classes))
     values = np.array(classes)  # class index -> label value
-    if state is not None:
-        check_same_task(state, checkpoint, grid, classes)
+    if start is not None:
+        check_same_task(start, checkpoint if state is not None else init, grid, classes)
 
     images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
     for i, volume in enumerate(unlabelled):
@@ -187,12 +199,12 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
                                    config.field_mode, config.synthetic_beta)
     augment = intensity_augmentation() if config.intensity_augment else None
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
-    encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state is not None
+    encoder_config = (EncoderConfig.from_dict(start["encoder_config"]) if start is not None
                       else encoder.config if encoder is not None else EncoderConfig())
     parts = build_parts(config, encoder_config, len(classes), encoder.state_dict() if encoder is not None else None)
-    if state is not None:
+    if start is not None:
         for name, module in parts.items():
-            module.load_state_dict(state["parts"][name])
+            module.load_state_dict(start["parts"][name])
     for module in parts.values():
         module.to(device).train()
     encoders = [p for n in ("general", "medical") for p in parts[n].parameters()]
@@ -212,8 +224,9 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     saved_step = step if state is not None else -1
     elapsed = float(state.get("elapsed", 0.0)) if state is not None else 0.0  # seconds of training, all runs
     teacher = getattr(encoder, "teacher", {}) if encoder is not None else {}
-    if state is not None:
-        teacher = state["teacher"]
+    if start is not None:
+        teacher = start["teacher"]
+    origin = str(init) if state is None and init is not None else (state or {}).get("initialised_from")
 
     def save() -> Path:
         return save_checkpoint({
@@ -221,7 +234,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             "encoder_config": encoder_config.to_dict(), "parts": {n: m.state_dict() for n, m in parts.items()},
             "optimizer": optimiser.state_dict(), "classes": classes, "teacher": teacher,
             "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
-            "registration": registration.state, "elapsed": elapsed,
+            "registration": registration.state, "elapsed": elapsed, "initialised_from": origin,
         }, checkpoint)
 
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass
@@ -39,6 +39,18 @@ def resumed_settings(saved: dict, given: Any) -> dict:
         given: the caller's config dataclass.
     """
     return {**saved, **{k: getattr(given, k) for k in RUN_SETTINGS if hasattr(given, k)}}
+
+
+def initialised_settings(saved: dict, given: Any, architecture: Sequence[str]) -> dict:
+    """A fine-tuning run's config dict: the caller's settings, with the `architecture` fields of the model it
+    starts from (`saved`, that model's config dict).
+
+    Args:
+        saved: the config dict of the checkpoint the run starts from.
+        given: the caller's config dataclass.
+        architecture: the fields that shape the model.
+    """
+    return {**given.to_dict(), **{k: saved[k] for k in architecture if k in saved}}
 
 
 def check_finite(loss: Any, stage: str, step: int) -> None:

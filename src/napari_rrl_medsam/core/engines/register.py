@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..checkpoint import check_same_task, resume_state, save_checkpoint
+from ..checkpoint import check_same_task, load_checkpoint, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
@@ -30,7 +30,7 @@ from ..resample import resample, working_grid
 from ..settings import check_settings
 from ..task import check_atlas, check_pair
 from ..volume import Volume
-from .events import Progress, check_finite, due, resumed_settings
+from .events import Progress, check_finite, due, initialised_settings, resumed_settings
 
 
 @dataclass
@@ -69,6 +69,10 @@ class RegistrationTrainConfig:
         return cls(**d)
 
 
+# the settings that shape the network and its inputs: a fine-tuned run keeps its init's
+ARCHITECTURE = ("spacing", "axis", "feature_level", "feature_size", "use_features", "network")
+
+
 def build_networks(config: RegistrationTrainConfig, state: dict | None = None, encoder: LightEncoder | None = None):
     """The registration network and the medical encoder, from a checkpoint `state` or fresh."""
     encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state and state.get("encoder_config")
@@ -99,8 +103,11 @@ def _gamma(x, gen):
 
 def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[Volume], checkpoint: str | Path,
                         encoder: LightEncoder | None = None, config: RegistrationTrainConfig | None = None,
-                        resume: bool = False, segmentations: Sequence[Volume | None] = ()) -> Iterator[Progress]:
-    """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one."""
+                        resume: bool = False, segmentations: Sequence[Volume | None] = (),
+                        init: str | Path | None = None) -> Iterator[Progress]:
+    """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one.
+    `init`: a registration checkpoint to start from (fine-tuning: its network, encoder and working grid, this
+    run's training settings such as `dice_weight`, a new optimiser)."""
     import torch
 
     config = copy.deepcopy(config) if config is not None else RegistrationTrainConfig()
@@ -109,11 +116,15 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
         raise InputError("registration training needs at least one unlabelled volume.")
     atlas_labels = check_atlas(atlas, atlas_labels)
     state = resume_state(checkpoint, KIND, resume)
+    start = state  # the weights this run starts from: its own checkpoint, else `init`'s, else new ones
     if state is not None:
         config = RegistrationTrainConfig.from_dict(resumed_settings(state["config"], config))
+    elif init is not None:
+        start = load_checkpoint(init, KIND)
+        config = RegistrationTrainConfig.from_dict(initialised_settings(start["config"], config, ARCHITECTURE))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    net, medical = build_networks(config, state, encoder)
+    net, medical = build_networks(config, start, encoder)
     net, medical = net.to(device), medical.to(device) if medical is not None else None
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     step = 0
@@ -133,8 +144,8 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     ncc, smooth = registration_losses(config)
     warp_image, warp_labels = warp_layer(), warp_layer("nearest")
     label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
-    if state is not None:
-        check_same_task(state, checkpoint, grid, label_values)
+    if start is not None:
+        check_same_task(start, checkpoint if state is not None else init, grid, label_values)
     coupled = _coupling_targets(config, targets, segmentations, label_values, grid)
     if coupled:
         from monai.losses import DiceLoss
@@ -142,6 +153,7 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
         dice_loss = DiceLoss(include_background=False)
         atlas_onehot = _one_hot(resample(atlas_labels, grid).array, label_values).to(device)
     saved_step = step if state is not None else -1
+    origin = str(init) if state is None and init is not None else (state or {}).get("initialised_from")
 
     def save() -> Path:
         return save_checkpoint({
@@ -151,6 +163,7 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
             "encoder": medical.state_dict() if medical is not None else {},
             "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
             "labels": label_values, "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
+            "initialised_from": origin,
         }, checkpoint)
 
     try:
