@@ -318,3 +318,21 @@ def test_a_failed_save_keeps_the_result_in_the_temporary_folder_and_says_where(t
         save_checkpoint({"kind": "registration", "w": torch.ones(2)}, full / "r.pt")
     assert torch.equal(load_checkpoint(next(spare_dir.glob("r-rescued-*.pt")))["w"], torch.ones(2))
 
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "r.pt"
+
+    def terminated(args):
+        save_checkpoint({"kind": "registration"}, out)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop (SLURM sends SIGTERM first)
+        time.sleep(10)  # never reached in full: the handler interrupts it
+
+    monkeypatch.setattr(cli, "cmd_train_registration", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["train-registration", "task", "--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err and signal.getsignal(signal.SIGTERM) == before

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -304,10 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop(signum, frame) -> None:
+    """SIGTERM (a scheduler's or `kill`'s polite stop) ends a run as Ctrl-C does: checkpoint saved, then exit."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .core.errors import InputError
 
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
     except (InputError, FileNotFoundError, FileExistsError) as exc:
@@ -320,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # the engines save their checkpoint on the way out
         print(f"\nrrl-medsam {args.command}: interrupted." + _resume_hint(args), file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
