@@ -49,7 +49,8 @@ def main() -> None:
         train_registration(task, out=reg_path, steps=args.registration_steps)
         print(f"registration network, {args.registration_steps} steps: {time.perf_counter() - t:.0f} s", flush=True)
     registration = load_model(reg_path)
-    settings = {"steps": 200, "refine_steps": args.refine_steps, "validate_every": 50, **json.loads(args.settings)}
+    settings = {"steps": 200, "refine_steps": args.refine_steps, "validate_every": 50, "preview_every": 0,
+                **json.loads(args.settings)}  # previews are for napari's live layers: none here
     out = runs / f"cotrain_{args.tag}.pt"
     out.unlink(missing_ok=True)  # a fresh run: its times are the point
     t = time.perf_counter()

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from napari_rrl_medsam.data.sample import SAMPLE_DIR
 
 # a child whose checkpoint writes pause (after the temporary file is written, before the rename) for a kill
 SLOW_SAVE = """
-import sys, time, torch
+import sys, time
 from napari_rrl_medsam.core import files
 replace = files.os.replace
 def slow(src, dst):
@@ -65,9 +64,9 @@ def difference(a: Path, b: Path) -> float:
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 
-def run_until(args: list[str], signal_number: int, marker: str, count: int, code: str = CLI) -> tuple[int, float]:
-    """Start the CLI in a child, send `signal_number` once its stderr has shown `marker` `count` times."""
-    start = time.perf_counter()
+def run_until(args: list[str], signal_number: int, marker: str, count: int, code: str = CLI) -> int:
+    """Start the CLI in a child, send `signal_number` once its stderr has shown `marker` `count` times; its exit
+    code."""
     child = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                              text=True, bufsize=1)
     seen, buffer = 0, ""
@@ -80,7 +79,7 @@ def run_until(args: list[str], signal_number: int, marker: str, count: int, code
             seen, buffer = seen + 1, ""
     child.send_signal(signal_number)
     child.communicate(timeout=120)
-    return child.returncode, time.perf_counter() - start
+    return child.returncode
 
 
 def resume(args: list[str]) -> int:
@@ -98,7 +97,7 @@ def trial(kind: str, work: Path, steps: int, registration: Path | None) -> list[
             ("SIGINT (Ctrl-C) mid-training", signal.SIGINT, f"/{steps} [", 7, CLI),
             ("SIGKILL mid-save", signal.SIGKILL, "SAVING", 2, SLOW_SAVE)):
         out = work / f"{kind}_{name.split()[0].lower()}_{name.split()[-1]}.pt"
-        exit_code, _ = run_until(command(kind, out, steps, registration), sig, marker, count, code)
+        exit_code = run_until(command(kind, out, steps, registration), sig, marker, count, code)
         leftovers = sorted(p.name for p in work.glob(f".{out.name}.*"))
         held = load_checkpoint(out)["step"]
         resumed = resume(command(kind, out, steps, registration))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_rrl_medsam import cli
-from napari_rrl_medsam.api import InputError, Volume
+from napari_rrl_medsam.api import InputError, Volume, volume_files
 from napari_rrl_medsam.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_rrl_medsam.core.engines.cotrain import CotrainConfig
 from napari_rrl_medsam.core.engines.register import RegistrationTrainConfig, registration_engine
@@ -39,7 +39,8 @@ def test_segment_refuses_inputs_that_would_write_one_output_before_any_work(tmp_
     # the model is never loaded: the clash is found first
     code = cli.main(["segment", str(folder), "--model", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and "scan.nii" in err and "scan_labels.nii.gz" in err and "AppleDouble" not in err
+    assert code == 2 and "scan.nii" in err and "scan_labels.nii.gz" in err
+    assert [p.name for p in volume_files(folder)] == ["scan.nii", "scan.nii.gz"]
     assert not (tmp_path / "o").exists()
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
-from .files import atomic_write
+from .files import atomic_write, check_output, check_output_folder
 from .volume import Grid, Kind, Volume, volume_id
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -53,8 +53,6 @@ def plan_outputs(inputs: Sequence[str | Path], folder: str | Path, endings: Sequ
         endings: one per output of an input, e.g. ("_labels.nii.gz",).
         overwrite: whether existing outputs may be replaced.
     """
-    from .files import check_output, check_output_folder
-
     folder = check_output_folder(folder)
     sources = {Path(p).resolve(): Path(p) for p in inputs}
     owner: dict[Path, Path] = {}
@@ -275,8 +273,7 @@ def save_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Pa
     path = Path(path)
     if not is_volume_path(path):
         raise InputError(f"{path}: choose a file name ending in .nii.gz, .nii, .tif or .tiff")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True (CLI: --overwrite).")
+    check_output(path, overwrite, "volume")
     array = np.asarray(volume.array)
     if volume.kind == "labels":
         if not np.issubdtype(array.dtype, np.integer):

@@ -139,13 +139,7 @@ def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels
 
 def _label_array(v: Volume | np.ndarray, what: str) -> np.ndarray:
     """The array of a label map, refusing what is not one (fractions, negative values: an image)."""
+    from .task import integer_labels
+
     array = v.array if isinstance(v, Volume) else np.asarray(v)
-    where = f"the {what} ({v.path})" if isinstance(v, Volume) and v.path else f"the {what}"
-    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
-        pass
-    elif not np.issubdtype(array.dtype, np.floating) or np.any(array != np.round(array)):
-        raise InputError(f"{where} has non-integer values: it looks like an image, not a label map. Give the "
-                         "segmentation file (one integer label per voxel).")
-    if array.size and array.min() < 0:
-        raise InputError(f"{where} has negative values ({array.min():g}); labels are 0 (background) or positive.")
-    return array
+    return integer_labels(array, f"the {what} ({v.path})" if isinstance(v, Volume) and v.path else f"the {what}")

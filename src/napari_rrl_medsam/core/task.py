@@ -27,10 +27,14 @@ PathLike = str | Path
 MAX_LABEL = 1_000_000  # label values index lookup tables: FreeSurfer's largest is 14175
 
 
-def check_labels(labels: Volume) -> Volume:
-    """A valid label map as an integer volume: integer values >= 0 and at least one labelled voxel."""
-    array = labels.array
-    where = f"{labels.path}" if labels.path else "the label map"
+def integer_labels(array: np.ndarray, where: str) -> np.ndarray:
+    """A label map's values as integers, refusing what is not one: fractions (an image), non-finite or
+    negative values, values too large to index.
+
+    Args:
+        array: the label map's voxels.
+        where: what it is, for the messages (its file, "the prediction").
+    """
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         if not np.issubdtype(array.dtype, np.floating) or not np.all(np.isfinite(array)):
             raise InputError(f"{where} has data type {array.dtype}; a label map needs integer values.")
@@ -38,16 +42,23 @@ def check_labels(labels: Volume) -> Volume:
         if frac.size:
             raise InputError(f"{where} has non-integer values (e.g. {float(frac.flat[0]):g}): it looks like an "
                              "image, not a label map. Give the segmentation file (integer label per voxel).")
-        array = array.astype(np.int32)
+    array = array.astype(np.int32) if not np.issubdtype(array.dtype, np.integer) else array
     if array.size and array.min() < 0:
         raise InputError(f"{where} has negative values ({int(array.min())}); labels must be 0 (background) or positive.")
     if array.size and array.max() > MAX_LABEL:
         raise InputError(f"{where} has the label value {int(array.max())}; values up to {MAX_LABEL} are supported. "
                          "Renumber the structures (e.g. 1, 2, 3, ...).")
+    return array
+
+
+def check_labels(labels: Volume) -> Volume:
+    """A valid label map as an integer volume: integer values >= 0 and at least one labelled voxel."""
+    where = f"{labels.path}" if labels.path else "the label map"
+    array = integer_labels(labels.array, where)
     if not array.any():
         raise InputError(f"{where} is empty: every voxel is 0 (background). The atlas needs at least one "
                          "labelled structure.")
-    return labels.with_array(array.astype(np.int32) if array.dtype == bool else array, kind="labels")
+    return labels.with_array(array, kind="labels")
 
 
 def check_atlas(image: Volume, labels: Volume) -> Volume:

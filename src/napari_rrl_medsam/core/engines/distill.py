@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
 from ..checkpoint import load_checkpoint, reading, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
