@@ -45,3 +45,37 @@ def test_fine_tuning_starts_from_a_trained_model_with_new_settings(tmp_path):
     for part in ("decoder_g", "ap"):  # (encoders move with mutual EMA even at lr 0; decoders do not)
         assert all(torch.equal(m["parts"][part][k], n["parts"][part][k]) for k in m["parts"][part]
                    if m["parts"][part][k].is_floating_point() and "running" not in k)
+
+
+def test_self_training_round_fuses_the_model_and_the_registration(tmp_path):
+    """`pseudo_model`: pseudo labels are the co-trained model's predictions fused with the registration's (the
+    fused rule of `segment`'s prior, on the working grid); the checkpoint records the model, and a resume with
+    another source of pseudo labels is refused."""
+    from napari_rrl_medsam.core.segmentation import SegmentationModel
+
+    atlas, labels = phantom()
+    targets = [phantom(shift=1.0)[0]]
+    list(registration_engine(atlas, labels, targets, tmp_path / "r.pt", config=reg_config(steps=2)))
+    registration = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
+    list(cotrain_engine(atlas, labels, targets, registration, tmp_path / "m.pt", LightEncoder(TINY), cfg(steps=2)))
+    model = SegmentationModel.load(tmp_path / "m.pt", device="cpu")
+    reg_pseudo = registration.pseudo_labels(atlas, labels, targets[0])
+    own = model.working_labels(targets[0])
+    # at weight 0 the pseudo labels are the model's own, at 0.49 mostly the registration's
+    for w, expected in ((0.0, own), (0.3, model.working_labels(targets[0], reg_pseudo, 0.3))):
+        events = list(cotrain_engine(atlas, labels, targets, registration, tmp_path / f"s{w}.pt", None,
+                                     cfg(steps=1, pseudo_prior_weight=w), init=tmp_path / "m.pt",
+                                     pseudo_model=model))
+        shown = [e.preview["pseudo_labels"] for e in events if e.stage == "pseudo labels"]
+        np.testing.assert_array_equal(shown[0], expected)
+    assert not np.array_equal(own, reg_pseudo)  # so the test above could tell them apart
+    assert np.mean(model.working_labels(targets[0], reg_pseudo, 0.49) == reg_pseudo) > \
+        np.mean(own == reg_pseudo)
+    state = load_checkpoint(tmp_path / "s0.3.pt")
+    assert state["pseudo_model"] == str((tmp_path / "m.pt").resolve())
+    with pytest.raises(InputError, match="resume it with pseudo_model="):
+        next(cotrain_engine(atlas, labels, targets, registration, tmp_path / "s0.3.pt", None, cfg(steps=3),
+                            resume=True))
+    with pytest.raises(InputError, match="pseudo_prior_weight"):
+        next(cotrain_engine(atlas, labels, targets, registration, tmp_path / "x.pt", None,
+                            cfg(steps=1, pseudo_prior_weight=0.5), init=tmp_path / "m.pt", pseudo_model=model))

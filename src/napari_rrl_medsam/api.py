@@ -196,10 +196,13 @@ def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 5):
 
 def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
               unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-              validation: Sequence | bool = True, init: str | Path | None = None, **settings) -> Iterator:
+              validation: Sequence | bool = True, init: str | Path | None = None, pseudo_model=None,
+              **settings) -> Iterator:
     """Co-training as a generator of `Progress` events (previews: pseudo labels, auto-prompt mask; metrics:
     validation Dice on `validation`, (image, labels) pairs; True = the task's evaluation volumes). `init`: a
-    co-trained checkpoint to fine-tune (its weights, these settings, a new run written to `out`)."""
+    co-trained checkpoint to fine-tune (its weights, these settings, a new run written to `out`).
+    `pseudo_model`: a co-trained model (or its checkpoint) whose predictions, fused with the registration's
+    (`pseudo_prior_weight`), are the pseudo labels: a self-training round, usually with `init` the same model."""
     from dataclasses import fields
 
     from .core.engines.cotrain import CotrainConfig, cotrain_engine
@@ -214,29 +217,35 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
     if not hasattr(registration, "register"):
         registration = load_model(registration, config.device)
     registration = getattr(registration, "registration", registration)  # a co-trained model's own registration
+    if pseudo_model is not None and not hasattr(pseudo_model, "working_labels"):
+        pseudo_model = load_model(pseudo_model, config.device)
+        if not hasattr(pseudo_model, "working_labels"):
+            raise InputError("pseudo_model must be a co-trained model (api.cotrain), not a registration model.")
     if config.use_dskd and init is None and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     if validation is True:
         validation = [case.load() for case in task.evaluation] if task is not None else []
     validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
     return cotrain_engine(image, labels, targets, registration, out, encoder if config.use_dskd else None, config,
-                          resume, validation, init)
+                          resume, validation, init, pseudo_model)
 
 
 def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
             unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
             validation: Sequence | bool = True, progress: bool = True, init: str | Path | None = None,
-            **settings) -> Path:
+            pseudo_model=None, **settings) -> Path:
     """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels; save to `out`.
 
     `registration`: a trained registration model or its checkpoint path; `encoder`: the distilled general
     encoder (None = shipped). `settings` are `CotrainConfig` fields (steps, slab, ema_alpha, use_prompt, ...).
+    `init`, `pseudo_model`: see `cotrainer`.
     """
     from .core.engines.events import run
 
     settings.setdefault("preview_every", 0)  # a full-volume prediction each time; nothing here shows it
     run(cotrainer(task, registration=registration, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled,
-                  encoder=encoder, out=out, resume=resume, validation=validation, init=init, **settings), progress)
+                  encoder=encoder, out=out, resume=resume, validation=validation, init=init,
+                  pseudo_model=pseudo_model, **settings), progress)
     return Path(out)
 
 

@@ -166,7 +166,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
             settings[key] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
     out = cotrain(task, registration=args.registration, encoder=args.encoder, out=args.out,
-                  resume=args.resume, init=args.init, **settings)
+                  resume=args.resume, init=args.init, pseudo_model=args.pseudo_model, **settings)
     print(f"wrote {out}")
     return 0
 
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 25)")
     p.add_argument("--init", help="a co-trained checkpoint to fine-tune, e.g. with a fine-tuned --registration")
+    p.add_argument("--pseudo-model", help="a co-trained checkpoint whose predictions, fused with the registration's, "
+                                          "are the pseudo labels (a self-training round; usually also --init)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_cotrain)
 

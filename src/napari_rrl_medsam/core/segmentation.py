@@ -9,6 +9,7 @@ the encoder's square slice space, and the labels are returned on the input's nat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -95,6 +96,7 @@ class SegmentationModel:
                  device) -> None:
         self.parts, self.config, self.classes = parts, config, classes
         self.grid, self.registration, self.teacher, self.device = grid, registration, teacher, device
+        self.source = "a co-trained model"  # its checkpoint file, once loaded from one
 
     @classmethod
     def load(cls, path, device: str = "auto") -> "SegmentationModel":
@@ -113,12 +115,47 @@ class SegmentationModel:
                 module.load_state_dict(state["parts"][name])
                 module.to(dev).eval()
             grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
-            return cls(parts, config, list(state["classes"]), grid,
-                       RegistrationModel.from_state(state["registration"], device), dict(state["teacher"]), dev)
+            model = cls(parts, config, list(state["classes"]), grid,
+                        RegistrationModel.from_state(state["registration"], device), dict(state["teacher"]), dev)
+        model.source = str(Path(path).resolve())
+        return model
 
     def register(self, *args, **kwargs):
         """The co-trained model's registration (see `RegistrationModel.register`)."""
         return self.registration.register(*args, **kwargs)
+
+    def working_labels(self, volume: Volume, prior: np.ndarray | None = None, prior_weight: float = 0.3) -> np.ndarray:
+        """Final label values of `volume` on the working grid (no native-grid resampling).
+
+        Args:
+            volume: the image to segment.
+            prior: optional label values on the working grid (e.g. the registration's pseudo labels), fused
+                with the AP decoder's probabilities as in `segment`: (1 - w) p_k + w [prior == k].
+            prior_weight: w, between 0 and 1.
+        """
+        import torch
+
+        from .registration import intensities
+
+        if not 0 <= prior_weight <= 1:
+            raise InputError(f"prior_weight must be between 0 and 1, not {prior_weight}.")
+        for module in self.parts.values():
+            module.eval()
+        probs = predict_probabilities(self.parts, intensities(volume, self.grid)[0, 0].to(self.device),
+                                      self.config)[1].cpu()
+        lut = np.array(self.classes)
+        if prior is not None:
+            index = self._class_index(prior)
+            vote = torch.zeros_like(probs).scatter_(0, torch.from_numpy(index).clamp(min=0)[None], 1.0)
+            probs = (1 - prior_weight) * probs + prior_weight * vote * torch.from_numpy(index >= 0)[None]
+        return lut[torch.argmax(probs, 0).numpy()].astype(np.int32)
+
+    def _class_index(self, labels: np.ndarray) -> np.ndarray:
+        """Label values -> class indices of this model (-1: a value the model lacks)."""
+        lut = np.array(self.classes)
+        index = np.full(int(max(labels.max(), lut.max())) + 1, -1, np.int64)
+        index[lut] = np.arange(len(lut))
+        return index[np.clip(labels, 0, None).astype(np.int64)]
 
     def segment(self, volume: Volume, prior: Volume | None = None, prior_weight: float = 0.3) -> SegmentationResult:
         """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.
@@ -142,9 +179,7 @@ class SegmentationModel:
             if not 0 <= prior_weight <= 1:
                 raise InputError(f"prior_weight must be between 0 and 1, not {prior_weight}.")
             prior = prior if prior.grid.same_as(volume.grid) else resample(prior, volume.grid, order=0)
-            index = np.full(int(max(prior.array.max(), lut.max())) + 1, -1, np.int64)
-            index[lut] = np.arange(len(lut))
-            prior_index = index[np.clip(prior.array, 0, None).astype(np.int64)]  # labels the model lacks: no vote
+            prior_index = self._class_index(prior.array)  # labels the model lacks: no vote
         labels, auto_prompt = (
             Volume(lut[argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse,
                                         prior_weight=prior_weight)].astype(np.int32), volume.affine, "labels")

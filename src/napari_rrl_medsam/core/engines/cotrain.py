@@ -66,6 +66,9 @@ class CotrainConfig:
     consistency_weight: float = 0.0
     decoder_width: int = 32
     refine_steps: int = 0  # instance optimisation when computing pseudo labels
+    # with a `pseudo_model` (a co-trained model: a self-training round), the registration's share of the fused
+    # pseudo labels, (1 - w) p_model + w [registration == k]; below 0.5, else the registration always wins
+    pseudo_prior_weight: float = 0.3
     augment: bool = True
     checkpoint_every: int = 25
     preview_every: int = 25
@@ -136,16 +139,37 @@ def _check_mix(config: CotrainConfig) -> None:
         raise InputError(f"field_mode must be one of {', '.join(FIELD_MODES)}, not {config.field_mode!r}.")
     if config.pseudo_weight < 0 or config.synthetic_beta <= 0:
         raise InputError("pseudo_weight must be >= 0 and synthetic_beta > 0.")
+    if not 0 <= config.pseudo_prior_weight < 0.5:
+        raise InputError(f"pseudo_prior_weight must be in [0, 0.5), not {config.pseudo_prior_weight}: at 0.5 or "
+                         "more the registration's label always wins and the pseudo-label model changes nothing.")
+
+
+def _check_pseudo_model(model, state: dict | None, checkpoint: Path, grid, classes: list[int]) -> str | None:
+    """The pseudo-label model's source (recorded in the checkpoint), checked against this task and, when
+    resuming, against the model the run started with (its pseudo labels must be the same)."""
+    source = None if model is None else str(getattr(model, "source", "a co-trained model"))
+    if model is not None:
+        check_same_task({"grid": {"shape": list(model.grid.shape), "affine": model.grid.affine.tolist()},
+                         "classes": model.classes}, source, grid, classes)
+    if state is not None and state.get("pseudo_model") != source:
+        before = state.get("pseudo_model")
+        raise InputError(f"{checkpoint} was trained on pseudo labels "
+                         f"{'fused with ' + before if before else 'of the registration alone'}; resume it with "
+                         f"{'pseudo_model=' + before if before else 'no pseudo-label model'} (now: "
+                         f"{source or 'none'}).")
+    return source
 
 
 def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Volume], registration,
                    checkpoint: str | Path, encoder=None, config: CotrainConfig | None = None,
                    resume: bool = False, validation: Sequence[tuple[Volume, Volume]] = (),
-                   init: str | Path | None = None) -> Iterator[Progress]:
+                   init: str | Path | None = None, pseudo_model=None) -> Iterator[Progress]:
     """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g;
     `validation`: labelled (image, labels) volumes whose Dice is reported in the events' metrics; `init`: a
     co-trained checkpoint to start from (fine-tuning: its weights and architecture, this run's training settings,
-    a new optimiser; e.g. with a fine-tuned registration's pseudo labels)."""
+    a new optimiser; e.g. with a fine-tuned registration's pseudo labels); `pseudo_model`: a co-trained
+    `SegmentationModel` whose predictions, fused with the registration's (`pseudo_prior_weight`), become the
+    pseudo labels (a self-training round)."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -178,13 +202,17 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     values = np.array(classes)  # class index -> label value
     if start is not None:
         check_same_task(start, checkpoint if state is not None else init, grid, classes)
+    pseudo_source = _check_pseudo_model(pseudo_model, state, checkpoint, grid, classes)
 
     images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
     for i, volume in enumerate(unlabelled):
         pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
+        if pseudo_model is not None:
+            pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
         images.append(intensities(volume, grid)[0, 0])
         targets.append(torch.from_numpy(lut[pseudo]))
-        yield Progress("pseudo labels", i + 1, len(unlabelled), message="registration pseudo labels",
+        yield Progress("pseudo labels", i + 1, len(unlabelled),
+                       message="pseudo labels (registration and model)" if pseudo_model else "registration pseudo labels",
                        preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo})
 
     synthetic = None
@@ -235,6 +263,7 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             "optimizer": optimiser.state_dict(), "classes": classes, "teacher": teacher,
             "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
             "registration": registration.state, "elapsed": elapsed, "initialised_from": origin,
+            "pseudo_model": pseudo_source,
         }, checkpoint)
 
     try:
