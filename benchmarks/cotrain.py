@@ -6,7 +6,8 @@ the full model and training / segmentation times on this CPU.
 
 Trains what is missing (resuming interrupted runs) from training/cotrain.json, and first the registration
 network from training/registration.json (with cotrain.json's `registration_settings` on top, e.g. fewer steps)
-if the runs folder has none.
+if the runs folder has none. A row with "pseudo_model" (a checkpoint in the runs folder, trained first by its own
+row) is a self-training row: its pseudo labels fuse that model's predictions with the registration's.
 Training time is the co-training steps' own time, which each checkpoint accumulates over its runs; the pseudo
 labels (computed once, shared by all rows) are timed apart.
 """
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each when two runs share 2 cores)")
     parser.add_argument("--prior-weight", type=float, default=0.3,
                         help="weight of the registration's labels in the fused row (segment's prior_weight)")
+    parser.add_argument("--prior-rows", nargs="*", default=["full"],
+                        help="rows also scored with the registration prior (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = json.loads(Path(args.config).read_text())
@@ -89,15 +92,18 @@ def main() -> None:
             settings["seed"] = seed = args.seed
             name = f"{ablation} (seed {seed})"
         out = runs / checkpoint_name(ablation, seed)
-        cotrain(task, registration=registration, out=out, resume=True, **settings)
+        pseudo_model = settings.pop("pseudo_model", None)
+        cotrain(task, registration=registration, out=out, resume=True,
+                pseudo_model=runs / pseudo_model if pseudo_model else None, **settings)
         train_s = load_checkpoint(out, "rrl-medsam").get("elapsed")
         model = load_model(out)
         t = time.perf_counter()
         reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
         results[name] = (reports, train_s, (time.perf_counter() - t) / len(validation))
         print(row(name), flush=True)
-        if ablation == "full":  # an option, not the method: the registration's labels as a prior (segment(prior=...))
+        if ablation == "full":
             full = name
+        if ablation in args.prior_rows:  # an option, not the method: the registration's labels as a prior
             t = time.perf_counter()
             fused = [evaluate(segment(model, img, prior=w, prior_weight=args.prior_weight).labels, truth,
                               task.eval_labels, hd95=False) for w, (img, truth) in zip(warped, validation)]

@@ -101,7 +101,8 @@ def main() -> None:
                      model_path)}
     for arm in args.arms:
         name, registration, pseudo_model = arms[arm]
-        out = runs / f"cotrain_joint_{arm}_{args.cotrain_steps}.pt"
+        stem = "cotrain_joint" if args.model == "cotrain_full.pt" else Path(args.model).stem  # a second round: its own
+        out = runs / f"{stem}_{arm}_{args.cotrain_steps}.pt"
         t = time.perf_counter()
         cotrain(task, registration=registration, init=model_path, out=out, resume=True, pseudo_model=pseudo_model,
                 **settings)
