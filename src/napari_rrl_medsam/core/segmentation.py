@@ -133,25 +133,20 @@ class SegmentationModel:
                 with the AP decoder's probabilities as in `segment`: (1 - w) p_k + w [prior == k].
             prior_weight: w, between 0 and 1.
         """
-        import torch
-
         from .registration import intensities
 
-        if not 0 <= prior_weight <= 1:
-            raise InputError(f"prior_weight must be between 0 and 1, not {prior_weight}.")
+        prior_index = None if prior is None else self._prior_index(prior, prior_weight)
         for module in self.parts.values():
             module.eval()
         probs = predict_probabilities(self.parts, intensities(volume, self.grid)[0, 0].to(self.device),
-                                      self.config)[1].cpu()
-        lut = np.array(self.classes)
-        if prior is not None:
-            index = self._class_index(prior)
-            vote = torch.zeros_like(probs).scatter_(0, torch.from_numpy(index).clamp(min=0)[None], 1.0)
-            probs = (1 - prior_weight) * probs + prior_weight * vote * torch.from_numpy(index >= 0)[None]
-        return lut[torch.argmax(probs, 0).numpy()].astype(np.int32)
+                                      self.config)[1].cpu().numpy()
+        return np.array(self.classes)[argmax_resampled(probs, self.grid, self.grid, prior=prior_index,
+                                                       prior_weight=prior_weight)].astype(np.int32)
 
-    def _class_index(self, labels: np.ndarray) -> np.ndarray:
-        """Label values -> class indices of this model (-1: a value the model lacks)."""
+    def _prior_index(self, labels: np.ndarray, prior_weight: float) -> np.ndarray:
+        """A prior's label values -> class indices of this model (-1: a value the model lacks: no vote)."""
+        if not 0 <= prior_weight <= 1:
+            raise InputError(f"prior_weight must be between 0 and 1, not {prior_weight}.")
         lut = np.array(self.classes)
         index = np.full(int(max(labels.max(), lut.max())) + 1, -1, np.int64)
         index[lut] = np.arange(len(lut))
@@ -176,10 +171,8 @@ class SegmentationModel:
         lut = np.array(self.classes)
         prior_index = None
         if prior is not None:
-            if not 0 <= prior_weight <= 1:
-                raise InputError(f"prior_weight must be between 0 and 1, not {prior_weight}.")
             prior = prior if prior.grid.same_as(volume.grid) else resample(prior, volume.grid, order=0)
-            prior_index = self._class_index(prior.array)  # labels the model lacks: no vote
+            prior_index = self._prior_index(prior.array, prior_weight)
         labels, auto_prompt = (
             Volume(lut[argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse,
                                         prior_weight=prior_weight)].astype(np.int32), volume.affine, "labels")
