@@ -56,6 +56,20 @@ def test_image_and_labels_move_together_under_a_known_field():
     assert torch.equal(slab, expected[:, :, 5:9])
 
 
+@pytest.mark.parametrize("appearance", ["fourier", "style", "none"])
+@pytest.mark.parametrize("field_mode", ["mix", "scale"])
+def test_pairs_are_made_on_the_device_of_their_inputs(appearance, field_mode):
+    """Every tensor a pair is made from lives where the inputs live: "meta" stands in for a GPU here (a CPU
+    tensor meeting a meta one raises, as it does meeting a CUDA one; a CUDA run once failed so)."""
+    classes, image = structures()
+    velocities = [smooth_velocity(1, 2.0).to("meta"), smooth_velocity(2, 2.0).to("meta")]
+    images = [torch.rand(SHAPE).to("meta") for _ in velocities]
+    synthetic = SyntheticPairs(image.to("meta"), classes.to("meta"), velocities, images, 7, appearance, field_mode)
+    out_image, out_classes = synthetic.sample(np.random.default_rng(0), 2, 3)
+    assert out_image.device.type == out_classes.device.type == "meta"
+    assert out_image.shape == out_classes.shape == (SHAPE[0], SHAPE[1], 3)
+
+
 def test_a_smooth_field_moves_labels_and_image_alike():
     synthetic = pairs([smooth_velocity(1, 2.0), smooth_velocity(2, 2.0)])
     for seed in range(4):

@@ -114,8 +114,8 @@ def warp_slab(volume, ddf, start: int, size: int, nearest: bool = False):
 
     shape = volume.shape
     d = ddf[0, :, :, :, start:start + size]
-    index = torch.meshgrid(*(torch.arange(n, dtype=d.dtype) for n in (shape[0], shape[1])),
-                           torch.arange(start, start + size, dtype=d.dtype), indexing="ij")
+    index = torch.meshgrid(*(torch.arange(n, dtype=d.dtype, device=d.device) for n in (shape[0], shape[1])),
+                           torch.arange(start, start + size, dtype=d.dtype, device=d.device), indexing="ij")
     coords = [(index[a] + d[a]) * (2.0 / max(shape[a] - 1, 1)) - 1 for a in (2, 1, 0)]  # grid_sample: (z, y, x)
     out = F.grid_sample(volume[None, None].float(), torch.stack(coords, -1)[None], align_corners=True,
                         mode="nearest" if nearest else "bilinear", padding_mode="border")
