@@ -148,6 +148,13 @@ def test_api_and_cli_faces(setup, capsys):
                                                                 "t1_auto_prompt.nii.gz", "t1_labels.nii.gz"]
     with pytest.raises(InputError, match="registration model"):
         api.segment(registration, targets[0])
+    # test-time mirroring: the CLI writes what the api gives, on the input's grid
+    assert main(["segment", str(folder / "t1.nii.gz"), "--model", str(out), "--out", str(tmp / "mirrored"),
+                 "--device", "cpu", "--mirror", "1:2"]) == 0
+    mirrored = api.segment(model, targets[1], mirror=[(1, 2)]).labels
+    assert mirrored.shape == targets[1].shape and np.array_equal(mirrored.affine, targets[1].affine)
+    assert np.array_equal(api.load_volume(tmp / "mirrored" / "t1_labels.nii.gz").array, mirrored.array)
+    assert main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "m2"), "--mirror", "1-2"]) == 2
     # with the atlas: the registration's labels as a prior; at full weight the labels are the warped atlas labels
     api.save_volume(atlas, tmp / "atlas.nii.gz", overwrite=True)
     api.save_volume(atlas_labels, tmp / "atlas_labels.nii.gz", overwrite=True)

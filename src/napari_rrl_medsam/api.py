@@ -22,11 +22,13 @@ from .core.io import load_volume, plan_outputs, save_volume, volume_files
 from .core.metrics import Evaluation
 from .core.metrics import evaluate as _evaluate
 from .core.resample import normalise_intensity, resample, to_working, working_grid
+from .core.segmentation import FREESURFER_LEFT_RIGHT
 from .core.task import Case, OneShotTask, load_task
 from .core.volume import Grid, Volume
 from .data.sample import sample_task
 
-__all__ = ["Case", "Evaluation", "Grid", "InputError", "OneShotTask", "Volume", "check_output", "check_output_folder",
+__all__ = ["Case", "Evaluation", "FREESURFER_LEFT_RIGHT", "Grid", "InputError", "OneShotTask", "Volume", "check_output",
+           "check_output_folder",
            "cotrain", "cotrainer", "distill", "distiller", "evaluate", "load_encoder", "load_model", "load_task",
            "load_volume", "normalise_intensity", "plan_outputs", "register", "registration_trainer", "resample",
            "sample_task", "save_volume", "segment", "to_working", "train_registration", "volume_files", "working_grid"]
@@ -249,14 +251,16 @@ def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas
     return Path(out)
 
 
-def segment(model, volume: Volume | str | Path, prior: Volume | str | Path | None = None, prior_weight: float = 0.3):
+def segment(model, volume: Volume | str | Path, prior: Volume | str | Path | None = None, prior_weight: float = 0.3,
+            mirror: Sequence[tuple[int, int]] | None = None):
     """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
     mask M_g), both on the volume's native grid and affine. `prior`: optionally a label map of the volume,
     e.g. `register(model, (atlas, labels), volume).warped_labels`, fused with the final probabilities at
-    `prior_weight` (see `SegmentationModel.segment`)."""
+    `prior_weight`; `mirror`: (left, right) label pairs, e.g. `FREESURFER_LEFT_RIGHT`, for test-time left-right
+    mirroring of symmetric anatomy such as the brain (twice the network's time; see `SegmentationModel.segment`)."""
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if not hasattr(model, "segment"):
         raise InputError("this is a registration model; segment with a co-trained model (api.cotrain), or use "
                          "api.register for pseudo labels.")
-    return model.segment(_volume(volume), None if prior is None else _volume(prior, "labels"), prior_weight)
+    return model.segment(_volume(volume), None if prior is None else _volume(prior, "labels"), prior_weight, mirror)

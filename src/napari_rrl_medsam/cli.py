@@ -171,6 +171,19 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mirror_pairs(text: str | None):
+    """--mirror's value: "freesurfer" or left:right label pairs, "2:41,3:42"."""
+    from .api import FREESURFER_LEFT_RIGHT, InputError
+
+    if text is None or text.lower() == "freesurfer":
+        return None if text is None else FREESURFER_LEFT_RIGHT
+    try:
+        return [tuple(int(v) for v in pair.split(":")) for pair in text.split(",")]
+    except ValueError:
+        raise InputError(f"--mirror takes 'freesurfer' or left:right label pairs such as 2:41,3:42, not {text!r}.") \
+            from None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .api import InputError, load_model, load_volume, plan_outputs, register, save_volume, segment, volume_files
 
@@ -183,6 +196,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(f"no volume files (.nii.gz, .nii, .tif, .tiff) in {', '.join(args.inputs)}.")
     endings = ("_labels.nii.gz", "_auto_prompt.nii.gz") if args.auto_prompt else ("_labels.nii.gz",)
     plan = plan_outputs(paths, args.out, endings, args.overwrite)  # before any work
+    mirror = _mirror_pairs(args.mirror)
     model = load_model(args.model, args.device or "auto")
     atlas = None if args.atlas_image is None else (load_volume(args.atlas_image),
                                                     load_volume(args.atlas_labels, kind="labels"))
@@ -190,7 +204,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         volume = load_volume(path)
         start = time.perf_counter()
         prior = None if atlas is None else register(model, atlas, volume, args.refine_steps).warped_labels
-        result = segment(model, volume, prior=prior, prior_weight=args.prior_weight)
+        result = segment(model, volume, prior=prior, prior_weight=args.prior_weight, mirror=mirror)
         written = [save_volume(v, o, args.overwrite) for v, o in zip((result.labels, result.auto_prompt), outputs)]
         print(f"{volume.name}: {time.perf_counter() - start:.1f} s -> " + ", ".join(p.name for p in written))
     return 0
@@ -289,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas-labels")
     p.add_argument("--prior-weight", type=float, default=0.3, help="weight of that prior (default: %(default)s)")
     p.add_argument("--refine-steps", type=int, default=5, help="registration refinement steps for the prior")
+    p.add_argument("--mirror", metavar="PAIRS", help="test-time left-right mirroring for symmetric anatomy (twice "
+                   "the network's time): 'freesurfer' (aseg labels) or left:right label pairs, e.g. 2:41,3:42")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_segment)

@@ -89,6 +89,50 @@ def predict_probabilities(parts: dict, volume, config):
     return probs_g[0].movedim(1, 3), probs_m[0].movedim(1, 3)
 
 
+def left_right_axis(grid: Grid) -> int:
+    """The voxel axis of `grid` closest to the world's left-right (x) direction."""
+    return int(np.argmax(np.abs(grid.affine[0, :3])))
+
+
+# FreeSurfer's left / right structure pairs (cerebral white matter, cortex, lateral and inferior lateral
+# ventricles, cerebellar white matter and cortex, thalamus, caudate, putamen, pallidum, hippocampus, amygdala,
+# accumbens, ventral DC, vessel, choroid plexus): `segment(mirror=FREESURFER_LEFT_RIGHT)` for aseg-style labels
+FREESURFER_LEFT_RIGHT = ((2, 41), (3, 42), (4, 43), (5, 44), (7, 46), (8, 47), (10, 49), (11, 50), (12, 51),
+                         (13, 52), (17, 53), (18, 54), (26, 58), (28, 60), (30, 62), (31, 63))
+
+
+def mirror_index(pairs, classes: list[int]) -> np.ndarray:
+    """Class index -> the class index of its mirror structure, from (left, right) label-value pairs.
+
+    Args:
+        pairs: (left, right) label values; a value the model does not segment is passed over.
+        classes: the model's label values by class index.
+    """
+    swap = np.arange(len(classes))
+    index = {v: i for i, v in enumerate(classes)}
+    seen: set[int] = set()
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1] or seen & set(pair):
+            raise InputError(f"mirror pairs are (left, right) label values, each value in one pair at most; "
+                             f"{tuple(pair)} is not.")
+        seen |= set(pair)
+        if pair[0] in index and pair[1] in index:
+            a, b = index[pair[0]], index[pair[1]]
+            swap[a], swap[b] = b, a
+    return swap
+
+
+def mirror_averaged(parts: dict, volume, config, axis: int, swap: np.ndarray):
+    """Both branches' probabilities (C, X, Y, Z), averaged with those of the volume's mirror image along `axis`
+    (flipped back, left and right classes exchanged by `swap`, from `mirror_index`): test-time mirroring."""
+    import torch
+
+    own = predict_probabilities(parts, volume, config)
+    seen = predict_probabilities(parts, volume.flip(axis), config)
+    index = torch.as_tensor(swap, device=own[1].device)
+    return tuple((p + q.flip(axis + 1)[index]) / 2 for p, q in zip(own, seen))
+
+
 class SegmentationModel:
     """A co-trained RRL-MedSAM model: encoders, decoders, label table and its registration model."""
 
@@ -152,11 +196,19 @@ class SegmentationModel:
         index[lut] = np.arange(len(lut))
         return index[np.clip(labels, 0, None).astype(np.int64)]
 
-    def segment(self, volume: Volume, prior: Volume | None = None, prior_weight: float = 0.3) -> SegmentationResult:
+    def segment(self, volume: Volume, prior: Volume | None = None, prior_weight: float = 0.3,
+                mirror=None) -> SegmentationResult:
         """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.
 
-        `prior`: an optional label map of `volume` (e.g. the registration's warped atlas labels) fused with the
-        AP decoder's probabilities, (1 - w) p_k + w [prior == k]; the auto-prompt mask stays the network's own.
+        Args:
+            volume: the image to segment.
+            prior: an optional label map of `volume` (e.g. the registration's warped atlas labels) fused with the
+                AP decoder's probabilities, (1 - w) p_k + w [prior == k]; the auto-prompt mask stays the
+                network's own.
+            prior_weight: w, between 0 and 1.
+            mirror: (left, right) label-value pairs (e.g. `FREESURFER_LEFT_RIGHT`) for test-time mirroring: the
+                volume's left-right mirror image is segmented too and the probabilities averaged, each pair's
+                labels exchanged. Twice the network's time; for left-right symmetric anatomy such as the brain.
         """
         import torch
 
@@ -167,7 +219,9 @@ class SegmentationModel:
         p = self.parts
         for module in p.values():
             module.eval()
-        probs_g, probs_m = predict_probabilities(p, x, self.config)
+        probs_g, probs_m = (predict_probabilities(p, x, self.config) if mirror is None else
+                            mirror_averaged(p, x, self.config, left_right_axis(self.grid),
+                                            mirror_index(mirror, self.classes)))
         lut = np.array(self.classes)
         prior_index = None
         if prior is not None:
