@@ -317,6 +317,18 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     fused = viewer.layers["target02 RRL-MedSAM labels"].data
     assert np.mean(fused == pseudo) > np.mean(unfused == pseudo)
     f.prior.value = False
+    # Segment mirrored: what api.segment(mirror=FreeSurfer's pairs) gives, placed like the target
+    f.mirror.value = True
+    f.segment.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=LONG)
+    from napari_rrl_medsam._widgets.layers import like_layer, to_volume
+    from napari_rrl_medsam.api import FREESURFER_LEFT_RIGHT, load_model, segment
+
+    expected = segment(load_model(sample_model, "cpu"), to_volume(target), mirror=FREESURFER_LEFT_RIGHT).labels
+    mirrored = viewer.layers["target02 RRL-MedSAM labels"].data
+    assert np.array_equal(mirrored, like_layer(expected, target, "x", "labels")[0])
+    assert not np.array_equal(mirrored, unfused)
+    f.mirror.value = False
     out = tmp_path / "target02_labels.nii.gz"
     (truth,) = viewer.open(str(SAMPLE_DIR / "labels" / "target02.nii.gz"), plugin=PLUGIN)
     f.prediction.value, f.truth.value = viewer.layers["target02 pseudo labels"], truth

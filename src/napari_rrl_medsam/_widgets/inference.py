@@ -40,6 +40,9 @@ class InferenceWidget(QWidget, FollowsLayers):
             CheckBox(name="prior", text="registration prior", value=False,
                      tooltip="Segment also registers the atlas above and fuses its labels with the network's "
                              "(weight 0.3): more accurate, slower"),
+            CheckBox(name="mirror", text="mirror left / right (FreeSurfer labels)", value=False,
+                     tooltip="Segment also segments the left-right mirror image and averages, FreeSurfer's left "
+                             "and right labels exchanged: for brains labelled like aseg; twice the network's time"),
             PushButton(name="segment", text="Segment"),
             ComboBox(name="prediction", label="prediction", choices=layer_choices(v, "labels")),
             ComboBox(name="truth", label="ground truth", choices=layer_choices(v, "labels")),
@@ -131,8 +134,9 @@ class InferenceWidget(QWidget, FollowsLayers):
 
     def segment(self) -> None:
         """Final labels (medical branch) and the auto-prompt mask (general branch), placed like the target; with
-        "registration prior", the atlas's warped labels fused into the final labels (`api.segment(prior=)`)."""
-        prior = self.form.prior.value
+        "registration prior", the atlas's warped labels fused into the final labels (`api.segment(prior=)`); with
+        "mirror", test-time mirroring with FreeSurfer's left / right pairs (`api.segment(mirror=)`)."""
+        prior, mirror = self.form.prior.value, self.form.mirror.value
         try:
             layers = self._inputs("model", "target", *(("atlas", "atlas_labels") if prior else ()))
         except ValueError as exc:
@@ -142,11 +146,11 @@ class InferenceWidget(QWidget, FollowsLayers):
         steps = self.form.refine_steps.value
 
         def work():
-            from ..api import register, segment
+            from ..api import FREESURFER_LEFT_RIGHT, register, segment
 
             model = self._load_model()
             warped = register(model, atlas, target, steps).warped_labels if atlas is not None else None
-            return segment(model, target, prior=warped)
+            return segment(model, target, prior=warped, mirror=FREESURFER_LEFT_RIGHT if mirror else None)
 
         def done(result) -> None:
             upsert(self.viewer, *like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels"))
