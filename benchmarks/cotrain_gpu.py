@@ -7,8 +7,8 @@ native grid, with the registration prior where the row asks).
 One small-slab co-training run leaves a GPU mostly idle (its steps are bound by Python and kernel launches), so
 the rows share the card. `--deadline` bounds the training wall time: a row still training then is saved where
 it stands (its checkpoint resumes) and scored as it is, with the step it reached printed beside it. The runs
-folder needs the registration checkpoint cotrain.json names (benchmarks/cotrain.py trains it). Figures of a
-GPU run are not those of benchmarks/cotrain.py on this CPU: compare rows with the GPU "full" row.
+folder needs the registration checkpoint cotrain.json names (benchmarks/cotrain.py trains it). Compare rows with
+the GPU's own "full" row (on an H200 it matched the CPU's: 0.766 against 0.765 / 0.766).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def score_row(args: argparse.Namespace, name: str, overrides: dict, prior: bool,
     registration = load_model(runs / spec["registration"])
     settings = {**spec["settings"], **overrides, "checkpoint_every": 500, "validate_every": 500}
     out = runs / checkpoint_name(f"gpu {name}")
-    curve, step, started, train_s = [], 0, None, 0.0
+    curve, step, started = [], 0, None
     events = cotrainer(task, registration=registration, out=out, resume=True, preview_every=0, **settings)
     for event in events:
         if event.stage != "co-training":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -101,7 +102,7 @@ FREESURFER_LEFT_RIGHT = ((2, 41), (3, 42), (4, 43), (5, 44), (7, 46), (8, 47), (
                          (13, 52), (17, 53), (18, 54), (26, 58), (28, 60), (30, 62), (31, 63))
 
 
-def mirror_index(pairs, classes: list[int]) -> np.ndarray:
+def mirror_index(pairs: Sequence[tuple[int, int]], classes: list[int]) -> np.ndarray:
     """Class index -> the class index of its mirror structure, from (left, right) label-value pairs.
 
     Args:
@@ -197,7 +198,7 @@ class SegmentationModel:
         return index[np.clip(labels, 0, None).astype(np.int64)]
 
     def segment(self, volume: Volume, prior: Volume | None = None, prior_weight: float = 0.3,
-                mirror=None) -> SegmentationResult:
+                mirror: Sequence[tuple[int, int]] | None = None) -> SegmentationResult:
         """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.
 
         Args:
