@@ -136,3 +136,55 @@ def test_mirroring_makes_the_prediction_mirror_equivariant():
     _, plain = predict_probabilities(parts, x, config)
     assert not torch.allclose(plain, m, atol=1e-3)  # a random network is no mirror of itself: averaging acts
     assert torch.allclose(m.sum(0), torch.ones(20, 20, 8), atol=1e-5)  # still probabilities
+
+
+@pytest.mark.parametrize("size", [8, 24, 56])  # under and over the size where inference uses PyTorch's own
+def test_slice_conv_computes_what_conv3d_computes_forward_and_backward(size):
+    from napari_rrl_medsam.core.models.slab_layers import slice_conv
+
+    torch.manual_seed(0)
+    reference = torch.nn.Conv3d(5, 4, 3, padding=1).double()
+    fast = slice_conv(torch.nn.Conv3d(5, 4, 3, padding=1).double())
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 5, 3, size, size + 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 4, 3, size, size + 3, dtype=torch.float64)
+    outputs, grads = [], []
+    for conv in (reference, fast):
+        y = conv(x)
+        (y * weights).sum().backward()
+        outputs.append(y)
+        grads.append([x.grad.clone(), conv.weight.grad, conv.bias.grad])
+        x.grad = None
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), reference(x))
+
+
+def test_slice_conv_keeps_the_parameters_and_the_random_stream_and_refuses_other_convolutions():
+    from napari_rrl_medsam.core.models.slab_layers import slice_conv
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv3d(3, 2, 3, padding=1)
+    expected_next = torch.rand(1)
+    torch.manual_seed(1)
+    conv = torch.nn.Conv3d(3, 2, 3, padding=1)
+    fast = slice_conv(conv)
+    assert fast.weight is conv.weight and fast.bias is conv.bias
+    assert torch.equal(torch.rand(1), expected_next)  # building it drew no random numbers: same initialisation
+    assert list(fast.state_dict()) == list(conv.state_dict())
+    with pytest.raises(ValueError, match="3 x 3 x 3"):
+        slice_conv(torch.nn.Conv3d(3, 2, 3, padding=1, stride=2))
+
+
+def test_resize_in_plane_is_trilinear_with_the_slices_kept():
+    from torch.nn import functional as F
+
+    from napari_rrl_medsam.core.models.slab_layers import resize_in_plane
+
+    x = torch.randn(2, 3, 4, 5, 7)
+    torch.testing.assert_close(resize_in_plane(x, scale=2),
+                               F.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False))
+    torch.testing.assert_close(resize_in_plane(x, size=(9, 4)),
+                               F.interpolate(x, size=(4, 9, 4), mode="trilinear", align_corners=False))

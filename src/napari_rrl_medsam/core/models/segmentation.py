@@ -19,7 +19,8 @@ from typing import Iterator
 import torch
 from monai.networks.blocks import Convolution
 from torch import nn
-from torch.nn import functional as F
+
+from .slab_layers import resize_in_plane, slice_conv
 
 
 def slab_features(encoder, slab: torch.Tensor) -> list[torch.Tensor]:
@@ -28,7 +29,9 @@ def slab_features(encoder, slab: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _block(cin: int, cout: int) -> nn.Module:
-    return Convolution(3, cin, cout, kernel_size=3, norm="instance", act="leakyrelu")
+    block = Convolution(3, cin, cout, kernel_size=3, norm="instance", act="leakyrelu")
+    block.conv = slice_conv(block.conv)  # the same convolution, faster on CPU (see slab_layers)
+    return block
 
 
 class SlabDecoder(nn.Module):
@@ -47,10 +50,10 @@ class SlabDecoder(nn.Module):
             lat[prompt_level] = lat[prompt_level] + prompt
         x = lat[-1]
         for level in range(len(lat) - 2, -1, -1):
-            x = F.interpolate(x, size=lat[level].shape[2:], mode="trilinear", align_corners=False)
+            x = resize_in_plane(x, size=lat[level].shape[3:])
             x = self.fuse[level](torch.cat([x, lat[level]], 1))
         logits = self.head(x)  # stride 2
-        return F.interpolate(logits, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+        return resize_in_plane(logits, scale=2)
 
 
 class ChannelNorm3d(nn.Module):
@@ -98,7 +101,7 @@ class APDecoder(nn.Module):
         prompt = None
         if self.prompt is not None and mask_probs is not None:
             prompt = self.prompt(mask_probs)
-            prompt = F.interpolate(prompt, size=feats[1].shape[2:], mode="trilinear", align_corners=False)
+            prompt = resize_in_plane(prompt, size=feats[1].shape[3:])
         logits = self.decoder(feats, prompt, prompt_level=1)
         if self.residual and mask_probs is not None:
             logits = logits + torch.log(mask_probs.clamp_min(1e-4))
