@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .core.checkpoint import load_checkpoint
 from .core.errors import InputError
 from .core.files import check_output, check_output_folder
 from .core.io import load_volume, plan_outputs, save_volume, volume_files
@@ -29,9 +30,10 @@ from .data.sample import sample_task
 
 __all__ = ["Case", "Evaluation", "FREESURFER_LEFT_RIGHT", "Grid", "InputError", "OneShotTask", "Volume", "check_output",
            "check_output_folder",
-           "cotrain", "cotrainer", "distill", "distiller", "evaluate", "load_encoder", "load_model", "load_task",
-           "load_volume", "normalise_intensity", "plan_outputs", "register", "registration_trainer", "resample",
-           "sample_task", "save_volume", "segment", "to_working", "train_registration", "volume_files", "working_grid"]
+           "cotrain", "cotrainer", "distill", "distiller", "embedding_preview", "evaluate", "in_subprocess",
+           "load_checkpoint", "load_encoder", "load_model", "load_task", "load_volume", "normalise_intensity",
+           "plan_outputs", "register", "registration_trainer", "resample", "sample_task", "save_volume", "segment",
+           "set_cache_dir", "to_working", "train_registration", "volume_files", "working_grid"]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
@@ -100,6 +102,45 @@ def load_encoder(path: str | Path | None = None):
             raise InputError("this installation has no shipped general encoder; distil one with api.distill(...)")
         path = SHIPPED_ENCODER
     return _load(path)
+
+
+def embedding_preview(checkpoint: str | Path, volume: Volume | str | Path) -> np.ndarray:
+    """What a distilled encoder sees: its embedding strength (channel norm) on the middle slice with anatomy.
+
+    Args:
+        checkpoint: a distillation checkpoint (`distill`'s `out`, finished or not).
+        volume: an image volume or its file.
+    """
+    from .core.engines.distill import embedding_preview as _preview
+
+    return _preview(checkpoint, _volume(volume))
+
+
+def set_cache_dir(path: str | Path) -> None:
+    """Keep teacher embeddings (and a downloaded teacher) in `path` for the rest of this process, instead of the
+    user cache folder.
+
+    Args:
+        path: a folder; created when first written to.
+    """
+    import os
+
+    from .core.cache import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(path)
+
+
+def in_subprocess(job) -> Iterator:
+    """The events of `job()` (an engine generator, e.g. `partial(api.cotrainer, ...)`), produced in the main thread
+    of a child process: closing the iterator closes the engine there (which saves its checkpoint), and an error
+    there is raised here. What the napari widgets train with (PyTorch runs 15-20% slower in a GUI's worker thread).
+
+    Args:
+        job: a picklable zero-argument callable returning an engine generator.
+    """
+    from .core.engines.remote import RemoteEvents
+
+    return RemoteEvents(job)
 
 
 def _volume(v: Volume | str | Path, kind: str = "image") -> Volume:

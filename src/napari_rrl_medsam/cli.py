@@ -20,7 +20,7 @@ def _orientation(affine) -> str:
 
 
 def _geometry_row(name: str, volume) -> str:
-    from .core.resample import working_grid
+    from .api import working_grid
 
     spacing = "x".join(f"{s:.2f}" for s in volume.spacing)
     work = "x".join(str(s) for s in working_grid(volume).shape)
@@ -331,7 +331,7 @@ def _stop(signum, frame) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .core.errors import InputError
+    from .api import InputError
 
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:

@@ -26,7 +26,7 @@ class CotrainWidget(TrainingPanel):
     """Atlas + unlabelled volumes -> registration (pseudo labels) -> co-trained RRL-MedSAM model."""
 
     title = "co-training"
-    in_subprocess = True  # co-training runs 15-20% slower in a worker thread (see core.engines.remote)
+    in_subprocess = True  # co-training runs 15-20% slower in a worker thread (see api.in_subprocess)
 
     def __init__(self, napari_viewer) -> None:
         s = load_settings()
@@ -64,7 +64,7 @@ class CotrainWidget(TrainingPanel):
         return any(p.exists() for p in self.paths())
 
     def job(self, resume: bool) -> Callable[[], Iterator]:
-        from ..core.resample import working_grid
+        from ..api import working_grid
 
         f = self.form
         if f.atlas.value is None or f.atlas_labels.value is None:
@@ -90,7 +90,7 @@ class CotrainWidget(TrainingPanel):
                        reg_path, model_path, resume, reg, cot)
 
     def show_preview(self, event) -> None:
-        from ..core.volume import Volume
+        from ..api import Volume
 
         for key, (name, kind) in LIVE.items():
             array = event.preview.get(key)

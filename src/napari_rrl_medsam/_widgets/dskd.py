@@ -30,7 +30,7 @@ class DistillWidget(TrainingPanel):
     """Teacher, photographs, unlabelled volumes, stage lengths; Start / Pause / Resume / Stop."""
 
     title = "DSKD"
-    in_subprocess = True  # its medical stage runs ~15% slower in a worker thread (see core.engines.remote)
+    in_subprocess = True  # its medical stage runs ~15% slower in a worker thread (see api.in_subprocess)
 
     def __init__(self, napari_viewer) -> None:
         s = load_settings()
@@ -105,7 +105,7 @@ class DistillWidget(TrainingPanel):
                {"name": "DSKD: student embedding (a slice)", "colormap": "viridis"}, "image")
 
     def on_finished(self) -> None:
-        from ..core.checkpoint import load_checkpoint
+        from ..api import load_checkpoint
 
         out = Path(self.form.out.value)
         if self.failed is None and out.exists() and load_checkpoint(out, "distill").get("complete"):

@@ -1,13 +1,10 @@
 """The training jobs the widgets run, without Qt or napari: plain generator functions of picklable arguments,
-so a widget can run them in its worker thread or in a child process (`core.engines.remote`)."""
+so a widget can run them in its worker thread or in a child process (`api.in_subprocess`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
-
-import numpy as np
 
 
 def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
@@ -26,8 +23,7 @@ def one_shot_training(atlas, atlas_labels, unlabelled: list, validation, encoder
                       model_out: Path, resume: bool, registration: dict, cotrain: dict) -> Iterator:
     """Registration network (skipped when its checkpoint is complete), then co-training: one event stream.
     `validation`: an (image, labels) pair or None; `registration` / `cotrain`: engine settings."""
-    from ..api import cotrainer, load_encoder, registration_trainer
-    from ..core.checkpoint import load_checkpoint
+    from ..api import cotrainer, load_checkpoint, load_encoder, registration_trainer
 
     registration_out.parent.mkdir(parents=True, exist_ok=True)
     general = load_encoder(encoder)
@@ -48,32 +44,14 @@ def one_shot_training(atlas, atlas_labels, unlabelled: list, validation, encoder
                          validation=[validation] if validation is not None else [], **cotrain)
 
 
-def embedding_preview(checkpoint: Path, volume) -> np.ndarray:
-    """The student's embedding strength (channel norm) on the middle slice with anatomy of `volume`: a picture
-    of what the encoder has learnt so far, taken from the checkpoint just written (the engine has no preview)."""
-    import torch
-
-    from ..api import load_encoder, load_volume
-    from ..core.checkpoint import load_checkpoint
-    from ..core.inputs import volume_slices
-
-    config = load_checkpoint(checkpoint, "distill")["config"]
-    volume = load_volume(volume) if isinstance(volume, (str, Path)) else volume
-    x = volume_slices(volume, config["axis"], config["spacing"], config["image_size"], 1)
-    with torch.no_grad():
-        embedding = load_encoder(checkpoint)(x)[0]
-    return embedding.norm(dim=0).numpy()
-
-
 def distillation(volumes: list, natural: Path | None, teacher: str, teacher_checkpoint: Path | None, out: Path,
                  resume: bool, settings: dict, cache_dir: Path | None) -> Iterator:
     """DSKD with an embedding preview at each checkpoint. `cache_dir`: where teacher embeddings (and a
     downloaded teacher) go in this process; None: the user cache folder."""
-    from ..api import distiller
-    from ..core.cache import CACHE_ENV
+    from ..api import distiller, embedding_preview, set_cache_dir
 
     if cache_dir is not None:
-        os.environ[CACHE_ENV] = str(cache_dir)
+        set_cache_dir(cache_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     events = distiller(volumes, natural, teacher, teacher_checkpoint, out, resume, **settings)
     try:

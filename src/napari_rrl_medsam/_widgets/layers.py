@@ -9,8 +9,7 @@ import numpy as np
 
 from .._reader import layer_data
 from .._writer import layer_affine, layer_volume
-from ..core.resample import resample
-from ..core.volume import Grid, Volume
+from ..api import Grid, Volume, resample
 
 TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine")
 

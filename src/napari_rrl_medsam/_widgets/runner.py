@@ -6,7 +6,7 @@ suspended until garbage collection, in some thread, at some time: `ClosingWorker
 worker thread as soon as the loop ends, so the engine saves its checkpoint before `finished` is emitted.
 
 With `in_subprocess` the worker thread only relays: the engine runs in the main thread of a child process
-(`core.engines.remote.RemoteEvents`, one step per event pulled, so Pause, Stop and errors behave the same).
+(`api.in_subprocess`, one step per event pulled, so Pause, Stop and errors behave the same).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class ClosingWorker(GeneratorWorker):
 
 def _drive(job: Callable[[], Iterator], in_subprocess: bool) -> Iterator:
     if in_subprocess:
-        from ..core.engines.remote import RemoteEvents
+        from ..api import in_subprocess
 
-        yield from RemoteEvents(job)
+        yield from in_subprocess(job)
     else:
         yield from job()
 
@@ -48,7 +48,7 @@ class TrainingPanel(QWidget, FollowsLayers):
     """Subclasses build `self.form` (a magicgui Container) and implement `job(resume)` and `show_preview`."""
 
     title = "training"
-    in_subprocess = False  # run the job in a child process (`core.engines.remote`); its job must be picklable
+    in_subprocess = False  # run the job in a child process (`api.in_subprocess`); its job must be picklable
     shown = Signal(object)  # each Progress event once the widget has displayed it (tests, benchmarks)
 
     def __init__(self, napari_viewer, form: Container) -> None:

@@ -20,11 +20,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ..checkpoint import load_checkpoint, reading, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..settings import check_settings
+from ..volume import Volume
 from .events import Progress, check_finite
 
 KIND = "distill"
@@ -224,6 +227,20 @@ def load_encoder(path: str | Path):
         encoder.teacher = dict(state["teacher"])
         encoder.steps = int(state["step"])
     return encoder.eval()
+
+
+def embedding_preview(checkpoint: str | Path, volume: Volume) -> np.ndarray:
+    """The student's embedding strength (channel norm) on the middle slice with anatomy of `volume`, from a
+    distillation checkpoint: a picture of what the encoder has learnt so far."""
+    import torch
+
+    from ..inputs import volume_slices
+
+    config = load_checkpoint(checkpoint, KIND)["config"]
+    x = volume_slices(volume, config["axis"], config["spacing"], config["image_size"], 1)
+    with torch.no_grad():
+        embedding = load_encoder(checkpoint)(x)[0]
+    return embedding.norm(dim=0).numpy()
 
 
 def export_encoder(checkpoint: str | Path, out: str | Path) -> Path:
