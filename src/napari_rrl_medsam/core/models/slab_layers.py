@@ -3,8 +3,8 @@
 A slab is a few (8) axial slices of S x S pixels with batch 1. On CPU, PyTorch's 3D convolution takes a
 generic im2col path for such inputs below about 48 x 48 pixels per slice, and its backward pass is slow at
 every size: a 3 x 3 x 3 convolution of 64 -> 32 channels on 8 slices took, forward and backward on our 2 cores,
-230-260 ms at 32 x 32 px and 440-470 ms at 96 x 96 px, against 35-38 ms and 290-300 ms as the sum of three 2D
-convolutions, one per kernel depth, over the slices shifted by one (`benchmarks/slab_layers.py`). Upsampling
+203 ms at 32 x 32 px and 403 ms at 96 x 96 px, against 33 ms and 304 ms as the sum of three 2D convolutions,
+one per kernel depth, over the slices shifted by one (`benchmarks/slab_layers.py`). Upsampling
 in the slice plane is likewise cheaper as 2D bilinear than as trilinear with a scale of 1 across slices.
 """
 
