@@ -7,7 +7,8 @@ from pathlib import Path
 import napari_rrl_medsam
 
 PACKAGE = Path(napari_rrl_medsam.__file__).parent
-FACES = [PACKAGE / "cli.py", *sorted((PACKAGE / "_widgets").glob("*.py"))]
+FACES = [PACKAGE / name for name in ("cli.py", "_reader.py", "_writer.py", "_sample_data.py")]
+FACES += sorted((PACKAGE / "_widgets").glob("*.py"))
 
 
 def _imported_modules(source: str, package: list[str]) -> list[str]:

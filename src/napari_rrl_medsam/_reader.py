@@ -13,9 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .core.io import is_volume_path, load_volume
-from .core.resample import reorient_canonical
-from .core.volume import Volume
+from .api import Volume, is_volume_path, load_volume, reorient_canonical
 
 LayerData = tuple[Any, dict, str]
 

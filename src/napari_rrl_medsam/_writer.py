@@ -12,10 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.errors import InputError
-from .core.io import save_volume
-from .core.resample import resample, same_voxels
-from .core.volume import Grid, Kind, Volume
+from .api import Grid, InputError, Kind, Volume, resample, same_voxels, save_volume
 
 
 def layer_affine(meta: dict) -> np.ndarray:

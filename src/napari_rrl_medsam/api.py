@@ -19,21 +19,21 @@ import numpy as np
 from .core.checkpoint import load_checkpoint
 from .core.errors import InputError
 from .core.files import check_output, check_output_folder
-from .core.io import load_volume, plan_outputs, save_volume, volume_files
+from .core.io import is_volume_path, load_volume, plan_outputs, save_volume, volume_files
 from .core.metrics import Evaluation
 from .core.metrics import evaluate as _evaluate
-from .core.resample import normalise_intensity, resample, to_working, working_grid
+from .core.resample import normalise_intensity, reorient_canonical, resample, same_voxels, to_working, working_grid
 from .core.segmentation import FREESURFER_LEFT_RIGHT
 from .core.task import Case, OneShotTask, load_task
-from .core.volume import Grid, Volume
+from .core.volume import Grid, Kind, Volume
 from .data.sample import sample_task
 
-__all__ = ["Case", "Evaluation", "FREESURFER_LEFT_RIGHT", "Grid", "InputError", "OneShotTask", "Volume", "check_output",
-           "check_output_folder",
-           "cotrain", "cotrainer", "distill", "distiller", "embedding_preview", "evaluate", "in_subprocess",
-           "load_checkpoint", "load_encoder", "load_model", "load_task", "load_volume", "normalise_intensity",
-           "plan_outputs", "register", "registration_trainer", "resample", "sample_task", "save_volume", "segment",
-           "set_cache_dir", "to_working", "train_registration", "volume_files", "working_grid"]
+__all__ = ["Case", "Evaluation", "FREESURFER_LEFT_RIGHT", "Grid", "InputError", "Kind", "OneShotTask", "Volume",
+           "check_output", "check_output_folder", "cotrain", "cotrainer", "distill", "distiller", "embedding_preview",
+           "evaluate", "in_subprocess", "is_volume_path", "load_checkpoint", "load_encoder", "load_model", "load_task",
+           "load_volume", "normalise_intensity", "plan_outputs", "register", "registration_trainer",
+           "reorient_canonical", "resample", "same_voxels", "sample_task", "save_volume", "segment", "set_cache_dir",
+           "to_working", "train_registration", "volume_files", "working_grid"]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
