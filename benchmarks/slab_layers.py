@@ -4,9 +4,8 @@ co-training step with each (`core/models/slab_layers.py`).
 Prints, per in-plane size, the milliseconds of a 3 x 3 x 3 convolution of 64 -> 32 channels on a slab of 8
 slices (forward and backward, and forward alone), then seconds per co-training step (slab 8, 36 classes, both
 branches, loss, optimiser and mutual EMA, as the engine's step) at 96, 128 and 192 px with the decoders'
-convolutions computed by PyTorch's Conv3d and by SliceConv3d (the in-plane upsampling is `resize_in_plane`'s
-in both), alternated `--repeats` times (this machine's
-timings drift by 10-20% from one minute to the next).
+convolutions computed by PyTorch's Conv3d and by SliceConv3d (the in-plane upsampling is `resize_in_plane`'s in
+both), alternated `--repeats` times (this machine's timings drift by 10-20% from one minute to the next).
 
     python benchmarks/slab_layers.py [--repeats 3] [--threads 2]
 """
