@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_rrl_medsam.core.cache import CACHE_ENV
+from napari_rrl_medsam.core.files import CACHE_ENV
 
 
 def rates(times: dict[str, list[float]]) -> dict[str, float]:

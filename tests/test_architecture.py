@@ -39,7 +39,7 @@ def test_the_import_check_sees_relative_and_absolute_core_imports():
 
 def test_set_cache_dir_points_the_teacher_cache_there(tmp_path, monkeypatch):
     from napari_rrl_medsam import api
-    from napari_rrl_medsam.core.cache import CACHE_ENV
+    from napari_rrl_medsam.core.files import CACHE_ENV
 
     monkeypatch.delenv(CACHE_ENV, raising=False)
     api.set_cache_dir(tmp_path / "cache")

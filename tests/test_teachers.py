@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from napari_rrl_medsam.core import cache as cache_mod
-from napari_rrl_medsam.core.cache import EmbeddingCache, cache_dir
+from napari_rrl_medsam.core.cache import EmbeddingCache
+from napari_rrl_medsam.core.files import CACHE_ENV, cache_dir
 from napari_rrl_medsam.core.errors import InputError
 from napari_rrl_medsam.core.teachers import TEACHERS, Teacher, get_teacher, litemedsam, sam
 from napari_rrl_medsam.core.teachers.litemedsam import load_litemedsam
@@ -23,7 +23,7 @@ from napari_rrl_medsam.core.teachers.sam import load_sam_vit_b, sam_vit_b_encode
 @pytest.fixture(autouse=True)
 def user_cache(tmp_path, monkeypatch):
     """Every test gets its own cache folder, so nothing touches the real home."""
-    monkeypatch.setenv(cache_mod.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 

@@ -125,7 +125,7 @@ def set_cache_dir(path: str | Path) -> None:
     """
     import os
 
-    from .core.cache import CACHE_ENV
+    from .core.files import CACHE_ENV
 
     os.environ[CACHE_ENV] = str(path)
 

@@ -1,4 +1,4 @@
-"""The user cache folder and the on-disk cache of teacher embeddings.
+"""The on-disk cache of teacher embeddings (under the user cache folder, `files.cache_dir`).
 
 Teacher embeddings are deterministic (frozen weights, fixed resizing), and a SAM ViT-B forward costs seconds per
 slice on a CPU, so each slice is encoded once per teacher and read back on every later epoch, run or session.
@@ -7,28 +7,17 @@ slice on a CPU, so each slice is encoded once per teacher and read back on every
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pooch
 import torch
 
 from .errors import InputError
-from .files import atomic_write
+from .files import atomic_write, cache_dir
 
 if TYPE_CHECKING:
     from .teachers import Teacher
-
-CACHE_ENV = "RRL_MEDSAM_CACHE"
-
-
-def cache_dir() -> Path:
-    """$RRL_MEDSAM_CACHE if set, else the platform's user cache folder (never site-packages); created on demand."""
-    path = Path(os.environ.get(CACHE_ENV) or pooch.os_cache("napari-rrl-medsam")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class EmbeddingCache:

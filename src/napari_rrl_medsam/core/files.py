@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a Stop never leaves half a file where a good one was expected."""
+"""Atomic file writes (a crash or a Stop never leaves half a file where a good one was expected) and the user
+cache folder (weights and teacher embeddings)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+CACHE_ENV = "RRL_MEDSAM_CACHE"
+
+
+def cache_dir() -> Path:
+    """$RRL_MEDSAM_CACHE if set, else the platform's user cache folder (never site-packages); created on demand."""
+    import pooch
+
+    path = Path(os.environ.get(CACHE_ENV) or pooch.os_cache("napari-rrl-medsam")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _file_mode(path: Path) -> int:

@@ -78,8 +78,8 @@ def intensities(volume: Volume, grid: Grid):
 
 
 def encoder_features(encoder, x, config):
-    """The frozen encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor, as `config` (a registration
-    training config) sets it: slicing axis, feature level, encoder input size -> (1, C, X/2, Y/2, Z/2)."""
+    """The frozen encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor, as `config` (a `RegistrationSpec`)
+    sets it: slicing axis, feature level, encoder input size -> (1, C, X/2, Y/2, Z/2)."""
     import torch
 
     from .features import volume_features
@@ -125,11 +125,11 @@ class RegistrationModel:
     @classmethod
     def from_state(cls, state: dict, device: str = "auto") -> "RegistrationModel":
         from .device import resolve_device
-        from .engines.register import RegistrationTrainConfig, build_networks
+        from .models.registration import RegistrationSpec, build_registration
 
         state = {k: v for k, v in state.items() if k != "optimizer"}
-        config = RegistrationTrainConfig.from_dict(state["config"])
-        net, encoder = build_networks(config, state)
+        config = RegistrationSpec.from_dict(state["config"])
+        net, encoder = build_registration(config, state)
         dev = resolve_device(device)
         grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
         return cls(net.to(dev), encoder.to(dev) if encoder is not None else None, config, list(state["labels"]),

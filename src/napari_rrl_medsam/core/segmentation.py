@@ -62,7 +62,7 @@ def from_square(p, shape: tuple[int, int]):
 def predict_probabilities(parts: dict, volume, config):
     """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each.
 
-    `parts`: the encoders and decoders (`build_parts`); `config`: their `CotrainConfig`. Slabs of `slab`
+    `parts`: the encoders and decoders (`build_segmentation`); `config`: their `SegmentationSpec`. Slabs of `slab`
     axial slices go through both branches as in training (MONAI's sliding window along the slices, slabs
     overlapping by `slab_overlap` and averaged); batch norm uses each slab's statistics when
     `norm_statistics` is "slab"."""
@@ -147,15 +147,15 @@ class SegmentationModel:
     def load(cls, path, device: str = "auto") -> "SegmentationModel":
         from .checkpoint import load_checkpoint, reading
         from .device import resolve_device
-        from .engines.cotrain import CotrainConfig, build_parts
         from .models.encoder import EncoderConfig
+        from .models.segmentation import SegmentationSpec, build_segmentation
         from .registration import RegistrationModel
 
         state = load_checkpoint(path, KIND)
         dev = resolve_device(device)
         with reading(path):
-            config = CotrainConfig.from_dict(state["config"])
-            parts = build_parts(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
+            config = SegmentationSpec.from_dict(state["config"])
+            parts = build_segmentation(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
             for name, module in parts.items():
                 module.load_state_dict(state["parts"][name])
                 module.to(dev).eval()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,7 +26,8 @@ from ..augment import intensity_augmentation
 from ..checkpoint import check_same_task, load_checkpoint, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
-from ..models.encoder import EncoderConfig, LightEncoder
+from ..models.encoder import EncoderConfig
+from ..models.segmentation import SegmentationSpec, build_segmentation
 from ..registration import intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
@@ -38,23 +39,16 @@ from .events import Progress, check_finite, due, initialised_settings, resumed_s
 
 
 @dataclass
-class CotrainConfig:
+class CotrainConfig(SegmentationSpec):
+    """A segmentation model's spec (`SegmentationSpec`: decoders, slab, slice size) and how it is co-trained."""
+
     steps: int = 300
     lr: float = 1e-2  # decoders: at 1e-3 they took hundreds of steps to predict any small structure
     encoder_lr: float = 5e-4
     lr_schedule: str = "poly"  # both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay), or "constant"
-    # prediction's batch norm: "slab" = each slab's own statistics, as in training (+0.017 Dice measured), or
-    # "running" = the running averages (the usual eval mode)
-    norm_statistics: str = "slab"
-    slab_overlap: float = 0.5  # prediction: consecutive slabs overlap by this fraction, probabilities averaged
-    # (+0.003 Dice for about 1.3x the segmentation time, measured)
     ema_alpha: float = 0.99
     use_mutual_ema: bool = True
-    use_prompt: bool = True
-    prompt_residual: bool = True  # AP logits + log M_g: the AP decoder corrects the prompt (see APDecoder)
     use_dskd: bool = True  # False: E_g (and so E_m) start from random weights
-    slab: int = 8
-    image_size: int = 128  # encoder input per slice; 2 mm brain slices are about 112 px across
     atlas_probability: float = 0.25
     # exact synthetic pairs (0: none): share of steps; the rest after the atlas are (unlabelled, pseudo label)
     synthetic_probability: float = 0.0
@@ -64,7 +58,6 @@ class CotrainConfig:
     pseudo_weight: float = 1.0  # loss weight of the (unlabelled image, pseudo label) steps (IST: 0.1)
     intensity_augment: bool = False  # MONAI random bias field, contrast, histogram shift, blur, noise
     consistency_weight: float = 0.0
-    decoder_width: int = 32
     refine_steps: int = 0  # instance optimisation when computing pseudo labels
     # with a `pseudo_model` (a co-trained model: a self-training round), the registration's share of the fused
     # pseudo labels, (1 - w) p_model + w [registration == k]; below 0.5, else the registration always wins
@@ -76,19 +69,10 @@ class CotrainConfig:
     seed: int = 0
     device: str = "auto"
 
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CotrainConfig":
-        """From a checkpoint's config; keys older checkpoints lack take the values they were trained with."""
-        known = {f.name for f in fields(cls)}
-        legacy = {"lr_schedule": "constant", "prompt_residual": False, "synthetic_probability": 0.0,
-                  "pseudo_weight": 1.0, "intensity_augment": False}
-        return cls(**{**legacy, **{k: v for k, v in d.items() if k in known}})
+    @staticmethod
+    def legacy() -> dict:
+        return {**SegmentationSpec.legacy(), "lr_schedule": "constant", "synthetic_probability": 0.0,
+                "pseudo_weight": 1.0, "intensity_augment": False}
 
 
 # the settings that shape the networks (or what they were trained to see): a fine-tuned run keeps its init's
@@ -97,19 +81,12 @@ ARCHITECTURE = ("decoder_width", "use_prompt", "prompt_residual", "use_dskd", "s
 
 
 def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes: int, general_state=None):
-    """E_g, E_m (a copy of E_g), the general decoder and the AP decoder."""
+    """The four parts with new weights drawn from `config.seed`; E_g from `general_state` (the distilled
+    encoder) with DSKD, from random weights without."""
     import torch
 
-    from ..models.segmentation import APDecoder, SlabDecoder
-
     torch.manual_seed(config.seed)
-    general = LightEncoder(encoder_config)
-    if general_state is not None and config.use_dskd:
-        general.load_state_dict(general_state)
-    return {"general": general, "medical": copy.deepcopy(general),
-            "decoder_g": SlabDecoder(encoder_config.channels, n_classes, config.decoder_width),
-            "ap": APDecoder(encoder_config.channels, n_classes, config.decoder_width, config.use_prompt,
-                            config.prompt_residual)}
+    return build_segmentation(config, encoder_config, n_classes, general_state if config.use_dskd else None)
 
 
 def validation_dice(parts: dict, validation, classes: np.ndarray, config: CotrainConfig, device) -> dict[str, float]:

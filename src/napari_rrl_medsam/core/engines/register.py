@@ -14,7 +14,7 @@ the warped atlas and its pseudo labels. Stop/crash -> checkpoint; `resume=True` 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,8 +23,8 @@ import numpy as np
 from ..checkpoint import check_same_task, load_checkpoint, resume_state, save_checkpoint
 from ..device import resolve_device
 from ..errors import InputError
-from ..models.encoder import EncoderConfig, LightEncoder
-from ..models.registration import RegistrationConfig, RegistrationNet
+from ..models.encoder import LightEncoder
+from ..models.registration import RegistrationSpec, build_registration
 from ..registration import KIND, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
 from ..settings import check_settings
@@ -34,65 +34,21 @@ from .events import Progress, check_finite, due, initialised_settings, resumed_s
 
 
 @dataclass
-class RegistrationTrainConfig:
+class RegistrationTrainConfig(RegistrationSpec):
+    """A registration model's spec (`RegistrationSpec`: network, inputs, objective) and how it is trained."""
+
     steps: int = 1000
     lr: float = 1e-3
-    smooth_weight: float = 1.0
-    ncc_kernel: int = 9
-    spacing: float = 2.0
-    axis: int = 2  # slicing axis of the encoder features
-    feature_level: int = 1  # encoder stage whose features enter (stride 4: 64 channels)
-    feature_size: int = 128  # encoder input side: 2 mm slices are ~112 px, so 256 spent 4x on upsampled pixels
-    use_features: bool = True
     dice_weight: float = 0.0  # Dice coupling with the targets' segmentations (needs `segmentations`)
     augment: bool = True
     checkpoint_every: int = 50
     preview_every: int = 10
     seed: int = 0
     device: str = "auto"
-    network: RegistrationConfig = field(default_factory=RegistrationConfig)
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["network"] = self.network.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RegistrationTrainConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d.setdefault("feature_size", 256)  # checkpoints from before the option used 256 px
-        d["network"] = RegistrationConfig.from_dict(d.get("network", {}))
-        return cls(**d)
 
 
 # the settings that shape the network and its inputs: a fine-tuned run keeps its init's
 ARCHITECTURE = ("spacing", "axis", "feature_level", "feature_size", "use_features", "network")
-
-
-def build_networks(config: RegistrationTrainConfig, state: dict | None = None, encoder: LightEncoder | None = None):
-    """The registration network and the medical encoder, from a checkpoint `state` or fresh."""
-    encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state and state.get("encoder_config")
-                      else encoder.config if encoder is not None else None)
-    if config.use_features:
-        if encoder_config is None:
-            raise InputError("registration with encoder features needs an encoder (the shipped one, or a distilled one).")
-        config.network.feature_channels = encoder_config.channels[config.feature_level]
-    else:
-        config.network.feature_channels = 0
-    net = RegistrationNet(config.network)
-    medical = None
-    if config.use_features:
-        medical = LightEncoder(encoder_config)
-        medical.load_state_dict(state["encoder"] if state else encoder.state_dict())
-        medical.teacher = dict(state["teacher"]) if state else dict(getattr(encoder, "teacher", {}))
-        medical.eval().requires_grad_(False)
-    if state is not None:
-        net.load_state_dict(state["network"])
-    return net, medical
 
 
 def _gamma(x, gen):
@@ -124,7 +80,7 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
         config = RegistrationTrainConfig.from_dict(initialised_settings(start["config"], config, ARCHITECTURE))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    net, medical = build_networks(config, start, encoder)
+    net, medical = build_registration(config, start, encoder)
     net, medical = net.to(device), medical.to(device) if medical is not None else None
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     step = 0

@@ -6,16 +6,24 @@ how SAM-guided knowledge enters registration. With `diffeomorphic`, the network 
 stationary velocity field integrated by scaling and squaring (MONAI `DVF2DDF`). The field is predicted
 and integrated at half resolution, then upsampled (as VoxelMorph does): smooth fields lose nothing and
 training runs about three times faster on a CPU.
+
+`RegistrationSpec` holds what shapes the network and its inputs (and the objective instance optimisation
+continues); `build_registration(spec, state)` rebuilds the network and its frozen medical encoder from it, for
+inference and training alike (the training engine's config extends the spec with its training-only fields).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from monai.networks.blocks import Convolution, DVF2DDF
 from torch import nn
 from torch.nn import functional as F
+
+from ..errors import InputError
+from ..settings import check_settings
+from .encoder import EncoderConfig, LightEncoder
 
 
 @dataclass
@@ -108,3 +116,73 @@ def displacement(flow: torch.Tensor, size, integrate: nn.Module | None) -> torch
     # 73 / 37 for 73 (a plain factor 2 would stretch odd axes by up to a few percent)
     scale = torch.tensor([s / h for s, h in zip(size, flow.shape[2:])], dtype=flow.dtype, device=flow.device)
     return F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False) * scale.view(1, 3, 1, 1, 1)
+
+
+@dataclass
+class RegistrationSpec:
+    """The registration model as checkpoints record it: network, inputs and objective.
+
+    Args:
+        spacing: the working grid's isotropic voxel size (mm).
+        axis: the slicing axis of the encoder features.
+        feature_level: the encoder stage whose features enter (1: stride 4, 64 channels).
+        feature_size: the encoder's input side (2 mm slices are ~112 px; 256 spent 4x on upsampled pixels).
+        use_features: False: intensities only, no medical encoder.
+        ncc_kernel: the local NCC window (voxels) of the similarity loss (training and instance optimisation).
+        smooth_weight: the weight of the diffusion (smoothness) loss.
+        network: the U-Net's own shape.
+    """
+
+    spacing: float = 2.0
+    axis: int = 2
+    feature_level: int = 1
+    feature_size: int = 128
+    use_features: bool = True
+    ncc_kernel: int = 9
+    smooth_weight: float = 1.0
+    network: RegistrationConfig = field(default_factory=RegistrationConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["network"] = self.network.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """From a checkpoint's config (unknown keys are passed over: a spec reads a training config's dict)."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("feature_size", 256)  # checkpoints from before the option used 256 px
+        d["network"] = RegistrationConfig.from_dict(d.get("network", {}))
+        return cls(**d)
+
+
+def build_registration(spec: RegistrationSpec, state: dict | None = None, encoder: LightEncoder | None = None):
+    """The registration network and the frozen medical encoder (None without features).
+
+    Args:
+        spec: the model's spec; its `network.feature_channels` is set from the encoder.
+        state: a registration checkpoint (weights, encoder and its config), or None for new weights.
+        encoder: the encoder whose weights E_m starts from when there is no `state`.
+    """
+    encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state and state.get("encoder_config")
+                      else encoder.config if encoder is not None else None)
+    if spec.use_features:
+        if encoder_config is None:
+            raise InputError("registration with encoder features needs an encoder (the shipped one, or a distilled one).")
+        spec.network.feature_channels = encoder_config.channels[spec.feature_level]
+    else:
+        spec.network.feature_channels = 0
+    net = RegistrationNet(spec.network)
+    medical = None
+    if spec.use_features:
+        medical = LightEncoder(encoder_config)
+        medical.load_state_dict(state["encoder"] if state else encoder.state_dict())
+        medical.teacher = dict(state["teacher"]) if state else dict(getattr(encoder, "teacher", {}))
+        medical.eval().requires_grad_(False)
+    if state is not None:
+        net.load_state_dict(state["network"])
+    return net, medical

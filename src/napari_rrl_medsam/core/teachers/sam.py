@@ -8,7 +8,7 @@ from pathlib import Path
 import pooch
 import torch
 
-from ..cache import cache_dir
+from ..files import cache_dir
 from ..errors import InputError
 from .base import Teacher
 from .weights import file_sha256, load_image_encoder, read_state_dict
