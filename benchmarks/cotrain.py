@@ -41,13 +41,25 @@ def main() -> None:
     parser.add_argument("--config", default=str(HERE.parent / "training" / "cotrain.json"))
     parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
     parser.add_argument("--only", nargs="*", help="ablation names to run (default: all)")
-    parser.add_argument("--seed", type=int, help="train and score each row with this seed instead of the recipe's "
-                        "(its own checkpoints, `_seed<n>`): the spread between seeds sizes the rows' differences")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="train and score each row with this seed instead of the recipe's "
+        "(its own checkpoints, `_seed<n>`): the spread between seeds sizes the rows' differences",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each when two runs share 2 cores)")
-    parser.add_argument("--prior-weight", type=float, default=0.3,
-                        help="weight of the registration's labels in the fused row (segment's prior_weight)")
-    parser.add_argument("--prior-rows", nargs="*", default=["full"],
-                        help="rows also scored with the registration prior (default: %(default)s)")
+    parser.add_argument(
+        "--prior-weight",
+        type=float,
+        default=0.3,
+        help="weight of the registration's labels in the fused row (segment's prior_weight)",
+    )
+    parser.add_argument(
+        "--prior-rows",
+        nargs="*",
+        default=["full"],
+        help="rows also scored with the registration prior (default: %(default)s)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = json.loads(Path(args.config).read_text())
@@ -56,10 +68,17 @@ def main() -> None:
     if not (runs / spec["registration"]).exists():  # one command from a clean checkout: train it first
         reg_spec = json.loads((HERE.parent / "training" / "registration.json").read_text())
         settings = {**reg_spec["settings"], **spec.get("registration_settings", {})}
-        print(f"training the registration network with training/registration.json and {settings} "
-              f"-> {runs / spec['registration']}")
-        train_registration(load_task(data / reg_spec["task"], split=reg_spec["split"], check=False),
-                           encoder=reg_spec["encoder"], out=runs / spec["registration"], resume=True, **settings)
+        print(
+            f"training the registration network with training/registration.json and {settings} "
+            f"-> {runs / spec['registration']}"
+        )
+        train_registration(
+            load_task(data / reg_spec["task"], split=reg_spec["split"], check=False),
+            encoder=reg_spec["encoder"],
+            out=runs / spec["registration"],
+            resume=True,
+            **settings,
+        )
     registration = load_model(runs / spec["registration"])
     atlas, atlas_labels = task.atlas.load()
     validation = [case.load() for case in task.evaluation]
@@ -70,14 +89,22 @@ def main() -> None:
     def row(name: str) -> str:
         reports, train_s, per = results[name]
         scores = [r.mean_dice for r in reports]
-        return (f"| {name} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | **{np.mean(scores):.3f}** | "
-                + (f"{train_s:.0f}" if train_s else "-") + f" | {per:.1f} |")
+        return (
+            f"| {name} | "
+            + " | ".join(f"{s:.3f}" for s in scores)
+            + f" | **{np.mean(scores):.3f}** | "
+            + (f"{train_s:.0f}" if train_s else "-")
+            + f" | {per:.1f} |"
+        )
 
     t = time.perf_counter()
     warped = [registration.register(atlas, atlas_labels, img, refine).warped_labels for img, _ in validation]
     per_reg = (time.perf_counter() - t) / len(validation)
-    results["registration only"] = ([evaluate(w, truth, task.eval_labels, hd95=False)
-                                     for w, (_, truth) in zip(warped, validation)], None, per_reg)
+    results["registration only"] = (
+        [evaluate(w, truth, task.eval_labels, hd95=False) for w, (_, truth) in zip(warped, validation)],
+        None,
+        per_reg,
+    )
     print(row("registration only"), flush=True)  # each row as soon as it is known: long runs can be read
     t = time.perf_counter()
     for case in task.unlabelled:  # remembered by the registration model for every row below
@@ -93,20 +120,35 @@ def main() -> None:
             name = f"{ablation} (seed {seed})"
         out = runs / checkpoint_name(ablation, seed)
         pseudo_model = settings.pop("pseudo_model", None)
-        cotrain(task, registration=registration, out=out, resume=True,
-                pseudo_model=runs / pseudo_model if pseudo_model else None, **settings)
+        cotrain(
+            task,
+            registration=registration,
+            out=out,
+            resume=True,
+            pseudo_model=runs / pseudo_model if pseudo_model else None,
+            **settings,
+        )
         train_s = load_checkpoint(out, "rrl-medsam").get("elapsed")
         model = load_model(out)
         t = time.perf_counter()
-        reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
+        reports = [
+            evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation
+        ]
         results[name] = (reports, train_s, (time.perf_counter() - t) / len(validation))
         print(row(name), flush=True)
         if ablation == "full":
             full = name
         if ablation in args.prior_rows:  # an option, not the method: the registration's labels as a prior
             t = time.perf_counter()
-            fused = [evaluate(segment(model, img, prior=w, prior_weight=args.prior_weight).labels, truth,
-                              task.eval_labels, hd95=False) for w, (img, truth) in zip(warped, validation)]
+            fused = [
+                evaluate(
+                    segment(model, img, prior=w, prior_weight=args.prior_weight).labels,
+                    truth,
+                    task.eval_labels,
+                    hd95=False,
+                )
+                for w, (img, truth) in zip(warped, validation)
+            ]
             fused_name = f"{name} + registration prior (weight {args.prior_weight})"
             results[fused_name] = (fused, train_s, (time.perf_counter() - t) / len(validation) + per_reg)
             print(row(fused_name), flush=True)
@@ -117,8 +159,9 @@ def main() -> None:
     if full is not None:
         print(f"\nper-structure Dice, {full} (mean over validation volumes)")
         for label in task.eval_labels:
-            print(f"  {label:>3} {names.get(label, ''):<28} "
-                  f"{np.nanmean([r.dice[label] for r in results[full][0]]):.3f}")
+            print(
+                f"  {label:>3} {names.get(label, ''):<28} {np.nanmean([r.dice[label] for r in results[full][0]]):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ HERE = Path(__file__).parent
 def score_row(args: argparse.Namespace, name: str, overrides: dict, prior: bool, stop_at: float) -> dict:
     """Train one row (resuming its checkpoint) until done or `stop_at` (epoch seconds), then score it."""
     import torch
-
     from cotrain import checkpoint_name
+
     from napari_rrl_medsam.api import cotrainer, evaluate, load_model, load_task, segment
 
     torch.set_num_threads(args.threads)
@@ -49,25 +49,42 @@ def score_row(args: argparse.Namespace, name: str, overrides: dict, prior: bool,
         step = event.step
         if event.metrics:
             curve.append([step, round(event.metrics["val_dice"], 4), round(event.metrics["val_dice_general"], 4)])
-            print(f"[{name}] step {step}: working-grid validation Dice {curve[-1][1]:.3f} "
-                  f"({(time.perf_counter() - started) / step:.3f} s per step)", flush=True)
+            print(
+                f"[{name}] step {step}: working-grid validation Dice {curve[-1][1]:.3f} "
+                f"({(time.perf_counter() - started) / step:.3f} s per step)",
+                flush=True,
+            )
         if time.time() > stop_at and step < event.total:
             events.close()  # saves the checkpoint where it stands
             break
     train_s = time.perf_counter() - started if started else 0.0
     model = load_model(out)
     atlas, atlas_labels = task.atlas.load()
-    validation = [case.load() for case in task.evaluation][:args.volumes]
+    validation = [case.load() for case in task.evaluation][: args.volumes]
     reports = [evaluate(segment(model, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation]
-    result = {"row": name, "settings": overrides, "steps": step, "of": settings["steps"], "train_s": train_s,
-              "cases": [c.id for c in task.evaluation][:args.volumes], "dice": [r.mean_dice for r in reports],
-              "per_structure": {int(k): float(np.nanmean([r.dice[k] for r in reports])) for k in task.eval_labels},
-              "curve": curve, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    result = {
+        "row": name,
+        "settings": overrides,
+        "steps": step,
+        "of": settings["steps"],
+        "train_s": train_s,
+        "cases": [c.id for c in task.evaluation][: args.volumes],
+        "dice": [r.mean_dice for r in reports],
+        "per_structure": {int(k): float(np.nanmean([r.dice[k] for r in reports])) for k in task.eval_labels},
+        "curve": curve,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
     if prior:
         refine = spec["settings"].get("refine_steps", 0)
-        fused = [evaluate(segment(model, img, prior=registration.register(atlas, atlas_labels, img, refine)
-                                  .warped_labels).labels, truth, task.eval_labels, hd95=False)
-                 for img, truth in validation]
+        fused = [
+            evaluate(
+                segment(model, img, prior=registration.register(atlas, atlas_labels, img, refine).warped_labels).labels,
+                truth,
+                task.eval_labels,
+                hd95=False,
+            )
+            for img, truth in validation
+        ]
         result["dice_prior"] = [r.mean_dice for r in fused]
     return result
 
@@ -77,8 +94,20 @@ def launch(args: argparse.Namespace, rows: dict, priors: list[str]) -> list[dict
     stop_at = time.time() + args.deadline
     procs, results, threads = {}, [], []
     for name, overrides in rows.items():
-        cmd = [sys.executable, __file__, "--worker", json.dumps([name, overrides, name in priors, stop_at]),
-               "--data", args.data, "--runs", args.runs, "--threads", str(args.threads), "--volumes", str(args.volumes)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            json.dumps([name, overrides, name in priors, stop_at]),
+            "--data",
+            args.data,
+            "--runs",
+            args.runs,
+            "--threads",
+            str(args.threads),
+            "--volumes",
+            str(args.volumes),
+        ]
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def read(name: str, proc: subprocess.Popen) -> None:
@@ -99,17 +128,26 @@ def launch(args: argparse.Namespace, rows: dict, priors: list[str]) -> list[dict
 
 def row_lines(r: dict) -> list[str]:
     """A row's table lines: its validation volumes, mean, steps reached and training time (and with the prior)."""
-    return [f"| {r['row']}{suffix} | " + " | ".join(f"{d:.3f}" for d in r[key])
-            + f" | **{np.mean(r[key]):.3f}** | {r['steps']}/{r['of']} | {r['train_s']:.0f} |"
-            for key, suffix in (("dice", ""), ("dice_prior", " + registration prior")) if key in r]
+    return [
+        f"| {r['row']}{suffix} | "
+        + " | ".join(f"{d:.3f}" for d in r[key])
+        + f" | **{np.mean(r[key]):.3f}** | {r['steps']}/{r['of']} | {r['train_s']:.0f} |"
+        for key, suffix in (("dice", ""), ("dice_prior", " + registration prior"))
+        if key in r
+    ]
 
 
 def table(results: list[dict]) -> str:
     """The rows as a markdown table."""
     if not results:
         return "no row finished"
-    return "\n".join(["| row | " + " | ".join(results[0]["cases"]) + " | mean | steps | training s |",
-                      "|---|" + "---|" * (len(results[0]["cases"]) + 3)] + [x for r in results for x in row_lines(r)])
+    return "\n".join(
+        [
+            "| row | " + " | ".join(results[0]["cases"]) + " | mean | steps | training s |",
+            "|---|" + "---|" * (len(results[0]["cases"]) + 3),
+        ]
+        + [x for r in results for x in row_lines(r)]
+    )
 
 
 def main() -> None:
@@ -118,8 +156,12 @@ def main() -> None:
     parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
     parser.add_argument("--config", default=str(HERE.parent / "training" / "cotrain_gpu.json"))
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
-    parser.add_argument("--deadline", type=float, default=330.0,
-                        help="seconds after which rows still training stop and are scored as they stand")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=330.0,
+        help="seconds after which rows still training stop and are scored as they stand",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per row")
     parser.add_argument("--volumes", type=int, default=5, help="validation volumes scored (default: all 5)")
     parser.add_argument("--out", help="also write the results (JSON) here")

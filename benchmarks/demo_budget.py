@@ -20,8 +20,17 @@ from pathlib import Path
 
 import torch
 
-from napari_rrl_medsam.api import (cotrainer, evaluate, load_model, load_volume, register, resample, sample_task,
-                                   segment, train_registration)
+from napari_rrl_medsam.api import (
+    cotrainer,
+    evaluate,
+    load_model,
+    load_volume,
+    register,
+    resample,
+    sample_task,
+    segment,
+    train_registration,
+)
 from napari_rrl_medsam.data.sample import held_back_labels
 
 HERE = Path(__file__).parent
@@ -41,27 +50,40 @@ def main() -> None:
     runs = Path(args.runs)
     task = sample_task()
     atlas, atlas_labels = task.atlas.load()
-    cases = [(case.id, case.load()[0], load_volume(held_back_labels(case.id), kind="labels"))
-             for case in task.unlabelled + task.evaluation]
+    cases = [
+        (case.id, case.load()[0], load_volume(held_back_labels(case.id), kind="labels"))
+        for case in task.unlabelled + task.evaluation
+    ]
     reg_path = runs / f"registration_{args.registration_steps}.pt"
     if not reg_path.exists():
         t = time.perf_counter()
         train_registration(task, out=reg_path, steps=args.registration_steps)
         print(f"registration network, {args.registration_steps} steps: {time.perf_counter() - t:.0f} s", flush=True)
     registration = load_model(reg_path)
-    settings = {"steps": 200, "refine_steps": args.refine_steps, "validate_every": 50, "preview_every": 0,
-                **json.loads(args.settings)}  # previews are for napari's live layers: none here
+    settings = {
+        "steps": 200,
+        "refine_steps": args.refine_steps,
+        "validate_every": 50,
+        "preview_every": 0,
+        **json.loads(args.settings),
+    }  # previews are for napari's live layers: none here
     out = runs / f"cotrain_{args.tag}.pt"
     out.unlink(missing_ok=True)  # a fresh run: its times are the point
     t = time.perf_counter()
-    for event in cotrainer(task, registration=registration, out=out, validation=[(i, lab) for _, i, lab in cases],
-                           **settings):
+    for event in cotrainer(
+        task, registration=registration, out=out, validation=[(i, lab) for _, i, lab in cases], **settings
+    ):
         if event.metrics:
-            print(f"  step {event.step}: {time.perf_counter() - t:.0f} s, validation Dice "
-                  f"{event.metrics['val_dice']:.3f} (general branch {event.metrics['val_dice_general']:.3f})",
-                  flush=True)
-    print(f"co-training {settings['steps']} steps with {settings}: {time.perf_counter() - t:.0f} s "
-          "(pseudo labels and validations included)", flush=True)
+            print(
+                f"  step {event.step}: {time.perf_counter() - t:.0f} s, validation Dice "
+                f"{event.metrics['val_dice']:.3f} (general branch {event.metrics['val_dice_general']:.3f})",
+                flush=True,
+            )
+    print(
+        f"co-training {settings['steps']} steps with {settings}: {time.perf_counter() - t:.0f} s "
+        "(pseudo labels and validations included)",
+        flush=True,
+    )
     model = load_model(out)
     for name, image, truth in cases:
         warped = register(registration, (atlas, atlas_labels), image, args.refine_steps).warped_labels
@@ -71,14 +93,19 @@ def main() -> None:
         result = segment(model, image)
         seconds = time.perf_counter() - t
         seg = evaluate(result.labels, truth, task.eval_labels, hd95=False)
-        line = (f"{name}: no registration {before.mean_dice:.3f}, registration {reg.mean_dice:.3f}, "
-                f"RRL-MedSAM {seg.mean_dice:.3f} ({seconds:.1f} s)")
+        line = (
+            f"{name}: no registration {before.mean_dice:.3f}, registration {reg.mean_dice:.3f}, "
+            f"RRL-MedSAM {seg.mean_dice:.3f} ({seconds:.1f} s)"
+        )
         if args.prior:
             fused = evaluate(segment(model, image, prior=warped).labels, truth, task.eval_labels, hd95=False)
             line += f", + registration prior {fused.mean_dice:.3f}"
         print(line)
-        print("  per structure, registration / RRL-MedSAM: "
-              + " ".join(f"{lab}:{reg.dice[lab]:.2f}/{seg.dice[lab]:.2f}" for lab in task.eval_labels), flush=True)
+        print(
+            "  per structure, registration / RRL-MedSAM: "
+            + " ".join(f"{lab}:{reg.dice[lab]:.2f}/{seg.dice[lab]:.2f}" for lab in task.eval_labels),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,18 +27,24 @@ def main() -> None:
     t = time.perf_counter()
     work_image = to_working(atlas, args.spacing)
     print(f"image to {args.spacing:g} mm working grid {work_image.shape}: {time.perf_counter() - t:.2f} s")
-    print(f"labels to the {args.spacing:g} mm working grid and back vs the originals (the ceiling of a model "
-          f"working at {args.spacing:g} mm):")
+    print(
+        f"labels to the {args.spacing:g} mm working grid and back vs the originals (the ceiling of a model "
+        f"working at {args.spacing:g} mm):"
+    )
     for name, order in (("nearest neighbour", 0), ("linear one-hot", 1)):
         t = time.perf_counter()
         back = resample(resample(atlas_labels, work_image.grid, order), atlas_labels.grid, order)
         seconds = time.perf_counter() - t
         t = time.perf_counter()
         round_trip = evaluate(back, atlas_labels, task.eval_labels)
-        print(f"  {name:<18} mean Dice {round_trip.mean_dice:.3f}, mean HD95 {round_trip.mean_hd95:.2f} mm; "
-              f"round trip {seconds:.2f} s, evaluate (Dice + HD95) {time.perf_counter() - t:.2f} s")
-    print("\natlas labels mapped through world coordinates (no registration), native grid, "
-          f"{len(task.eval_labels)} eval labels")
+        print(
+            f"  {name:<18} mean Dice {round_trip.mean_dice:.3f}, mean HD95 {round_trip.mean_hd95:.2f} mm; "
+            f"round trip {seconds:.2f} s, evaluate (Dice + HD95) {time.perf_counter() - t:.2f} s"
+        )
+    print(
+        "\natlas labels mapped through world coordinates (no registration), native grid, "
+        f"{len(task.eval_labels)} eval labels"
+    )
     scores = []
     for case in task.evaluation:
         image, truth = case.load()

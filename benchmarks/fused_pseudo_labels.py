@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--runs", default=str(HERE.parent / "training" / "runs"))
     parser.add_argument("--model", default="cotrain_full.pt", help="the co-trained model in --runs")
-    parser.add_argument("--weights", type=float, nargs="*", default=[0.2, 0.3, 0.4],
-                        help="registration weights of the fused labels")
+    parser.add_argument(
+        "--weights", type=float, nargs="*", default=[0.2, 0.3, 0.4], help="registration weights of the fused labels"
+    )
     parser.add_argument("--volumes", type=int, help="only the first so many unlabelled volumes")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -40,7 +41,7 @@ def main() -> None:
     columns = ["registration", "model", *(f"fused {w:g}" for w in args.weights)]
     print("| volume | " + " | ".join(columns) + " | s |\n|---|" + "---|" * (len(columns) + 1))
     rows = []
-    for case in task.unlabelled[:args.volumes]:
+    for case in task.unlabelled[: args.volumes]:
         t = time.perf_counter()
         image = case.load()[0]
         truth = load_volume(case.image.parent.parent / "labels" / case.image.name, kind="labels")
@@ -48,8 +49,10 @@ def main() -> None:
         pseudo = registration.pseudo_labels(atlas, atlas_labels, image, refine)
         labels = [pseudo, model.working_labels(image), *(model.working_labels(image, pseudo, w) for w in args.weights)]
         rows.append([evaluate(a, truth, task.eval_labels, hd95=False).mean_dice for a in labels])
-        print(f"| {case.id} | " + " | ".join(f"{v:.3f}" for v in rows[-1]) + f" | {time.perf_counter() - t:.0f} |",
-              flush=True)
+        print(
+            f"| {case.id} | " + " | ".join(f"{v:.3f}" for v in rows[-1]) + f" | {time.perf_counter() - t:.0f} |",
+            flush=True,
+        )
     print("| **mean** | " + " | ".join(f"**{v:.3f}**" for v in np.mean(rows, 0)) + " | |")
 
 

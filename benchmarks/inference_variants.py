@@ -53,8 +53,10 @@ def main() -> None:
         score("segment", lambda: segment(model, image).labels)
         score("segment, mirrored", lambda: segment(model, image, mirror=FREESURFER_LEFT_RIGHT).labels)
         score("segment + registration prior (0.3)", lambda: segment(model, image, prior=prior).labels)
-        score("segment, mirrored + registration prior (0.3)",
-              lambda: segment(model, image, prior=prior, mirror=FREESURFER_LEFT_RIGHT).labels)
+        score(
+            "segment, mirrored + registration prior (0.3)",
+            lambda: segment(model, image, prior=prior, mirror=FREESURFER_LEFT_RIGHT).labels,
+        )
         for name in seconds:
             if "prior" in name:
                 seconds[name] += registration_s
@@ -69,8 +71,10 @@ def main() -> None:
     cases = [c.id for c in task.evaluation]
     print("\n| prediction | " + " | ".join(cases) + " | mean | s per volume |\n|---|" + "---|" * (len(cases) + 2))
     for name, values in rows.items():
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | **{np.mean(values):.3f}** | "
-              f"{seconds[name] / len(values):.1f} |")
+        print(
+            f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | **{np.mean(values):.3f}** | "
+            f"{seconds[name] / len(values):.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,10 +43,36 @@ CLI = "from napari_rrl_medsam.cli import main; import sys; sys.exit(main(sys.arg
 def command(kind: str, out: Path, steps: int, registration: Path | None) -> list[str]:
     """The CLI arguments of a small run of `kind` ("registration" or "cotrain") writing `out`."""
     if kind == "registration":
-        return ["train-registration", str(SAMPLE_DIR), "--steps", str(steps), "--checkpoint-every", "4",
-                "--out", str(out), "--device", "cpu"]
-    return ["cotrain", str(SAMPLE_DIR), "--registration", str(registration), "--steps", str(steps),
-            "--checkpoint-every", "4", "--image-size", "64", "--slab", "4", "--out", str(out), "--device", "cpu"]
+        return [
+            "train-registration",
+            str(SAMPLE_DIR),
+            "--steps",
+            str(steps),
+            "--checkpoint-every",
+            "4",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    return [
+        "cotrain",
+        str(SAMPLE_DIR),
+        "--registration",
+        str(registration),
+        "--steps",
+        str(steps),
+        "--checkpoint-every",
+        "4",
+        "--image-size",
+        "64",
+        "--slab",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -54,7 +80,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     tree = state["network"] if "network" in state else state["parts"]
     flat = {}
     for name, value in tree.items():
-        for key, tensor in (value.items() if isinstance(value, dict) else [(None, value)]):
+        for key, tensor in value.items() if isinstance(value, dict) else [(None, value)]:
             flat[f"{name}.{key}" if key else name] = tensor.float()
     return flat
 
@@ -67,8 +93,9 @@ def difference(a: Path, b: Path) -> float:
 def run_until(args: list[str], signal_number: int, marker: str, count: int, code: str = CLI) -> int:
     """Start the CLI in a child, send `signal_number` once its stderr has shown `marker` `count` times; its exit
     code."""
-    child = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             text=True, bufsize=1)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, bufsize=1
+    )
     seen, buffer = 0, ""
     while seen < count:
         char = child.stderr.read(1)
@@ -89,21 +116,25 @@ def resume(args: list[str]) -> int:
 def trial(kind: str, work: Path, steps: int, registration: Path | None) -> list[str]:
     rows = []
     reference = work / f"{kind}_reference.pt"
-    subprocess.run([sys.executable, "-c", CLI, *command(kind, reference, steps, registration)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", CLI, *command(kind, reference, steps, registration)], check=True, capture_output=True
+    )
     # the progress bar redraws "| n/steps" at each step: the marker of a step being done
     for name, sig, marker, count, code in (
-            ("SIGKILL mid-training", signal.SIGKILL, f"/{steps} [", 7, CLI),
-            ("SIGINT (Ctrl-C) mid-training", signal.SIGINT, f"/{steps} [", 7, CLI),
-            ("SIGKILL mid-save", signal.SIGKILL, "SAVING", 2, SLOW_SAVE)):
+        ("SIGKILL mid-training", signal.SIGKILL, f"/{steps} [", 7, CLI),
+        ("SIGINT (Ctrl-C) mid-training", signal.SIGINT, f"/{steps} [", 7, CLI),
+        ("SIGKILL mid-save", signal.SIGKILL, "SAVING", 2, SLOW_SAVE),
+    ):
         out = work / f"{kind}_{name.split()[0].lower()}_{name.split()[-1]}.pt"
         exit_code = run_until(command(kind, out, steps, registration), sig, marker, count, code)
         leftovers = sorted(p.name for p in work.glob(f".{out.name}.*"))
         held = load_checkpoint(out)["step"]
         resumed = resume(command(kind, out, steps, registration))
         diff = difference(out, reference)
-        rows.append(f"| {kind} | {name} | {exit_code} | step {held} | {'yes' if leftovers else 'no'} | "
-                    f"{resumed} | {load_checkpoint(out)['step']} | {diff:.1e} |")
+        rows.append(
+            f"| {kind} | {name} | {exit_code} | step {held} | {'yes' if leftovers else 'no'} | "
+            f"{resumed} | {load_checkpoint(out)['step']} | {diff:.1e} |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -115,8 +146,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="rrl-interruptions-"))
     work.mkdir(parents=True, exist_ok=True)
-    print("| run | interruption | exit code | checkpoint holds | temporary left | resume exit | resumed to | "
-          "max weight difference vs uninterrupted |\n|---|---|---|---|---|---|---|---|", flush=True)
+    print(
+        "| run | interruption | exit code | checkpoint holds | temporary left | resume exit | resumed to | "
+        "max weight difference vs uninterrupted |\n|---|---|---|---|---|---|---|---|",
+        flush=True,
+    )
     trial("registration", work, args.steps, None)
     trial("cotrain", work, args.steps, work / "registration_reference.pt")
     print(f"(runs in {work})")

@@ -22,8 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rrl_medsam.api import (cotrain, evaluate, load_model, load_task, load_volume, save_volume, segment,
-                                   train_registration)
+from napari_rrl_medsam.api import (
+    cotrain,
+    evaluate,
+    load_model,
+    load_task,
+    load_volume,
+    save_volume,
+    segment,
+    train_registration,
+)
 
 HERE = Path(__file__).parent
 
@@ -49,14 +57,26 @@ def registration_round(args, task, runs: Path, model_path: Path, old_path: Path,
         if not path.exists():
             save_volume(segment(model, case.load()[0]).labels, path)
         segmentations.append(load_volume(path, kind="labels"))
-    print(f"segmentations of {len(segmentations)} unlabelled volumes by {args.model}: "
-          f"{time.perf_counter() - t:.0f} s", flush=True)
+    print(
+        f"segmentations of {len(segmentations)} unlabelled volumes by {args.model}: {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
     new_path = registration_path(args, runs)
     t = time.perf_counter()
-    train_registration(task, init=old_path, out=new_path, resume=True, steps=args.registration_steps,
-                       dice_weight=args.dice_weight, segmentations=segmentations)
-    print(f"registration fine-tuned {args.registration_steps} steps with Dice coupling (weight "
-          f"{args.dice_weight:g}): {time.perf_counter() - t:.0f} s", flush=True)
+    train_registration(
+        task,
+        init=old_path,
+        out=new_path,
+        resume=True,
+        steps=args.registration_steps,
+        dice_weight=args.dice_weight,
+        segmentations=segmentations,
+    )
+    print(
+        f"registration fine-tuned {args.registration_steps} steps with Dice coupling (weight "
+        f"{args.dice_weight:g}): {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
     print("\n| method | " + " | ".join(c.id for c in task.evaluation) + " | mean |\n|---|" + "---|" * 6)
     registration_row("registration (before the round)", old_path)
     registration_row("registration after the round", new_path)
@@ -70,10 +90,18 @@ def main() -> None:
     parser.add_argument("--registration-steps", type=int, default=300)
     parser.add_argument("--dice-weight", type=float, default=1.0)
     parser.add_argument("--cotrain-steps", type=int, default=500)
-    parser.add_argument("--stage", choices=["registration", "cotrain", "all"], default="all",
-                        help="stop after the fine-tuned registration is scored, only the co-training arms, or both")
-    parser.add_argument("--arms", nargs="*", default=["old", "new", "self"],
-                        help="co-training arms: old (control), new (the round's registration), self (self-training)")
+    parser.add_argument(
+        "--stage",
+        choices=["registration", "cotrain", "all"],
+        default="all",
+        help="stop after the fine-tuned registration is scored, only the co-training arms, or both",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="*",
+        default=["old", "new", "self"],
+        help="co-training arms: old (control), new (the round's registration), self (self-training)",
+    )
     args = parser.parse_args()
     spec = json.loads((HERE.parent / "training" / "cotrain.json").read_text())
     runs, data = Path(args.runs), Path(args.data)
@@ -85,8 +113,15 @@ def main() -> None:
 
     def registration_row(name: str, path: Path) -> None:
         registration = load_model(path)
-        reports = [evaluate(registration.register(atlas, atlas_labels, img, refine).warped_labels, truth,
-                            task.eval_labels, hd95=False) for img, truth in validation]
+        reports = [
+            evaluate(
+                registration.register(atlas, atlas_labels, img, refine).warped_labels,
+                truth,
+                task.eval_labels,
+                hd95=False,
+            )
+            for img, truth in validation
+        ]
         print(f"| {name} | {scores(reports)} |", flush=True)
 
     if args.stage != "cotrain":
@@ -95,21 +130,30 @@ def main() -> None:
         return
     new_path = registration_path(args, runs)
     settings = {**spec["settings"], "steps": args.cotrain_steps, "lr": 2e-3, "encoder_lr": 1e-4}
-    arms = {"old": ("co-training continued, old pseudo labels (control)", old_path, None),
-            "new": ("co-training continued, round's pseudo labels", new_path, None),
-            "self": ("co-training continued, pseudo labels of the model fused with the registration", old_path,
-                     model_path)}
+    arms = {
+        "old": ("co-training continued, old pseudo labels (control)", old_path, None),
+        "new": ("co-training continued, round's pseudo labels", new_path, None),
+        "self": ("co-training continued, pseudo labels of the model fused with the registration", old_path, model_path),
+    }
     for arm in args.arms:
         name, registration, pseudo_model = arms[arm]
         stem = "cotrain_joint" if args.model == "cotrain_full.pt" else Path(args.model).stem  # a second round: its own
         out = runs / f"{stem}_{arm}_{args.cotrain_steps}.pt"
         t = time.perf_counter()
-        cotrain(task, registration=registration, init=model_path, out=out, resume=True, pseudo_model=pseudo_model,
-                **settings)
+        cotrain(
+            task,
+            registration=registration,
+            init=model_path,
+            out=out,
+            resume=True,
+            pseudo_model=pseudo_model,
+            **settings,
+        )
         print(f"{arm}: {time.perf_counter() - t:.0f} s", flush=True)
         continued = load_model(out)
-        reports = [evaluate(segment(continued, img).labels, truth, task.eval_labels, hd95=False)
-                   for img, truth in validation]
+        reports = [
+            evaluate(segment(continued, img).labels, truth, task.eval_labels, hd95=False) for img, truth in validation
+        ]
         print(f"| {name} | {scores(reports)} |", flush=True)
 
 

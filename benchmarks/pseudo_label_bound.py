@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cotrain import checkpoint_name  # benchmarks/cotrain.py: the same runs folder
+
 from napari_rrl_medsam.api import evaluate, load_model, load_task, load_volume, segment
 
 HERE = Path(__file__).parent
@@ -71,12 +71,21 @@ def main() -> None:
             for n, model in models.items():
                 seg = segment(model, image).labels
                 shares = voxel_shares(seg.array, reg.array, truth.array, task.eval_labels)
-                rows[n].append((reg_dice, evaluate(seg, truth, task.eval_labels, hd95=False).mean_dice,
-                                evaluate(seg, reg, task.eval_labels, hd95=False).mean_dice, *shares))
+                rows[n].append(
+                    (
+                        reg_dice,
+                        evaluate(seg, truth, task.eval_labels, hd95=False).mean_dice,
+                        evaluate(seg, reg, task.eval_labels, hd95=False).mean_dice,
+                        *shares,
+                    )
+                )
         for n, values in rows.items():
             m = np.mean(values, axis=0)
-            print(f"| {n} | {set_name} ({len(values)}) | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | "
-                  f"{100 * m[3]:.1f}% | {100 * m[4]:.1f}% |", flush=True)
+            print(
+                f"| {n} | {set_name} ({len(values)}) | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | "
+                f"{100 * m[3]:.1f}% | {100 * m[4]:.1f}% |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from registration_baselines import demons
 
 from napari_rrl_medsam.api import evaluate, load_model, load_task, load_volume, resample, to_working, train_registration
-
-from registration_baselines import demons
 from napari_rrl_medsam.core.warp import warp
 
 HERE = Path(__file__).parent
@@ -47,7 +46,8 @@ def main() -> None:
     atlas_work = to_working(atlas, spec["settings"]["spacing"])
     refine = spec["refine_steps"]
     cols = ["affine", "demons", "ours", f"ours+{refine}"]
-    print(f"\n| volume | {' | '.join(cols)} | demons s | ours s | ours+{refine} s | folding demons / ours / ours+{refine} |")
+    timing = f"demons s | ours s | ours+{refine} s | folding demons / ours / ours+{refine}"
+    print(f"\n| volume | {' | '.join(cols)} | {timing} |")
     print("|---|" + "---|" * (len(cols) + 4))
     rows = []
     for case in task.evaluation:
@@ -58,7 +58,9 @@ def main() -> None:
             t = time.perf_counter()
             field = demons(resample(image, atlas_work.grid), atlas_work)
             times["demons"] = time.perf_counter() - t
-            dice["demons"] = evaluate(warp(atlas_labels, field, truth.grid), truth, task.eval_labels, hd95=False).mean_dice
+            dice["demons"] = evaluate(
+                warp(atlas_labels, field, truth.grid), truth, task.eval_labels, hd95=False
+            ).mean_dice
             folds["demons"] = field.folding_fraction()
         for name, steps in (("ours", 0), (f"ours+{refine}", refine)):
             t = time.perf_counter()
@@ -67,17 +69,29 @@ def main() -> None:
             dice[name] = evaluate(result.warped_labels, truth, task.eval_labels, hd95=False).mean_dice
             folds[name] = result.folding
         rows.append((dice, times, folds))
-        print(f"| {case.id} | " + " | ".join(f"{dice.get(c, float('nan')):.3f}" for c in cols) + " | "
-              + " | ".join(f"{times.get(c, float('nan')):.1f}" for c in ("demons", "ours", f"ours+{refine}")) + " | "
-              + " / ".join(f"{100 * folds.get(c, float('nan')):.2f}%" for c in ("demons", "ours", f"ours+{refine}"))
-              + " |", flush=True)
+        print(
+            f"| {case.id} | "
+            + " | ".join(f"{dice.get(c, float('nan')):.3f}" for c in cols)
+            + " | "
+            + " | ".join(f"{times.get(c, float('nan')):.1f}" for c in ("demons", "ours", f"ours+{refine}"))
+            + " | "
+            + " / ".join(f"{100 * folds.get(c, float('nan')):.2f}%" for c in ("demons", "ours", f"ours+{refine}"))
+            + " |",
+            flush=True,
+        )
 
     def mean(i, key):
         return np.mean([r[i].get(key, np.nan) for r in rows])
 
-    print("| **mean** | " + " | ".join(f"**{mean(0, c):.3f}**" for c in cols) + " | "
-          + " | ".join(f"{mean(1, c):.1f}" for c in ("demons", "ours", f"ours+{refine}")) + " | "
-          + " / ".join(f"{100 * mean(2, c):.2f}%" for c in ("demons", "ours", f"ours+{refine}")) + " |")
+    print(
+        "| **mean** | "
+        + " | ".join(f"**{mean(0, c):.3f}**" for c in cols)
+        + " | "
+        + " | ".join(f"{mean(1, c):.1f}" for c in ("demons", "ours", f"ours+{refine}"))
+        + " | "
+        + " / ".join(f"{100 * mean(2, c):.2f}%" for c in ("demons", "ours", f"ours+{refine}"))
+        + " |"
+    )
     print("\npseudo labels on the unlabelled training volumes (diagnostic: their label files never feed training)")
     scores = {0: [], refine: []}
     for case in task.unlabelled:
@@ -86,8 +100,10 @@ def main() -> None:
         for steps in scores:
             result = model.register(atlas, atlas_labels, image, refine_steps=steps)
             scores[steps].append(evaluate(result.warped_labels, truth, task.eval_labels, hd95=False).mean_dice)
-    print(f"  ours {np.mean(scores[0]):.3f}, ours+{refine} {np.mean(scores[refine]):.3f} "
-          f"(mean over {len(scores[0])} volumes)")
+    print(
+        f"  ours {np.mean(scores[0]):.3f}, ours+{refine} {np.mean(scores[refine]):.3f} "
+        f"(mean over {len(scores[0])} volumes)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,11 @@ def demons(fixed: Volume, moving: Volume, iterations: int = 60, shrink=(4, 2, 1)
     for factor in shrink:
         fs = sitk.Shrink(sitk.SmoothingRecursiveGaussian(f, 0.5 * factor), [factor] * 3) if factor > 1 else f
         ms = sitk.Shrink(sitk.SmoothingRecursiveGaussian(m, 0.5 * factor), [factor] * 3) if factor > 1 else m
-        initial = (sitk.Resample(field, fs, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-                   if field is not None else sitk.Image(fs.GetSize(), sitk.sitkVectorFloat64, 3))
+        initial = (
+            sitk.Resample(field, fs, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+            if field is not None
+            else sitk.Image(fs.GetSize(), sitk.sitkVectorFloat64, 3)
+        )
         initial.CopyInformation(fs)
         filt = sitk.FastSymmetricForcesDemonsRegistrationFilter()
         filt.SetNumberOfIterations(iterations)
@@ -69,11 +72,16 @@ def main() -> None:
         warped = warp(atlas_labels, field, truth.grid)
         dice = evaluate(warped, truth, task.eval_labels, hd95=False).mean_dice
         rows.append((case.id, affine_only, dice, field.folding_fraction(), seconds))
-        print(f"{case.id:<8} affine-only {affine_only:.3f}  demons {dice:.3f}  folding {100 * rows[-1][3]:.2f}%  "
-              f"{seconds:.1f} s", flush=True)
+        print(
+            f"{case.id:<8} affine-only {affine_only:.3f}  demons {dice:.3f}  folding {100 * rows[-1][3]:.2f}%  "
+            f"{seconds:.1f} s",
+            flush=True,
+        )
     a = np.array([r[1:] for r in rows])
-    print(f"mean     affine-only {a[:, 0].mean():.3f}  demons {a[:, 1].mean():.3f}  folding {100 * a[:, 2].mean():.2f}%  "
-          f"{a[:, 3].mean():.1f} s per pair")
+    print(
+        f"mean     affine-only {a[:, 0].mean():.3f}  demons {a[:, 1].mean():.3f}  folding {100 * a[:, 2].mean():.2f}%  "
+        f"{a[:, 3].mean():.1f} s per pair"
+    )
 
 
 if __name__ == "__main__":

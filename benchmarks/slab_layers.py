@@ -86,9 +86,11 @@ def step_table(repeats: int) -> None:
                 times[name].append(_ms(step, 4) / 1e3)
         SliceConv3d.forward = fast_forward
         mean = {k: sum(v) / len(v) for k, v in times.items()}
-        print(f"{size:>4} px  {mean['Conv3d']:.2f} / {mean['SliceConv3d']:.2f} s  "
-              f"({1 - mean['SliceConv3d'] / mean['Conv3d']:.0%} less)  runs: "
-              + "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(times["Conv3d"], times["SliceConv3d"])))
+        print(
+            f"{size:>4} px  {mean['Conv3d']:.2f} / {mean['SliceConv3d']:.2f} s  "
+            f"({1 - mean['SliceConv3d'] / mean['Conv3d']:.0%} less)  runs: "
+            + "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(times["Conv3d"], times["SliceConv3d"]))
+        )
 
 
 def main() -> None:

@@ -54,17 +54,27 @@ def main() -> None:
     print(f"registration fields of {len(volumes)} volumes: {time.perf_counter() - t:.1f} s (once per training)")
     z = np.nonzero(classes.numpy().reshape(-1, classes.shape[2]).any(0))[0]
     for appearance in APPEARANCES:
-        pairs = SyntheticPairs(a, classes, velocities, images, registration.net.config.scaling_and_squaring_steps,
-                               appearance, settings["field_mode"], settings["synthetic_beta"])
+        pairs = SyntheticPairs(
+            a,
+            classes,
+            velocities,
+            images,
+            registration.net.config.scaling_and_squaring_steps,
+            appearance,
+            settings["field_mode"],
+            settings["synthetic_beta"],
+        )
         rng = np.random.default_rng(0)
         change, t = [], time.perf_counter()
         for _ in range(args.draws):
             start = int(rng.integers(z.min(), z.max() - settings["slab"]))
             image, _ = pairs.sample(rng, start, settings["slab"])
-            change.append(float((image - a[:, :, start:start + settings["slab"]]).abs().mean()))
+            change.append(float((image - a[:, :, start : start + settings["slab"]]).abs().mean()))
         per = (time.perf_counter() - t) / args.draws
-        print(f"{appearance:>8}: {1000 * per:.0f} ms per slab; mean |intensity change| vs the atlas slab "
-              f"{np.mean(change):.3f}")
+        print(
+            f"{appearance:>8}: {1000 * per:.0f} ms per slab; mean |intensity change| vs the atlas slab "
+            f"{np.mean(change):.3f}"
+        )
         if args.save_examples:
             from napari_rrl_medsam.api import Volume, save_volume
 
@@ -72,8 +82,11 @@ def main() -> None:
             for k in range(3):
                 image, labels = pairs.sample(np.random.default_rng(k), 0, a.shape[2])
                 save_volume(Volume(image.numpy(), grid.affine), out / f"{appearance}{k}.nii.gz", overwrite=True)
-                save_volume(Volume(values[labels.numpy()].astype(np.uint8), grid.affine, "labels"),
-                            out / f"{appearance}{k}_labels.nii.gz", overwrite=True)
+                save_volume(
+                    Volume(values[labels.numpy()].astype(np.uint8), grid.affine, "labels"),
+                    out / f"{appearance}{k}_labels.nii.gz",
+                    overwrite=True,
+                )
     step_time(task, registration, settings)
 
 
@@ -83,12 +96,25 @@ def step_time(task, registration, settings) -> None:
 
     from napari_rrl_medsam.api import cotrainer
 
-    for name, override in (("no synthetic pairs", {"synthetic_probability": 0.0}),
-                           ("all synthetic pairs", {"synthetic_probability": 1.0 - settings["atlas_probability"]})):
+    for name, override in (
+        ("no synthetic pairs", {"synthetic_probability": 0.0}),
+        ("all synthetic pairs", {"synthetic_probability": 1.0 - settings["atlas_probability"]}),
+    ):
         with tempfile.TemporaryDirectory() as tmp:
-            run = cotrainer(task, registration=registration, out=Path(tmp) / "m.pt", validation=False,
-                            **{**settings, **override, "steps": 25, "refine_steps": 0, "checkpoint_every": 1000,
-                               "preview_every": 0})
+            run = cotrainer(
+                task,
+                registration=registration,
+                out=Path(tmp) / "m.pt",
+                validation=False,
+                **{
+                    **settings,
+                    **override,
+                    "steps": 25,
+                    "refine_steps": 0,
+                    "checkpoint_every": 1000,
+                    "preview_every": 0,
+                },
+            )
             times = [time.perf_counter() for e in run if e.stage == "co-training"]
         print(f"co-training step, {name}: {np.mean(np.diff(times[5:])):.2f} s (steps 6-25)")
 

@@ -47,10 +47,16 @@ def step_rates(events) -> dict[str, float]:
 
 
 def settings(args) -> tuple[dict, dict]:
-    reg = dict(steps=args.registration_steps, device="cpu", preview_every=args.preview_every,
-               checkpoint_every=10**6)
-    cot = dict(steps=args.cotrain_steps, slab=args.slab, image_size=args.image_size, device="cpu",
-               preview_every=args.preview_every, checkpoint_every=10**6, validate_every=0)
+    reg = dict(steps=args.registration_steps, device="cpu", preview_every=args.preview_every, checkpoint_every=10**6)
+    cot = dict(
+        steps=args.cotrain_steps,
+        slab=args.slab,
+        image_size=args.image_size,
+        device="cpu",
+        preview_every=args.preview_every,
+        checkpoint_every=10**6,
+        validate_every=0,
+    )
     return reg, cot
 
 
@@ -63,11 +69,21 @@ def direct(args, out: Path) -> dict[str, float]:
     unlabelled = [case.load()[0] for case in task.unlabelled]
     reg, cot = settings(args)
     encoder = api.load_encoder()
-    stages = (lambda: api.registration_trainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled,
-                                               encoder=encoder, out=out / "registration.pt", **reg),
-              lambda: api.cotrainer(atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, encoder=encoder,
-                                    registration=out / "registration.pt", out=out / "rrl_medsam.pt",
-                                    validation=[], **cot))
+    stages = (
+        lambda: api.registration_trainer(
+            atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, encoder=encoder, out=out / "registration.pt", **reg
+        ),
+        lambda: api.cotrainer(
+            atlas=atlas,
+            atlas_labels=labels,
+            unlabelled=unlabelled,
+            encoder=encoder,
+            registration=out / "registration.pt",
+            out=out / "rrl_medsam.pt",
+            validation=[],
+            **cot,
+        ),
+    )
     return step_rates(chain.from_iterable(stage() for stage in stages))  # co-training starts once registration is done
 
 
@@ -81,12 +97,18 @@ def direct_dskd(args, out: Path) -> dict[str, float]:
 
 
 def dskd_settings(args) -> dict:
-    return dict(natural_steps=args.dskd_steps, medical_steps=args.dskd_steps, batch_size=args.dskd_batch,
-                device="cpu", checkpoint_every=10**6)
+    return dict(
+        natural_steps=args.dskd_steps,
+        medical_steps=args.dskd_steps,
+        batch_size=args.dskd_batch,
+        device="cpu",
+        checkpoint_every=10**6,
+    )
 
 
 def training_form(args, out: Path):
     """Fill the "One-shot training" widget like a user would, with this benchmark's settings."""
+
     def fill(viewer, widget) -> None:
         f = widget.form
         f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
@@ -97,11 +119,13 @@ def training_form(args, out: Path):
         f.slab.value, f.image_size.value = cot.pop("slab"), cot.pop("image_size")
         widget.registration_settings = {k: v for k, v in reg.items() if k != "device"}
         widget.cotrain_settings = {k: v for k, v in cot.items() if k != "device"}
+
     return "One-shot training", fill
 
 
 def dskd_form(args, out: Path):
     """Fill the DSKD widget: bundled LiteMedSAM teacher, default photographs, two of the sample's scans."""
+
     def fill(viewer, widget) -> None:
         f = widget.form
         f.teacher.value, f.natural.value, f.volume_folder.value = "litemedsam", None, None
@@ -111,6 +135,7 @@ def dskd_form(args, out: Path):
         f.batch_size.value, f.device.value = s.pop("batch_size"), s.pop("device")
         f.cache_dir.value, f.out.value = os.environ[CACHE_ENV], str(out / "encoder.pt")
         widget.advanced = s
+
     return "Encoder distillation (DSKD)", fill
 
 
@@ -160,7 +185,9 @@ def in_widget(form, probe: bool = True, activity: bool = True) -> tuple[dict[str
     gaps = np.diff(ticks)
     for k in np.argsort(gaps)[-5:][::-1]:
         before = [s for s in shown if s[0] <= ticks[k + 1]]
-        print(f"  stall {1000 * gaps[k]:.0f} ms at {ticks[k] - t0:.1f} s; last event {before[-1][1:] if before else None}")
+        print(
+            f"  stall {1000 * gaps[k]:.0f} ms at {ticks[k] - t0:.1f} s; last event {before[-1][1:] if before else None}"
+        )
     if widget.failed is not None:
         raise widget.failed
     if widget.in_subprocess:  # else the worker thread's training counts too
@@ -178,21 +205,31 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--preview-every", type=int, default=4, help="live layer updates (every n steps)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of widget / widget + probe / direct runs")
-    parser.add_argument("--dskd", action="store_true",
-                        help="measure the DSKD widget instead (teacher embeddings cached first)")
+    parser.add_argument(
+        "--dskd", action="store_true", help="measure the DSKD widget instead (teacher embeddings cached first)"
+    )
     parser.add_argument("--dskd-steps", type=int, default=16, help="steps of each DSKD stage")
     parser.add_argument("--dskd-batch", type=int, default=4)
-    parser.add_argument("--no-activity", dest="activity", action="store_false",
-                        help="diagnosis: widget runs without their napari progress (and its animated indicator)")
+    parser.add_argument(
+        "--no-activity",
+        dest="activity",
+        action="store_false",
+        help="diagnosis: widget runs without their napari progress (and its animated indicator)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("RRL_MEDSAM_CONFIG_DIR", tempfile.mkdtemp())  # leave the user's settings alone
     os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp())  # teacher embeddings: shared by all runs, not the user's
     import torch
 
-    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; " +
-          (f"DSKD {args.dskd_steps} + {args.dskd_steps} steps, batch {args.dskd_batch}" if args.dskd else
-           f"registration {args.registration_steps} steps, co-training {args.cotrain_steps} steps (slab {args.slab}, "
-           f"{args.image_size} px), live layers every {args.preview_every} steps"))
+    print(
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; "
+        + (
+            f"DSKD {args.dskd_steps} + {args.dskd_steps} steps, batch {args.dskd_batch}"
+            if args.dskd
+            else f"registration {args.registration_steps} steps, co-training {args.cotrain_steps} steps "
+            f"(slab {args.slab}, {args.image_size} px), live layers every {args.preview_every} steps"
+        )
+    )
     form, run_direct = (dskd_form, direct_dskd) if args.dskd else (training_form, direct)
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "widget": [], "widget + probe": []}
     intervals = []
@@ -215,11 +252,15 @@ def main() -> None:
                 runs[kind].append(rate)
                 print(f"{kind} run {r + 1}: {time.perf_counter() - start:.0f} s, " + _rates(rate), flush=True)
     intervals = np.concatenate(intervals)
-    print(f"\nmain-thread timer (10 ms) while training in the worker: {len(intervals)} ticks, interval median "
-          f"{statistics.median(intervals):.1f} ms, p99 {np.percentile(intervals, 99):.1f} ms, "
-          f"max {intervals.max():.1f} ms")
-    print(f"\nsteps/s, mean of {args.repeats} runs each (the probe: the 10 ms timer that measures latency; it "
-          "wakes the GUI 100 times a second)")
+    print(
+        f"\nmain-thread timer (10 ms) while training in the worker: {len(intervals)} ticks, interval median "
+        f"{statistics.median(intervals):.1f} ms, p99 {np.percentile(intervals, 99):.1f} ms, "
+        f"max {intervals.max():.1f} ms"
+    )
+    print(
+        f"\nsteps/s, mean of {args.repeats} runs each (the probe: the 10 ms timer that measures latency; it "
+        "wakes the GUI 100 times a second)"
+    )
     print(f"{'stage':<14} {'direct':>8} {'widget':>8} {'ratio':>6} {'widget + probe':>15} {'ratio':>6}")
     for stage in runs["direct"][0]:
         a, b, c = (np.mean([run.get(stage, np.nan) for run in runs[kind]]) for kind in runs)

@@ -44,5 +44,7 @@ def image_and_labels(tmp_path):
     labels = blobs()
     image = (labels * 40 + np.random.default_rng(1).normal(100, 5, labels.shape)).astype(np.float32)
     affine = oblique_affine()
-    return (write_nifti(tmp_path / "scan.nii.gz", image, affine),
-            write_nifti(tmp_path / "scan_labels.nii.gz", labels, affine))
+    return (
+        write_nifti(tmp_path / "scan.nii.gz", image, affine),
+        write_nifti(tmp_path / "scan_labels.nii.gz", labels, affine),
+    )

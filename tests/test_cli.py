@@ -2,15 +2,24 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import blobs, write_nifti
 
 from napari_rrl_medsam.cli import main
 
-from conftest import blobs, write_nifti
-
 
 def test_demo_runs_the_pipeline_and_writes_nifti(tmp_path, capsys):
-    quick = ["--registration-steps", "2", "--cotrain-steps", "2", "--slab", "4", "--image-size", "64",
-             "--device", "cpu"]
+    quick = [
+        "--registration-steps",
+        "2",
+        "--cotrain-steps",
+        "2",
+        "--slab",
+        "4",
+        "--image-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
     assert main(["demo", "--out", str(tmp_path), *quick]) == 0
     out = capsys.readouterr().out
     assert "target02     96x96x112      1.50x1.50x1.50   LIA   72x84x72" in out
@@ -45,17 +54,20 @@ def test_errors_are_short_and_name_the_file(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "napari_rrl_medsam.cli", "--version"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_rrl_medsam.cli", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.startswith("rrl-medsam ")
 
 
 def test_import_is_light():
     """napari imports every plugin at start-up: the package and its api must not pull torch or napari."""
-    code = ("import sys, time; t = time.perf_counter(); import napari_rrl_medsam, napari_rrl_medsam.api; "
-            "dt = time.perf_counter() - t; "
-            "heavy = [m for m in ('torch', 'napari', 'qtpy', 'PyQt6', 'monai') if m in sys.modules]; "
-            "print(heavy, dt)")
+    code = (
+        "import sys, time; t = time.perf_counter(); import napari_rrl_medsam, napari_rrl_medsam.api; "
+        "dt = time.perf_counter() - t; "
+        "heavy = [m for m in ('torch', 'napari', 'qtpy', 'PyQt6', 'monai') if m in sys.modules]; "
+        "print(heavy, dt)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     heavy, seconds = out.rsplit(" ", 1)
     assert heavy == "[]", f"heavy modules imported: {heavy}"

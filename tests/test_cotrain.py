@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from test_registration import config as reg_config
+from test_registration import phantom
 
 from napari_rrl_medsam.api import InputError, Volume
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
@@ -11,9 +13,6 @@ from napari_rrl_medsam.core.engines.register import registration_engine
 from napari_rrl_medsam.core.models.encoder import EncoderConfig, LightEncoder
 from napari_rrl_medsam.core.registration import RegistrationModel
 from napari_rrl_medsam.core.segmentation import SegmentationModel
-
-from test_registration import config as reg_config
-from test_registration import phantom
 
 TINY = EncoderConfig(channels=(4, 8, 8, 8), embed_dim=16, neck_channels=8)
 
@@ -31,8 +30,9 @@ def setup(tmp_path_factory):
 
 
 def cfg(**kw):
-    base = dict(steps=4, slab=4, image_size=32, decoder_width=8, checkpoint_every=100, preview_every=2,
-                device="cpu", lr=3e-3)
+    base = dict(
+        steps=4, slab=4, image_size=32, decoder_width=8, checkpoint_every=100, preview_every=2, device="cpu", lr=3e-3
+    )
     base.update(kw)
     return CotrainConfig(**base)
 
@@ -40,8 +40,11 @@ def cfg(**kw):
 def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identically(setup):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     truth = phantom(shift=1.0)  # targets[0] and its labels: a labelled validation volume
-    events = list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "a.pt", encoder,
-                                 cfg(validate_every=2), validation=[truth]))
+    events = list(
+        cotrain_engine(
+            atlas, atlas_labels, targets, registration, tmp / "a.pt", encoder, cfg(validate_every=2), validation=[truth]
+        )
+    )
     assert [e.stage for e in events][:2] == ["pseudo labels"] * 2
     training = [e for e in events if e.stage == "co-training"]
     assert [e.step for e in training] == [1, 2, 3, 4]
@@ -84,22 +87,37 @@ def test_stop_and_resume(setup):
             break
     stopped = load_checkpoint(tmp / "b.pt", "rrl-medsam")
     assert stopped["step"] == 2 and stopped["elapsed"] > 0
-    rest = [e.step for e in cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "b.pt", encoder,
-                                           cfg(steps=5), resume=True) if e.stage == "co-training"]
+    rest = [
+        e.step
+        for e in cotrain_engine(
+            atlas, atlas_labels, targets, registration, tmp / "b.pt", encoder, cfg(steps=5), resume=True
+        )
+        if e.stage == "co-training"
+    ]
     assert rest == [3, 4, 5]
     assert load_checkpoint(tmp / "b.pt", "rrl-medsam")["elapsed"] > stopped["elapsed"]  # training time adds up
 
 
 def test_poly_schedule_decays_both_learning_rates(setup):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
-    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "poly.pt", encoder,
-                        cfg(steps=4, lr_schedule="poly", encoder_lr=1e-3)))
+    list(
+        cotrain_engine(
+            atlas,
+            atlas_labels,
+            targets,
+            registration,
+            tmp / "poly.pt",
+            encoder,
+            cfg(steps=4, lr_schedule="poly", encoder_lr=1e-3),
+        )
+    )
     groups = load_checkpoint(tmp / "poly.pt", "rrl-medsam")["optimizer"]["param_groups"]
     factor = (1 - 3 / 4) ** 0.9  # the rate of the last (4th) step
     assert [g["lr"] for g in groups] == pytest.approx([1e-3 * factor, 3e-3 * factor])
     with pytest.raises(InputError, match="lr_schedule"):
-        next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder,
-                            cfg(lr_schedule="cosine")))
+        next(
+            cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder, cfg(lr_schedule="cosine"))
+        )
     # checkpoints from before the poly / residual defaults load with what they were trained with
     old = CotrainConfig.from_dict({"steps": 10})
     assert (old.lr_schedule, old.prompt_residual) == ("constant", False)
@@ -111,10 +129,12 @@ def test_ablation_switches_remove_their_component(setup, monkeypatch):
     from napari_rrl_medsam.core.engines import cotrain
 
     calls = []
-    monkeypatch.setattr("napari_rrl_medsam.core.models.segmentation.mutual_ema",
-                        lambda *a, **k: calls.append(1))
-    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "c.pt", encoder,
-                        cfg(steps=2, use_mutual_ema=False)))
+    monkeypatch.setattr("napari_rrl_medsam.core.models.segmentation.mutual_ema", lambda *a, **k: calls.append(1))
+    list(
+        cotrain_engine(
+            atlas, atlas_labels, targets, registration, tmp / "c.pt", encoder, cfg(steps=2, use_mutual_ema=False)
+        )
+    )
     assert calls == []
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "d.pt", encoder, cfg(steps=2)))
     assert len(calls) == 2
@@ -134,23 +154,54 @@ def test_api_and_cli_faces(setup, capsys):
     from napari_rrl_medsam.cli import main
 
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
-    out = api.cotrain(atlas=atlas, atlas_labels=atlas_labels, unlabelled=targets, registration=registration,
-                      encoder=encoder, out=tmp / "api.pt", progress=False, **cfg(steps=2).to_dict())
+    out = api.cotrain(
+        atlas=atlas,
+        atlas_labels=atlas_labels,
+        unlabelled=targets,
+        registration=registration,
+        encoder=encoder,
+        out=tmp / "api.pt",
+        progress=False,
+        **cfg(steps=2).to_dict(),
+    )
     model = api.load_model(out, device="cpu")
     result = api.segment(model, targets[1])
     assert np.array_equal(result.labels.affine, targets[1].affine)
     folder = tmp / "inputs"
     for i, t in enumerate(targets):
         api.save_volume(t, folder / f"t{i}.nii.gz", overwrite=True)
-    assert main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "seg"), "--auto-prompt",
-                 "--device", "cpu"]) == 0
-    assert sorted(p.name for p in (tmp / "seg").iterdir()) == ["t0_auto_prompt.nii.gz", "t0_labels.nii.gz",
-                                                                "t1_auto_prompt.nii.gz", "t1_labels.nii.gz"]
+    assert (
+        main(
+            ["segment", str(folder), "--model", str(out), "--out", str(tmp / "seg"), "--auto-prompt", "--device", "cpu"]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp / "seg").iterdir()) == [
+        "t0_auto_prompt.nii.gz",
+        "t0_labels.nii.gz",
+        "t1_auto_prompt.nii.gz",
+        "t1_labels.nii.gz",
+    ]
     with pytest.raises(InputError, match="registration model"):
         api.segment(registration, targets[0])
     # test-time mirroring: the CLI writes what the api gives, on the input's grid
-    assert main(["segment", str(folder / "t1.nii.gz"), "--model", str(out), "--out", str(tmp / "mirrored"),
-                 "--device", "cpu", "--mirror", "1:2"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(folder / "t1.nii.gz"),
+                "--model",
+                str(out),
+                "--out",
+                str(tmp / "mirrored"),
+                "--device",
+                "cpu",
+                "--mirror",
+                "1:2",
+            ]
+        )
+        == 0
+    )
     mirrored = api.segment(model, targets[1], mirror=[(1, 2)]).labels
     assert mirrored.shape == targets[1].shape and np.array_equal(mirrored.affine, targets[1].affine)
     assert np.array_equal(api.load_volume(tmp / "mirrored" / "t1_labels.nii.gz").array, mirrored.array)
@@ -158,15 +209,44 @@ def test_api_and_cli_faces(setup, capsys):
     # with the atlas: the registration's labels as a prior; at full weight the labels are the warped atlas labels
     api.save_volume(atlas, tmp / "atlas.nii.gz", overwrite=True)
     api.save_volume(atlas_labels, tmp / "atlas_labels.nii.gz", overwrite=True)
-    assert main(["segment", str(folder / "t0.nii.gz"), "--model", str(out), "--out", str(tmp / "fused"), "--device",
-                 "cpu", "--atlas-image", str(tmp / "atlas.nii.gz"), "--atlas-labels", str(tmp / "atlas_labels.nii.gz"),
-                 "--prior-weight", "1", "--refine-steps", "0"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(folder / "t0.nii.gz"),
+                "--model",
+                str(out),
+                "--out",
+                str(tmp / "fused"),
+                "--device",
+                "cpu",
+                "--atlas-image",
+                str(tmp / "atlas.nii.gz"),
+                "--atlas-labels",
+                str(tmp / "atlas_labels.nii.gz"),
+                "--prior-weight",
+                "1",
+                "--refine-steps",
+                "0",
+            ]
+        )
+        == 0
+    )
     warped = api.register(model, (atlas, atlas_labels), targets[0], refine_steps=0).warped_labels
     assert np.array_equal(api.load_volume(tmp / "fused" / "t0_labels.nii.gz").array, warped.array)
     capsys.readouterr()
-    assert main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "x"), "--atlas-image", "a.nii.gz"]) == 2
+    assert (
+        main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "x"), "--atlas-image", "a.nii.gz"]) == 2
+    )
     assert "--atlas-labels" in capsys.readouterr().err
     # a co-trained model also registers: it can stand where a registration model is asked for
-    again = api.cotrainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=targets, registration=out,
-                          encoder=encoder, out=tmp / "again.pt", **cfg(steps=1).to_dict())
+    again = api.cotrainer(
+        atlas=atlas,
+        atlas_labels=atlas_labels,
+        unlabelled=targets,
+        registration=out,
+        encoder=encoder,
+        out=tmp / "again.pt",
+        **cfg(steps=1).to_dict(),
+    )
     assert [e.stage for e in again][-1] == "co-training"

@@ -46,13 +46,21 @@ def write_photos(folder, size, suffix, n=2):
 
     folder.mkdir()
     for i in range(n):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{i}{suffix}")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            folder / f"{i}{suffix}"
+        )
     return folder
 
 
 def config(**kw):
-    base = dict(natural_steps=3, medical_steps=3, batch_size=2, checkpoint_every=100, device="cpu",
-                encoder=EncoderConfig(**TINY.to_dict()))
+    base = dict(
+        natural_steps=3,
+        medical_steps=3,
+        batch_size=2,
+        checkpoint_every=100,
+        device="cpu",
+        encoder=EncoderConfig(**TINY.to_dict()),
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -73,8 +81,11 @@ def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path, teacher, images)
     assert saved["step"] == 4 and not saved["complete"]
     with pytest.raises(InputError, match="resume"):
         next(distill_engine(teacher, natural, medical, tmp_path / "stopped.pt", config(), cache=cache))
-    rest = [e.step for e in distill_engine(teacher, natural, medical, tmp_path / "stopped.pt", config(),
-                                           resume=True, cache=cache) if e.stage != "teacher"]
+    rest = [
+        e.step
+        for e in distill_engine(teacher, natural, medical, tmp_path / "stopped.pt", config(), resume=True, cache=cache)
+        if e.stage != "teacher"
+    ]
     assert rest == [5, 6]
     a, b = load_encoder(tmp_path / "full.pt"), load_encoder(tmp_path / "stopped.pt")
     assert a.steps == b.steps == 6
@@ -113,17 +124,30 @@ def test_resume_with_another_teacher_is_refused(tmp_path, teacher, images):
     list(distill_engine(teacher, natural, medical, tmp_path / "a.pt", config(), cache=EmbeddingCache(tmp_path)))
     other = Teacher(CountingConv(), "other", "f" * 64, input_size=32)
     with pytest.raises(InputError, match="distilled from teacher tiny-"):
-        next(distill_engine(other, natural, medical, tmp_path / "a.pt", config(), resume=True,
-                            cache=EmbeddingCache(tmp_path)))
+        next(
+            distill_engine(
+                other, natural, medical, tmp_path / "a.pt", config(), resume=True, cache=EmbeddingCache(tmp_path)
+            )
+        )
 
 
 def test_api_distill_from_volumes_and_a_photo_folder(tmp_path, teacher, monkeypatch):
     monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
     photos = write_photos(tmp_path / "photos", (40, 50), ".jpg")
     vol = Volume(np.random.default_rng(0).random((40, 40, 30)).astype(np.float32), np.eye(4))
-    out = distill([vol], photos, teacher, out=tmp_path / "enc.pt", progress=False, natural_steps=2,
-                  medical_steps=2, batch_size=2, slices_per_volume=3, device="cpu",
-                  encoder=EncoderConfig(**TINY.to_dict()))
+    out = distill(
+        [vol],
+        photos,
+        teacher,
+        out=tmp_path / "enc.pt",
+        progress=False,
+        natural_steps=2,
+        medical_steps=2,
+        batch_size=2,
+        slices_per_volume=3,
+        device="cpu",
+        encoder=EncoderConfig(**TINY.to_dict()),
+    )
     encoder = load_encoder(out)
     assert encoder.teacher["name"] == "tiny" and encoder.steps == 4
     with pytest.raises(InputError, match="distillation settings are"):
@@ -144,9 +168,26 @@ def test_cli_distill_with_the_real_litemedsam_teacher(tmp_path, monkeypatch, cap
     monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
     photos = write_photos(tmp_path / "photos", (60, 80), ".png")
     out = tmp_path / "enc.pt"
-    args = ["distill", str(SAMPLE_DIR / "images" / "atlas.nii.gz"), "--natural", str(photos), "--teacher",
-            "litemedsam", "--out", str(out), "--natural-steps", "1", "--medical-steps", "1", "--batch-size", "2",
-            "--slices-per-volume", "2", "--device", "cpu"]
+    args = [
+        "distill",
+        str(SAMPLE_DIR / "images" / "atlas.nii.gz"),
+        "--natural",
+        str(photos),
+        "--teacher",
+        "litemedsam",
+        "--out",
+        str(out),
+        "--natural-steps",
+        "1",
+        "--medical-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--slices-per-volume",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     encoder = load_encoder(out)
     assert encoder.teacher["name"] == "litemedsam" and encoder.teacher["id"].startswith("litemedsam-79d8c9dca6db")
@@ -174,8 +215,10 @@ def test_medical_batches_replay_photographs(tmp_path, teacher, images, monkeypat
     monkeypatch.setattr(engine, "_augment", lambda x, gen: seen.append(x.clone()) or real(x, gen))
     cfg = config(natural_steps=1, medical_steps=2, batch_size=4, replay=0.5)
     list(distill_engine(teacher, natural, medical, tmp_path / "r.pt", cfg, cache=EmbeddingCache(tmp_path)))
+
     def from_set(x, data):
         return sum(any(torch.equal(row, d) for d in data) for row in x)
+
     assert from_set(seen[0], natural) == 4  # stage 1: photographs only
     for batch in seen[1:]:  # stage 2: half slices, half photographs
         assert from_set(batch, medical) == 2 and from_set(batch, natural) == 2
@@ -192,8 +235,11 @@ def test_freeze_norm_keeps_stage_1_batch_norm_statistics_in_stage_2(tmp_path, te
 
     list(distill_engine(teacher, natural, medical, tmp_path / "s1.pt", config(medical_steps=0), cache=cache))
     (tmp_path / "s2.pt").write_bytes((tmp_path / "s1.pt").read_bytes())
-    list(distill_engine(teacher, natural, medical * 0.2, tmp_path / "s2.pt", config(freeze_norm=freeze),
-                        resume=True, cache=cache))
+    list(
+        distill_engine(
+            teacher, natural, medical * 0.2, tmp_path / "s2.pt", config(freeze_norm=freeze), resume=True, cache=cache
+        )
+    )
     before, after = running_stats(tmp_path / "s1.pt"), running_stats(tmp_path / "s2.pt")
     same = all(torch.equal(before[k], after[k]) for k in before)
     assert same == freeze

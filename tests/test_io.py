@@ -4,11 +4,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
+from conftest import blobs, oblique_affine, write_nifti
 
 from napari_rrl_medsam.api import InputError, Volume, load_volume, save_volume
 from napari_rrl_medsam.core.io import read_grid
-
-from conftest import blobs, oblique_affine, write_nifti
 
 
 def test_nifti_round_trip_keeps_affine_data_and_kind(tmp_path, image_and_labels):
@@ -47,8 +46,12 @@ def test_tiff_spacing_from_imagej_and_ome(tmp_path):
     assert np.allclose(vol.spacing, (2e-3, 0.25e-3, 0.5e-3))  # um -> mm, axes Z, Y, X
     assert np.array_equal(vol.array, array)
     ome = tmp_path / "ome.ome.tif"
-    tifffile.imwrite(ome, array, photometric="minisblack", metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4,
-                                            "PhysicalSizeZ": 1.5})
+    tifffile.imwrite(
+        ome,
+        array,
+        photometric="minisblack",
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 1.5},
+    )
     assert np.allclose(load_volume(ome).spacing, (1.5e-3, 0.4e-3, 0.3e-3))
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, array)
@@ -58,8 +61,7 @@ def test_tiff_spacing_from_imagej_and_ome(tmp_path):
     assert np.allclose(load_volume(out).spacing, vol.spacing)
 
 
-@pytest.mark.parametrize("shape, match", [((8, 9), "2D data"), ((8, 9, 1), "2D data"),
-                                          ((8, 9, 10, 3), "4D data")])
+@pytest.mark.parametrize("shape, match", [((8, 9), "2D data"), ((8, 9, 1), "2D data"), ((8, 9, 10, 3), "4D data")])
 def test_wrong_dimensions_are_named(tmp_path, shape, match):
     path = write_nifti(tmp_path / "x.nii.gz", np.zeros(shape, np.float32), np.eye(4))
     with pytest.raises(InputError, match=match):
@@ -84,8 +86,7 @@ def test_nans_missing_unreadable_truncated(tmp_path):
     junk.write_bytes(gzip.compress(b"this is not a nifti file" * 20))
     with pytest.raises(InputError, match="cannot read .*junk.nii.gz"):
         load_volume(junk)
-    good = write_nifti(tmp_path / "good.nii.gz", np.random.default_rng(0).random((20, 20, 20), np.float32),
-                       np.eye(4))
+    good = write_nifti(tmp_path / "good.nii.gz", np.random.default_rng(0).random((20, 20, 20), np.float32), np.eye(4))
     truncated = tmp_path / "truncated.nii.gz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(InputError, match="truncated or corrupt"):

@@ -33,9 +33,12 @@ def test_hd95_in_mm_equals_monai_on_the_full_volume():
     pred = sphere(shape, (20, 20, 22), 8).astype(np.uint8)  # shifted by 2 voxels along the last axis
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     report = evaluate(Volume(pred, affine), Volume(truth, affine))
-    full = compute_hausdorff_distance(torch.from_numpy(pred.astype(bool))[None, None],
-                                      torch.from_numpy(truth.astype(bool))[None, None],
-                                      percentile=95, spacing=[1.5, 1.5, 2.0])
+    full = compute_hausdorff_distance(
+        torch.from_numpy(pred.astype(bool))[None, None],
+        torch.from_numpy(truth.astype(bool))[None, None],
+        percentile=95,
+        spacing=[1.5, 1.5, 2.0],
+    )
     assert report.hd95[1] == pytest.approx(float(full[0, 0]), abs=1e-6)  # cropping changes nothing
     assert 2.0 <= report.hd95[1] <= 4.0  # about the 2-voxel (4 mm) shift
 

@@ -2,7 +2,6 @@
 
 import nibabel as nib
 import numpy as np
-
 from conftest import blobs, oblique_affine, write_nifti
 
 PLUGIN = "napari-rrl-medsam"

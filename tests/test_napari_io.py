@@ -4,11 +4,8 @@ import nibabel as nib
 import npe2
 import numpy as np
 import pytest
-from napari.layers import Layer
-
-from napari_rrl_medsam.api import Volume, save_volume
-
 from conftest import blobs, oblique_affine, write_nifti
+from napari.layers import Layer
 
 PLUGIN = "napari-rrl-medsam"
 
@@ -76,8 +73,13 @@ def test_edited_layer_is_written_in_the_layer_geometry(tmp_path):
 def test_tiff_opens_with_spacing(tmp_path):
     import tifffile
 
-    tifffile.imwrite(tmp_path / "cells.tif", np.zeros((5, 6, 7), np.uint8), imagej=True,
-                     resolution=(1 / 0.2, 1 / 0.2), metadata={"spacing": 0.5, "unit": "um"})
+    tifffile.imwrite(
+        tmp_path / "cells.tif",
+        np.zeros((5, 6, 7), np.uint8),
+        imagej=True,
+        resolution=(1 / 0.2, 1 / 0.2),
+        metadata={"spacing": 0.5, "unit": "um"},
+    )
     (layer,) = read_layers(tmp_path / "cells.tif")
     assert np.allclose(layer.scale, (0.5e-3, 0.2e-3, 0.2e-3))
 
@@ -90,8 +92,9 @@ def test_writer_rejects_2d_layers(tmp_path):
 
 
 def test_sample_data_contribution():
-    layers = [Layer.create(*t) for t in npe2.PluginManager.instance().get_manifest(PLUGIN)
-              .contributions.sample_data[0].exec()]
+    layers = [
+        Layer.create(*t) for t in npe2.PluginManager.instance().get_manifest(PLUGIN).contributions.sample_data[0].exec()
+    ]
     assert [layer.name for layer in layers] == ["atlas", "atlas labels", "target01", "target02", "target03"]
     assert [layer._type_string for layer in layers[:3]] == ["image", "labels", "image"]
     for layer in layers:

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from napari_rrl_medsam.api import InputError, Volume
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
@@ -21,7 +20,7 @@ def phantom(shift=0.0, shape=(24, 24, 24)):
     centre[0] += shift
     r = np.sqrt(((grid - centre) ** 2).sum(0))
     blob2 = np.sqrt(((grid - centre - np.array([3, 4, 0])[:, None, None, None]) ** 2).sum(0))
-    image = np.exp(-(r / 6) ** 2) + 0.8 * np.exp(-(blob2 / 3) ** 2)
+    image = np.exp(-((r / 6) ** 2)) + 0.8 * np.exp(-((blob2 / 3) ** 2))
     labels = (r < 6).astype(np.uint8) + (blob2 < 3).astype(np.uint8)
     affine = np.diag([SPACING, SPACING, SPACING, 1.0])
     affine[:3, 3] = (-10.0, 5.0, 0.0)
@@ -29,9 +28,19 @@ def phantom(shift=0.0, shape=(24, 24, 24)):
 
 
 def config(**kw):
-    base = dict(steps=4, lr=3e-3, smooth_weight=0.5, ncc_kernel=5, spacing=SPACING, use_features=False,
-                augment=False, checkpoint_every=100, preview_every=2, device="cpu",
-                network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
+    base = dict(
+        steps=4,
+        lr=3e-3,
+        smooth_weight=0.5,
+        ncc_kernel=5,
+        spacing=SPACING,
+        use_features=False,
+        augment=False,
+        checkpoint_every=100,
+        preview_every=2,
+        device="cpu",
+        network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4),
+    )
     base.update(kw)
     return RegistrationTrainConfig(**base)
 
@@ -54,8 +63,10 @@ def test_a_known_shift_is_recovered(tmp_path):
     assert set(np.unique(result.warped_labels.array)) <= {0, 1, 2}  # label values kept
     assert result.folding < 0.01
     refined = model.register(atlas, atlas_labels, target, refine_steps=20)
-    assert dice(refined.warped_labels.array, target_labels.array) >= dice(result.warped_labels.array,
-                                                                          target_labels.array) - 0.02
+    assert (
+        dice(refined.warped_labels.array, target_labels.array)
+        >= dice(result.warped_labels.array, target_labels.array) - 0.02
+    )
     # working-grid pseudo labels (co-training's input) equal register()'s and are computed once per pair
     calls = []
     real_field = model.field
@@ -70,8 +81,10 @@ def test_a_known_shift_is_recovered(tmp_path):
 def test_outputs_sit_on_the_target_native_grid(tmp_path):
     atlas, atlas_labels = phantom()
     target, _ = phantom(shift=1.0, shape=(24, 24, 24))
-    oblique = Volume(target.array[::-1].copy(), target.affine @ np.array(
-        [[-1, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))  # same anatomy, stored flipped
+    oblique = Volume(
+        target.array[::-1].copy(),
+        target.affine @ np.array([[-1, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]),
+    )  # same anatomy, stored flipped
     list(registration_engine(atlas, atlas_labels, [target], tmp_path / "r.pt", config=config()))
     result = RegistrationModel.load(tmp_path / "r.pt", device="cpu").register(atlas, atlas_labels, oblique)
     jacobian = result.jacobian_determinant()
@@ -93,8 +106,16 @@ def test_stop_and_resume_and_previews(tmp_path):
     with pytest.raises(InputError, match="resume"):
         next(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", config=config(steps=6)))
     # how the run is driven (cadences, steps) comes from the caller; what it trains from the checkpoint
-    rest = list(registration_engine(atlas, atlas_labels, targets, tmp_path / "r.pt", resume=True,
-                                    config=config(steps=6, checkpoint_every=1, smooth_weight=9.0)))
+    rest = list(
+        registration_engine(
+            atlas,
+            atlas_labels,
+            targets,
+            tmp_path / "r.pt",
+            resume=True,
+            config=config(steps=6, checkpoint_every=1, smooth_weight=9.0),
+        )
+    )
     assert [e.step for e in rest] == [4, 5, 6]
     assert all(e.checkpoint is not None for e in rest)
     assert load_checkpoint(tmp_path / "r.pt", "registration")["config"]["smooth_weight"] == 0.5
@@ -107,8 +128,11 @@ def test_encoder_features_path(tmp_path):
     atlas, atlas_labels = phantom()
     encoder = LightEncoder(EncoderConfig(channels=(4, 8, 8, 8), embed_dim=16, neck_channels=8))
     encoder.teacher = {"name": "tiny"}
-    events = list(registration_engine(atlas, atlas_labels, [phantom(shift=1.0)[0]], tmp_path / "r.pt", encoder,
-                                      config(use_features=True)))
+    events = list(
+        registration_engine(
+            atlas, atlas_labels, [phantom(shift=1.0)[0]], tmp_path / "r.pt", encoder, config(use_features=True)
+        )
+    )
     assert events[0].stage == "features"
     state = load_checkpoint(tmp_path / "r.pt", "registration")
     assert state["teacher"] == {"name": "tiny"} and state["network"]
@@ -132,17 +156,42 @@ def test_api_and_cli_faces(tmp_path, capsys):
 
     atlas, atlas_labels = phantom()
     target, _ = phantom(shift=1.0)
-    paths = {name: api.save_volume(v, tmp_path / f"{name}.nii.gz") for name, v in
-             (("atlas", atlas), ("atlas_seg", atlas_labels), ("target", target))}
+    paths = {
+        name: api.save_volume(v, tmp_path / f"{name}.nii.gz")
+        for name, v in (("atlas", atlas), ("atlas_seg", atlas_labels), ("target", target))
+    }
     settings = config().to_dict()
     settings["network"] = RegistrationConfig(**{**settings["network"], "channels": (4, 8, 8, 8)})
-    out = api.train_registration(atlas=paths["atlas"], atlas_labels=paths["atlas_seg"], unlabelled=[paths["target"]],
-                                 out=tmp_path / "r.pt", progress=False, **settings)
+    out = api.train_registration(
+        atlas=paths["atlas"],
+        atlas_labels=paths["atlas_seg"],
+        unlabelled=[paths["target"]],
+        out=tmp_path / "r.pt",
+        progress=False,
+        **settings,
+    )
     model = api.load_model(out, device="cpu")
     result = api.register(model, (paths["atlas"], paths["atlas_seg"]), paths["target"])
     assert np.array_equal(result.warped_labels.affine, target.affine)
-    assert main(["register", paths["target"].as_posix(), "--model", str(out), "--atlas-image", str(paths["atlas"]),
-                 "--atlas-labels", str(paths["atlas_seg"]), "--out", str(tmp_path / "res"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "register",
+                paths["target"].as_posix(),
+                "--model",
+                str(out),
+                "--atlas-image",
+                str(paths["atlas"]),
+                "--atlas-labels",
+                str(paths["atlas_seg"]),
+                "--out",
+                str(tmp_path / "res"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "folding" in capsys.readouterr().out
     written = api.load_volume(tmp_path / "res" / "target_pseudo_labels.nii.gz")
     assert written.kind == "labels" and np.array_equal(written.affine, target.affine)
@@ -155,8 +204,10 @@ def test_api_and_cli_faces(tmp_path, capsys):
     as_image = api.load_volume(paths["atlas_seg"], kind="image")
     warped = api.register(model, (atlas, as_image), target, refine_steps=0).warped_labels
     assert warped.kind == "labels" and set(np.unique(warped.array)) <= {0, 1, 2}
-    for bad, match in ((atlas, "non-integer"), (atlas_labels.with_array(-atlas_labels.array.astype(np.int16)),
-                                                "negative")):
+    for bad, match in (
+        (atlas, "non-integer"),
+        (atlas_labels.with_array(-atlas_labels.array.astype(np.int16)), "negative"),
+    ):
         with pytest.raises(InputError, match=match):
             api.register(model, (atlas, bad), target)
     moved = np.array(atlas.affine)
@@ -173,9 +224,16 @@ def test_dice_coupling_pulls_the_atlas_labels_onto_a_given_segmentation(tmp_path
     dices = {}
     for weight in (0.0, 1.0):
         segmentations = [target_labels] if weight else ()
-        events = list(registration_engine(atlas, atlas_labels, [flat], tmp_path / f"r{weight}.pt",
-                                          config=config(steps=60, lr=1e-2, dice_weight=weight),
-                                          segmentations=segmentations))
+        events = list(
+            registration_engine(
+                atlas,
+                atlas_labels,
+                [flat],
+                tmp_path / f"r{weight}.pt",
+                config=config(steps=60, lr=1e-2, dice_weight=weight),
+                segmentations=segmentations,
+            )
+        )
         assert ("dice" in events[-1].losses) == bool(weight)
         result = RegistrationModel.load(tmp_path / f"r{weight}.pt", device="cpu").register(atlas, atlas_labels, flat)
         dices[weight] = dice(result.warped_labels.array, target_labels.array)

@@ -4,16 +4,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import blobs, write_nifti
+from test_registration import config as reg_config
+from test_registration import phantom
 
 from napari_rrl_medsam import cli
 from napari_rrl_medsam.api import InputError, Volume, volume_files
 from napari_rrl_medsam.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_rrl_medsam.core.engines.cotrain import CotrainConfig
 from napari_rrl_medsam.core.engines.register import RegistrationTrainConfig, registration_engine
-
-from conftest import blobs, write_nifti
-from test_registration import config as reg_config
-from test_registration import phantom
 
 
 def test_evaluate_csv_never_replaces_a_file_without_overwrite(tmp_path, capsys):
@@ -49,8 +48,18 @@ def test_register_checks_every_output_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "t_jacobian.nii.gz").write_bytes(b"mine")
-    args = ["register", str(target), "--model", str(tmp_path / "none.pt"), "--atlas-image", str(target),
-            "--atlas-labels", str(target), "--out", str(out)]
+    args = [
+        "register",
+        str(target),
+        "--model",
+        str(tmp_path / "none.pt"),
+        "--atlas-image",
+        str(target),
+        "--atlas-labels",
+        str(target),
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 2
     assert "t_jacobian.nii.gz exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["t_jacobian.nii.gz"]  # no partial set written
@@ -95,9 +104,14 @@ def test_settings_are_coerced_or_refused_when_given():
     config = CotrainConfig(lr=np.logspace(-3, -2, 2)[0], steps=np.int64(7), validate_every=10.0)
     assert type(config.lr) is float and type(config.steps) is int and type(config.validate_every) is int
     assert config.to_dict()["lr"] == pytest.approx(1e-3)
-    for bad, match in (({"steps": 0}, "steps must be at least 1"), ({"steps": -3}, "at least 1"),
-                       ({"steps": "10"}, "steps must be an int"), ({"atlas_probability": 1.5}, "between 0 and 1"),
-                       ({"lr": float("nan")}, "finite"), ({"use_prompt": "no"}, "must be a bool")):
+    for bad, match in (
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"steps": -3}, "at least 1"),
+        ({"steps": "10"}, "steps must be an int"),
+        ({"atlas_probability": 1.5}, "between 0 and 1"),
+        ({"lr": float("nan")}, "finite"),
+        ({"use_prompt": "no"}, "must be a bool"),
+    ):
         with pytest.raises(InputError, match=match):
             CotrainConfig(**bad)
     with pytest.raises(InputError, match="checkpoint_every must be at least 1"):
@@ -140,8 +154,9 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_exits_130(tmp_path, capsys, mon
     assert "interrupted" in err and str(out) in err and "--resume" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("sform, dtype, match", [(np.zeros((4, 4)), np.float32, "singular"),
-                                                  (np.eye(4), np.complex64, "complex64 voxels")])
+@pytest.mark.parametrize(
+    "sform, dtype, match", [(np.zeros((4, 4)), np.float32, "singular"), (np.eye(4), np.complex64, "complex64 voxels")]
+)
 def test_degenerate_volumes_are_refused(tmp_path, capsys, sform, dtype, match):
     img = nib.Nifti1Image(np.ones((6, 6, 6), dtype), np.eye(4))
     img.set_qform(None, code=0)
@@ -167,19 +182,23 @@ def test_malformed_tasks_end_in_messages(tmp_path):
     from napari_rrl_medsam.api import load_task
 
     root = _task_folder(tmp_path / "t")
-    for text, match in (("[1, 2]", "JSON list, not an object"),
-                        ('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1"]}}, '
-                         '"label_names": {"one": "x"}}', "'label_names' must map label values"),
-                        ('{"splits": {"oneshot": {"atlas": 3, "train_unlabelled": ["u1"]}}}', "a volume id"),
-                        ('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["atlas", "u1"]}}}',
-                         "listed more than once")):
+    for text, match in (
+        ("[1, 2]", "JSON list, not an object"),
+        (
+            '{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1"]}}, "label_names": {"one": "x"}}',
+            "'label_names' must map label values",
+        ),
+        ('{"splits": {"oneshot": {"atlas": 3, "train_unlabelled": ["u1"]}}}', "a volume id"),
+        ('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["atlas", "u1"]}}}', "listed more than once"),
+    ):
         (root / "dataset.json").write_text(text)
         with pytest.raises(InputError, match=match):
             load_task(root / "dataset.json")
     with pytest.raises(InputError, match="not a dataset.json"):
         load_task(root / "images" / "atlas.nii.gz")  # a volume where a task is asked for
-    (root / "dataset.json").write_text('{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1"]}}, '
-                                       '"eval_labels": [1, 9]}')
+    (root / "dataset.json").write_text(
+        '{"splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1"]}}, "eval_labels": [1, 9]}'
+    )
     with pytest.raises(InputError, match=r"eval_labels \[9\] are not in the atlas labels"):
         load_task(root / "dataset.json")
 
@@ -282,8 +301,9 @@ def test_an_unreadable_file_says_permission_denied(tmp_path, capsys, monkeypatch
 def test_a_truncated_tiff_is_called_truncated_not_2d(tmp_path, capsys):
     import tifffile
 
-    tifffile.imwrite(tmp_path / "full.tif", np.random.default_rng(0).random((20, 16, 16)).astype(np.float32),
-                     imagej=True)
+    tifffile.imwrite(
+        tmp_path / "full.tif", np.random.default_rng(0).random((20, 16, 16)).astype(np.float32), imagej=True
+    )
     data = (tmp_path / "full.tif").read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])  # an interrupted copy
     assert cli.main(["info", str(tmp_path / "cut.tif")]) == 2
@@ -318,7 +338,6 @@ def test_a_failed_save_keeps_the_result_in_the_temporary_folder_and_says_where(t
     with pytest.raises(InputError, match="checkpoint was saved|saved to"):
         save_checkpoint({"kind": "registration", "w": torch.ones(2)}, full / "r.pt")
     assert torch.equal(load_checkpoint(next(spare_dir.glob("r-rescued-*.pt")))["w"], torch.ones(2))
-
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, capsys, monkeypatch):

@@ -25,8 +25,7 @@ def counting(n: int, log: Path):
 
 
 def failing(after: int):
-    for i in range(after):
-        yield i
+    yield from range(after)
     raise InputError("the atlas has no labels: choose its labels layer.")
 
 
@@ -76,7 +75,8 @@ def test_a_main_script_without_a_guard_is_not_run_again_in_the_child(tmp_path):
         "from napari_rrl_medsam.core.engines.remote import RemoteEvents\n"
         f"open({str(marker)!r}, 'a').write('ran\\n')\n"
         "print(list(RemoteEvents(partial(iter, [1, 2, 3]))))\n"
-        "assert __file__.endswith('user_script.py')\n")  # the parent's __main__ is restored after the start
+        "assert __file__.endswith('user_script.py')\n"
+    )  # the parent's __main__ is restored after the start
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2, 3]"

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
+from conftest import blobs, oblique_affine
 
 from napari_rrl_medsam.api import Grid, InputError, Volume, normalise_intensity, resample, to_working, working_grid
 from napari_rrl_medsam.core.resample import reorient_canonical, same_voxels
-
-from conftest import blobs, oblique_affine
 
 
 def lia(spacing: float, shape) -> np.ndarray:
@@ -40,8 +39,9 @@ def test_reorientation_round_trip_is_exact_for_labels_and_images():
 
 
 def test_labels_to_coarser_working_grid_and_back_restore_native_grid():
-    labels = Volume(np.kron(blobs((12, 14, 16)), np.ones((2, 2, 2), np.uint8)), oblique_affine((1.0, 1.0, 1.0)),
-                    kind="labels")
+    labels = Volume(
+        np.kron(blobs((12, 14, 16)), np.ones((2, 2, 2), np.uint8)), oblique_affine((1.0, 1.0, 1.0)), kind="labels"
+    )
     work = to_working(labels, spacing=2.0)
     assert work.array.dtype == labels.array.dtype
     back = resample(work, labels.grid)

@@ -184,7 +184,9 @@ def test_resize_in_plane_is_trilinear_with_the_slices_kept():
     from napari_rrl_medsam.core.models.slab_layers import resize_in_plane
 
     x = torch.randn(2, 3, 4, 5, 7)
-    torch.testing.assert_close(resize_in_plane(x, scale=2),
-                               F.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False))
-    torch.testing.assert_close(resize_in_plane(x, size=(9, 4)),
-                               F.interpolate(x, size=(4, 9, 4), mode="trilinear", align_corners=False))
+    torch.testing.assert_close(
+        resize_in_plane(x, scale=2), F.interpolate(x, scale_factor=(1, 2, 2), mode="trilinear", align_corners=False)
+    )
+    torch.testing.assert_close(
+        resize_in_plane(x, size=(9, 4)), F.interpolate(x, size=(4, 9, 4), mode="trilinear", align_corners=False)
+    )

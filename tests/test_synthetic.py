@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from test_cotrain import cfg, setup  # noqa: F401  (the module's fixture)
 
 from napari_rrl_medsam.api import InputError
 from napari_rrl_medsam.core.engines.cotrain import cotrain_engine
 from napari_rrl_medsam.core.synthetic import SyntheticPairs, warp_slab
 from napari_rrl_medsam.core.volume import Grid
 from napari_rrl_medsam.core.warp import Field
-
-from test_cotrain import cfg, setup  # noqa: F401  (the module's fixture)
 
 SHAPE = (16, 20, 24)
 
@@ -33,8 +32,11 @@ def smooth_velocity(seed: int, magnitude: float):
 
 def pairs(velocities, appearance="none", field_mode="mix", images=None):
     classes, image = structures()
-    images = images if images is not None else [torch.rand(SHAPE, generator=torch.Generator().manual_seed(i))
-                                                for i in range(len(velocities))]
+    images = (
+        images
+        if images is not None
+        else [torch.rand(SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(len(velocities))]
+    )
     return SyntheticPairs(image, classes, velocities, images, 7, appearance, field_mode)
 
 
@@ -115,8 +117,12 @@ def test_sampled_fields_do_not_fold_for_any_weight():
     v1, v2 = smooth_velocity(3, 4.0), smooth_velocity(4, 4.0)  # large: a displacement this size would fold
     synthetic = pairs([v1, v2])
     grid = Grid(SHAPE, np.eye(4))
-    assert Field.from_voxels(2 * torch.nn.functional.interpolate(v1[None], size=SHAPE, mode="trilinear")[0].numpy(),
-                             grid).folding_fraction() > 0  # the velocity taken as a displacement folds
+    assert (
+        Field.from_voxels(
+            2 * torch.nn.functional.interpolate(v1[None], size=SHAPE, mode="trilinear")[0].numpy(), grid
+        ).folding_fraction()
+        > 0
+    )  # the velocity taken as a displacement folds
     for a in np.linspace(0, 1, 5):
         ddf = synthetic.field(a * v1 + (1 - a) * v2)
         assert Field.from_voxels(ddf[0].numpy(), grid).folding_fraction() == 0, a
@@ -144,8 +150,12 @@ def test_cotraining_on_the_mix_stops_and_resumes_as_one_run(setup, monkeypatch):
         if e.stage == "co-training" and e.step == 2:
             run.close()
             break
-    rest = [e for e in cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "mix2.pt", encoder,
-                                      cfg(**mix), resume=True)]
+    rest = [
+        e
+        for e in cotrain_engine(
+            atlas, atlas_labels, targets, registration, tmp / "mix2.pt", encoder, cfg(**mix), resume=True
+        )
+    ]
     assert [e.step for e in rest if e.stage == "co-training"] == [3, 4]
     assert "synthetic pairs" in {e.stage for e in rest} and 0 < len(sampled) < 8  # a mix of pair kinds
     from napari_rrl_medsam.core.checkpoint import load_checkpoint
@@ -163,21 +173,50 @@ def test_each_switch_removes_its_part(setup, monkeypatch):  # noqa: F811
 
     made, sampled, augmented = [], [], []
     real_init, real_sample, real_aug = SyntheticPairs.__init__, SyntheticPairs.sample, cotrain.intensity_augmentation
-    monkeypatch.setattr(synthetic.SyntheticPairs, "__init__", lambda s, *a, **k: made.append(1) or real_init(s, *a, **k))
+    monkeypatch.setattr(
+        synthetic.SyntheticPairs, "__init__", lambda s, *a, **k: made.append(1) or real_init(s, *a, **k)
+    )
     monkeypatch.setattr(synthetic.SyntheticPairs, "sample", lambda s, *a: sampled.append(1) or real_sample(s, *a))
     monkeypatch.setattr(cotrain, "intensity_augmentation", lambda: augmented.append(1) or real_aug())
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "off.pt", encoder, cfg(steps=3)))
     assert made == sampled == augmented == []
-    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "on.pt", encoder,
-                        cfg(steps=3, atlas_probability=0, synthetic_probability=1, intensity_augment=True)))
+    list(
+        cotrain_engine(
+            atlas,
+            atlas_labels,
+            targets,
+            registration,
+            tmp / "on.pt",
+            encoder,
+            cfg(steps=3, atlas_probability=0, synthetic_probability=1, intensity_augment=True),
+        )
+    )
     assert made == [1] and sampled == [1, 1, 1] and augmented == [1]
     # pseudo_weight 0: the (unlabelled, pseudo label) steps teach nothing
-    events = list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "w0.pt", encoder,
-                                 cfg(steps=2, atlas_probability=0, pseudo_weight=0)))
+    events = list(
+        cotrain_engine(
+            atlas,
+            atlas_labels,
+            targets,
+            registration,
+            tmp / "w0.pt",
+            encoder,
+            cfg(steps=2, atlas_probability=0, pseudo_weight=0),
+        )
+    )
     assert [e.losses["loss"] for e in events if e.stage == "co-training"] == [0, 0]
     with pytest.raises(InputError, match="synthetic_probability"):
-        next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder,
-                            cfg(atlas_probability=0.5, synthetic_probability=0.6)))
+        next(
+            cotrain_engine(
+                atlas,
+                atlas_labels,
+                targets,
+                registration,
+                tmp / "x.pt",
+                encoder,
+                cfg(atlas_probability=0.5, synthetic_probability=0.6),
+            )
+        )
     with pytest.raises(InputError, match="appearance"):
         next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "x.pt", encoder, cfg(appearance="x")))
 

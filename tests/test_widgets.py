@@ -7,6 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_distill import TINY, CountingConv
+from test_registration import phantom
 
 from napari_rrl_medsam._reader import layer_data
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
@@ -15,13 +17,17 @@ from napari_rrl_medsam.core.models.encoder import EncoderConfig
 from napari_rrl_medsam.core.models.registration import RegistrationConfig
 from napari_rrl_medsam.core.teachers import Teacher
 
-from test_distill import TINY, CountingConv
-from test_registration import phantom
-
 PLUGIN = "napari-rrl-medsam"
 LONG = 120_000  # ms: generous, the machine is shared
-TINY_REGISTRATION = dict(lr=3e-3, smooth_weight=0.5, ncc_kernel=5, augment=False, checkpoint_every=2,
-                         preview_every=1, network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
+TINY_REGISTRATION = dict(
+    lr=3e-3,
+    smooth_weight=0.5,
+    ncc_kernel=5,
+    augment=False,
+    checkpoint_every=2,
+    preview_every=1,
+    network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4),
+)
 TINY_COTRAIN = dict(decoder_width=8, checkpoint_every=2, preview_every=1, validate_every=2, lr=3e-3)
 
 
@@ -42,8 +48,9 @@ def tiny_encoder(tmp_path_factory):
     from napari_rrl_medsam.core.cache import EmbeddingCache
 
     tmp = tmp_path_factory.mktemp("encoder")
-    config = DistillConfig(natural_steps=1, medical_steps=0, batch_size=2, device="cpu",
-                           encoder=EncoderConfig(**TINY.to_dict()))
+    config = DistillConfig(
+        natural_steps=1, medical_steps=0, batch_size=2, device="cpu", encoder=EncoderConfig(**TINY.to_dict())
+    )
     natural = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     list(distill_engine(tiny_teacher(), natural, None, tmp / "tiny_encoder.pt", config, cache=EmbeddingCache(tmp)))
     return tmp / "tiny_encoder.pt"
@@ -95,8 +102,9 @@ def test_dskd_widget_runs_to_completion_with_a_live_layer(dskd_widget, qtbot, tm
     widget.form.natural_steps.value, widget.form.medical_steps.value = 2, 2
     shots = []
     name = "DSKD: student embedding (a slice)"
-    widget.shown.connect(lambda e: name in viewer.layers and shots.append(
-        (viewer.layers[name], viewer.layers[name].data.copy())))
+    widget.shown.connect(
+        lambda e: name in viewer.layers and shots.append((viewer.layers[name], viewer.layers[name].data.copy()))
+    )
     widget.start()
     wait_done(qtbot, widget)
     assert widget.failed is None
@@ -189,11 +197,19 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     f = widget.form
     f.val_image.value, f.val_labels.value = layers["val"], layers["val_labels"]
     f.registration_steps.value, f.cotrain_steps.value = 3, 4
-    live = ["live: current volume", "live: warped atlas", "live: pseudo labels", "live: auto-prompt mask",
-            "live: segmentation"]
+    live = [
+        "live: current volume",
+        "live: warped atlas",
+        "live: pseudo labels",
+        "live: auto-prompt mask",
+        "live: segmentation",
+    ]
     seen = []
-    widget.shown.connect(lambda e: seen.append(
-        (e.stage, {n: (id(viewer.layers[n]), viewer.layers[n].data.copy()) for n in live if n in viewer.layers})))
+    widget.shown.connect(
+        lambda e: seen.append(
+            (e.stage, {n: (id(viewer.layers[n]), viewer.layers[n].data.copy()) for n in live if n in viewer.layers})
+        )
+    )
     widget.start()
     wait_done(qtbot, widget)
     assert widget.failed is None
@@ -202,6 +218,7 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     assert set(final) == set(live)
     seg = [snap["live: segmentation"] for stage, snap in seen if "live: segmentation" in snap]
     assert len(seg) >= 3 and len({layer_id for layer_id, _ in seg}) == 1  # created once, updated in place
+
     def changes(name, stage):
         arrays = [snap[name][1] for s, snap in seen if s == stage and name in snap]
         return sum(not np.array_equal(a, b) for a, b in zip(arrays, arrays[1:]))
@@ -252,8 +269,9 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")["complete"]
 
 
-def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(cotrain_widget, qtbot, tmp_path,
-                                                                      notifications, tiny_encoder):
+def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(
+    cotrain_widget, qtbot, tmp_path, notifications, tiny_encoder
+):
     viewer, widget, _ = cotrain_widget
     bad = tmp_path / "bad_encoder.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -278,10 +296,27 @@ def sample_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
     task = api.sample_task(check=False)
     task.unlabelled = task.unlabelled[:1]
-    reg = api.train_registration(task, out=tmp / "reg.pt", steps=1, use_features=False, device="cpu",
-                                 progress=False, network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4))
-    return api.cotrain(task, registration=reg, out=tmp / "model.pt", steps=1, slab=4, image_size=32, decoder_width=8,
-                       use_dskd=False, device="cpu", progress=False)
+    reg = api.train_registration(
+        task,
+        out=tmp / "reg.pt",
+        steps=1,
+        use_features=False,
+        device="cpu",
+        progress=False,
+        network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4),
+    )
+    return api.cotrain(
+        task,
+        registration=reg,
+        out=tmp / "model.pt",
+        steps=1,
+        slab=4,
+        image_size=32,
+        decoder_width=8,
+        use_dskd=False,
+        device="cpu",
+        progress=False,
+    )
 
 
 def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, qtbot, tmp_path, sample_model):
@@ -293,15 +328,23 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     f = widget.form
     target = viewer.layers["target02"]  # stored LIA on disk
     f.model.value, f.device.value = str(sample_model), "cpu"
-    f.atlas.value, f.atlas_labels.value, f.target.value = (viewer.layers["atlas"], viewer.layers["atlas labels"],
-                                                           target)
+    f.atlas.value, f.atlas_labels.value, f.target.value = (
+        viewer.layers["atlas"],
+        viewer.layers["atlas labels"],
+        target,
+    )
     f.register.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and "target02 pseudo labels" in viewer.layers, timeout=LONG)
     f.segment.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and "target02 RRL-MedSAM labels" in viewer.layers, timeout=LONG)
-    for name, kind in (("warped atlas", "image"), ("displacement mm", "image"), ("Jacobian determinant", "image"),
-                       ("pseudo labels", "labels"),
-                       ("RRL-MedSAM labels", "labels"), ("auto-prompt", "labels")):
+    for name, kind in (
+        ("warped atlas", "image"),
+        ("displacement mm", "image"),
+        ("Jacobian determinant", "image"),
+        ("pseudo labels", "labels"),
+        ("RRL-MedSAM labels", "labels"),
+        ("auto-prompt", "labels"),
+    ):
         layer = viewer.layers[f"target02 {name}"]
         assert layer._type_string == kind and layer.data.shape == target.data.shape
         assert np.allclose(layer.scale, (1.5, 1.5, 1.5)) and np.allclose(layer.translate, target.translate)
@@ -365,10 +408,10 @@ def test_evaluate_gives_the_expected_dice_and_exports_csv(make_napari_viewer, qt
 
 
 def test_widgets_are_in_the_layers_segment_menu_and_follow_the_layers(make_napari_viewer, qtbot):
-    from napari._app_model import get_app_model
-
     import gc
     import weakref
+
+    from napari._app_model import get_app_model
 
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Register and segment")
@@ -384,8 +427,9 @@ def test_widgets_are_in_the_layers_segment_menu_and_follow_the_layers(make_napar
     viewer.add_labels(np.zeros((4, 4, 4), np.uint8))
     items = get_app_model().menus.get_menu("napari/layers/segment")
     titles = {getattr(item, "command", None) and item.command.title for item in items}
-    assert {f"{name} (RRL-MedSAM)" for name in ("One-shot training", "Register and segment",
-                                               "Encoder distillation (DSKD)")} <= titles
+    assert {
+        f"{name} (RRL-MedSAM)" for name in ("One-shot training", "Register and segment", "Encoder distillation (DSKD)")
+    } <= titles
 
 
 def test_opening_a_widget_in_a_running_viewer_does_not_crash(tmp_path):
@@ -395,16 +439,18 @@ def test_opening_a_widget_in_a_running_viewer_does_not_crash(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, napari, numpy as np\n"
-            "viewer = napari.Viewer()\n"
-            "viewer.add_image(np.zeros((8, 8, 8), np.float32))\n"
-            "from qtpy.QtWidgets import QApplication\n"
-            "QApplication.processEvents()  # the canvas is drawn: the GL context exists\n"
-            "assert 'torch' not in sys.modules\n"
-            "viewer.window.add_plugin_dock_widget('napari-rrl-medsam', 'One-shot training')\n"
-            "import monai\n"
-            "viewer.close()\n"
-            "print('alive')\n")
+    code = (
+        "import sys, napari, numpy as np\n"
+        "viewer = napari.Viewer()\n"
+        "viewer.add_image(np.zeros((8, 8, 8), np.float32))\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "QApplication.processEvents()  # the canvas is drawn: the GL context exists\n"
+        "assert 'torch' not in sys.modules\n"
+        "viewer.window.add_plugin_dock_widget('napari-rrl-medsam', 'One-shot training')\n"
+        "import monai\n"
+        "viewer.close()\n"
+        "print('alive')\n"
+    )
     env = {**os.environ, "RRL_MEDSAM_CONFIG_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "alive" in result.stdout, result.stderr[-2000:]

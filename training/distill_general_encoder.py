@@ -53,8 +53,14 @@ def main() -> None:
         shutil.copy(stage1, both)
     timed("stage2_after_stage1", volumes=volumes, natural=natural, out=both, resume=True, **settings)
     if args.stage2_only:
-        timed("stage2_only", volumes=volumes, natural=False, out=runs / "stage2_only.pt", resume=True,
-              **{**settings, "natural_steps": 0})
+        timed(
+            "stage2_only",
+            volumes=volumes,
+            natural=False,
+            out=runs / "stage2_only.pt",
+            resume=True,
+            **{**settings, "natural_steps": 0},
+        )
     (runs / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     if args.export:
         print(f"exported {export_encoder(both, args.export)}")

@@ -8,8 +8,9 @@ in the layer metadata so the writer can put the voxels back exactly where they c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -20,8 +20,9 @@ def layer_affine(meta: dict) -> np.ndarray:
     from napari.utils.transforms import Affine
 
     ndim = len(meta["scale"])
-    base = Affine(scale=meta["scale"], translate=meta["translate"], rotate=meta.get("rotate"),
-                  shear=meta.get("shear"), ndim=ndim)
+    base = Affine(
+        scale=meta["scale"], translate=meta["translate"], rotate=meta.get("rotate"), shear=meta.get("shear"), ndim=ndim
+    )
     world = Affine(affine_matrix=np.asarray(meta["affine"]), ndim=ndim) if meta.get("affine") is not None else None
     return (world.compose(base) if world is not None else base).affine_matrix
 

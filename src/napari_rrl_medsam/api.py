@@ -11,8 +11,8 @@ Importing this module does not import torch or napari.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -28,18 +28,56 @@ from .core.task import Case, OneShotTask, load_task
 from .core.volume import Grid, Kind, Volume
 from .data.sample import sample_task
 
-__all__ = ["Case", "Evaluation", "FREESURFER_LEFT_RIGHT", "Grid", "InputError", "Kind", "OneShotTask", "Volume",
-           "check_output", "check_output_folder", "cotrain", "cotrainer", "distill", "distiller", "embedding_preview",
-           "evaluate", "in_subprocess", "is_volume_path", "load_checkpoint", "load_encoder", "load_model", "load_task",
-           "load_volume", "normalise_intensity", "plan_outputs", "register", "registration_trainer",
-           "reorient_canonical", "resample", "same_voxels", "sample_task", "save_volume", "segment", "set_cache_dir",
-           "to_working", "train_registration", "volume_files", "working_grid"]
+__all__ = [
+    "Case",
+    "Evaluation",
+    "FREESURFER_LEFT_RIGHT",
+    "Grid",
+    "InputError",
+    "Kind",
+    "OneShotTask",
+    "Volume",
+    "check_output",
+    "check_output_folder",
+    "cotrain",
+    "cotrainer",
+    "distill",
+    "distiller",
+    "embedding_preview",
+    "evaluate",
+    "in_subprocess",
+    "is_volume_path",
+    "load_checkpoint",
+    "load_encoder",
+    "load_model",
+    "load_task",
+    "load_volume",
+    "normalise_intensity",
+    "plan_outputs",
+    "register",
+    "registration_trainer",
+    "reorient_canonical",
+    "resample",
+    "same_voxels",
+    "sample_task",
+    "save_volume",
+    "segment",
+    "set_cache_dir",
+    "to_working",
+    "train_registration",
+    "volume_files",
+    "working_grid",
+]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
 
 
-def evaluate(prediction: Volume | np.ndarray | str | Path, truth: Volume | np.ndarray | str | Path, labels: Sequence[int] | None = None,
-             hd95: bool = True) -> Evaluation:
+def evaluate(
+    prediction: Volume | np.ndarray | str | Path,
+    truth: Volume | np.ndarray | str | Path,
+    labels: Sequence[int] | None = None,
+    hd95: bool = True,
+) -> Evaluation:
     """Per-structure Dice and HD95 (mm) of a prediction against the truth, both on the truth's native grid.
 
     Volumes, arrays or file paths; `labels` defaults to every structure in the truth.
@@ -59,12 +97,19 @@ def _distill_config(settings: dict):
     except TypeError as exc:
         from dataclasses import fields
 
-        raise InputError(f"{exc}; distillation settings are: {', '.join(f.name for f in fields(DistillConfig))}")
+        names = ", ".join(f.name for f in fields(DistillConfig))
+        raise InputError(f"{exc}; distillation settings are: {names}") from None
 
 
-def distiller(volumes: Sequence[Volume | str | Path] = (), natural: str | Path | bool | None = None,
-              teacher: str = "auto", teacher_checkpoint: str | Path | None = None,
-              out: str | Path = "general_encoder.pt", resume: bool = False, **settings) -> Iterator:
+def distiller(
+    volumes: Sequence[Volume | str | Path] = (),
+    natural: str | Path | bool | None = None,
+    teacher: str = "auto",
+    teacher_checkpoint: str | Path | None = None,
+    out: str | Path = "general_encoder.pt",
+    resume: bool = False,
+    **settings,
+) -> Iterator:
     """The distillation run as a generator of `Progress` events (what the napari widget drives).
 
     Close it to stop: it saves `out`, and `resume=True` continues from there.
@@ -74,9 +119,16 @@ def distiller(volumes: Sequence[Volume | str | Path] = (), natural: str | Path |
     return distillation(volumes, natural, teacher, teacher_checkpoint, out, _distill_config(settings), resume)
 
 
-def distill(volumes: Sequence[Volume | str | Path] = (), natural: str | Path | bool | None = None,
-            teacher: str = "auto", teacher_checkpoint: str | Path | None = None, out: str | Path = "general_encoder.pt",
-            resume: bool = False, progress: bool = True, **settings) -> Path:
+def distill(
+    volumes: Sequence[Volume | str | Path] = (),
+    natural: str | Path | bool | None = None,
+    teacher: str = "auto",
+    teacher_checkpoint: str | Path | None = None,
+    out: str | Path = "general_encoder.pt",
+    resume: bool = False,
+    progress: bool = True,
+    **settings,
+) -> Path:
     """Distil a SAM-family teacher into a lightweight general encoder (DSKD) and save it to `out`.
 
     Stage 1 learns from photographs (`natural`: a folder; None = scikit-image's photographs, offline;
@@ -160,10 +212,19 @@ def _atlas_and_targets(task, atlas, atlas_labels, unlabelled):
     return _volume(atlas), check_labels(_volume(atlas_labels, "labels")), [_volume(v) for v in unlabelled]
 
 
-def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
-                         unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
-                         resume: bool = False, segmentations: Sequence = (), init: str | Path | None = None,
-                         **settings) -> Iterator:
+def registration_trainer(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    atlas=None,
+    atlas_labels=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "registration.pt",
+    resume: bool = False,
+    segmentations: Sequence = (),
+    init: str | Path | None = None,
+    **settings,
+) -> Iterator:
     """Registration training as a generator of `Progress` events (with previews); close it to stop.
 
     `segmentations` (with `dice_weight` > 0): a label map (volume or path, or None) per unlabelled volume,
@@ -176,8 +237,9 @@ def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=
     try:
         config = RegistrationTrainConfig(**settings)
     except TypeError as exc:
-        raise InputError(f"{exc}; registration settings are: "
-                         f"{', '.join(f.name for f in fields(RegistrationTrainConfig))}") from exc
+        raise InputError(
+            f"{exc}; registration settings are: {', '.join(f.name for f in fields(RegistrationTrainConfig))}"
+        ) from exc
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
     if config.use_features and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
@@ -185,10 +247,20 @@ def registration_trainer(task: OneShotTask | str | Path | None = None, *, atlas=
     return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init)
 
 
-def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=None, atlas_labels=None,
-                       unlabelled: Sequence = (), encoder=None, out: str | Path = "registration.pt",
-                       resume: bool = False, progress: bool = True, segmentations: Sequence = (),
-                       init: str | Path | None = None, **settings) -> Path:
+def train_registration(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    atlas=None,
+    atlas_labels=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "registration.pt",
+    resume: bool = False,
+    progress: bool = True,
+    segmentations: Sequence = (),
+    init: str | Path | None = None,
+    **settings,
+) -> Path:
     """Train the one-shot registration network (atlas -> each unlabelled volume) and save it to `out`.
 
     `encoder`: a distilled encoder (path or module) for the medical encoder's features; None = the
@@ -197,8 +269,21 @@ def train_registration(task: OneShotTask | str | Path | None = None, *, atlas=No
     from .core.engines.events import run
 
     settings.setdefault("preview_every", 0)  # previews are for live layers; nothing here shows them
-    run(registration_trainer(task, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, encoder=encoder,
-                             out=out, resume=resume, segmentations=segmentations, init=init, **settings), progress)
+    run(
+        registration_trainer(
+            task,
+            atlas=atlas,
+            atlas_labels=atlas_labels,
+            unlabelled=unlabelled,
+            encoder=encoder,
+            out=out,
+            resume=resume,
+            segmentations=segmentations,
+            init=init,
+            **settings,
+        ),
+        progress,
+    )
     return Path(out)
 
 
@@ -215,8 +300,9 @@ def load_model(path: str | Path, device: str = "auto"):
         return RegistrationModel.load(path, device)
     if kind == "rrl-medsam":
         return SegmentationModel.load(path, device)
-    raise InputError(f"{path} is a {kind!r} checkpoint, not a model: distillation checkpoints are encoders "
-                     "(api.load_encoder).")
+    raise InputError(
+        f"{path} is a {kind!r} checkpoint, not a model: distillation checkpoints are encoders (api.load_encoder)."
+    )
 
 
 def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 5):
@@ -237,10 +323,21 @@ def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 5):
     return model.register(image, labels, _volume(volume), refine_steps)
 
 
-def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
-              unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-              validation: Sequence | bool = True, init: str | Path | None = None, pseudo_model=None,
-              **settings) -> Iterator:
+def cotrainer(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    registration,
+    atlas=None,
+    atlas_labels=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "rrl_medsam.pt",
+    resume: bool = False,
+    validation: Sequence | bool = True,
+    init: str | Path | None = None,
+    pseudo_model=None,
+    **settings,
+) -> Iterator:
     """Co-training as a generator of `Progress` events (previews: pseudo labels, auto-prompt mask; metrics:
     validation Dice on `validation`, (image, labels) pairs; True = the task's evaluation volumes). `init`: a
     co-trained checkpoint to fine-tune (its weights, these settings, a new run written to `out`).
@@ -253,7 +350,9 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
     try:
         config = CotrainConfig(**settings)
     except TypeError as exc:
-        raise InputError(f"{exc}; co-training settings are: {', '.join(f.name for f in fields(CotrainConfig))}") from exc
+        raise InputError(
+            f"{exc}; co-training settings are: {', '.join(f.name for f in fields(CotrainConfig))}"
+        ) from exc
     if isinstance(task, (str, Path)):
         task = load_task(task, check=False)  # once: for the training volumes and the validation volumes
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
@@ -269,14 +368,37 @@ def cotrainer(task: OneShotTask | str | Path | None = None, *, registration, atl
     if validation is True:
         validation = [case.load() for case in task.evaluation] if task is not None else []
     validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
-    return cotrain_engine(image, labels, targets, registration, out, encoder if config.use_dskd else None, config,
-                          resume, validation, init, pseudo_model)
+    return cotrain_engine(
+        image,
+        labels,
+        targets,
+        registration,
+        out,
+        encoder if config.use_dskd else None,
+        config,
+        resume,
+        validation,
+        init,
+        pseudo_model,
+    )
 
 
-def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas=None, atlas_labels=None,
-            unlabelled: Sequence = (), encoder=None, out: str | Path = "rrl_medsam.pt", resume: bool = False,
-            validation: Sequence | bool = True, progress: bool = True, init: str | Path | None = None,
-            pseudo_model=None, **settings) -> Path:
+def cotrain(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    registration,
+    atlas=None,
+    atlas_labels=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "rrl_medsam.pt",
+    resume: bool = False,
+    validation: Sequence | bool = True,
+    progress: bool = True,
+    init: str | Path | None = None,
+    pseudo_model=None,
+    **settings,
+) -> Path:
     """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels; save to `out`.
 
     `registration`: a trained registration model or its checkpoint path; `encoder`: the distilled general
@@ -286,14 +408,33 @@ def cotrain(task: OneShotTask | str | Path | None = None, *, registration, atlas
     from .core.engines.events import run
 
     settings.setdefault("preview_every", 0)  # a full-volume prediction each time; nothing here shows it
-    run(cotrainer(task, registration=registration, atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled,
-                  encoder=encoder, out=out, resume=resume, validation=validation, init=init,
-                  pseudo_model=pseudo_model, **settings), progress)
+    run(
+        cotrainer(
+            task,
+            registration=registration,
+            atlas=atlas,
+            atlas_labels=atlas_labels,
+            unlabelled=unlabelled,
+            encoder=encoder,
+            out=out,
+            resume=resume,
+            validation=validation,
+            init=init,
+            pseudo_model=pseudo_model,
+            **settings,
+        ),
+        progress,
+    )
     return Path(out)
 
 
-def segment(model, volume: Volume | str | Path, prior: Volume | str | Path | None = None, prior_weight: float = 0.3,
-            mirror: Sequence[tuple[int, int]] | None = None):
+def segment(
+    model,
+    volume: Volume | str | Path,
+    prior: Volume | str | Path | None = None,
+    prior_weight: float = 0.3,
+    mirror: Sequence[tuple[int, int]] | None = None,
+):
     """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
     mask M_g), both on the volume's native grid and affine. `prior`: optionally a label map of the volume,
     e.g. `register(model, (atlas, labels), volume).warped_labels`, fused with the final probabilities at
@@ -302,6 +443,8 @@ def segment(model, volume: Volume | str | Path, prior: Volume | str | Path | Non
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if not hasattr(model, "segment"):
-        raise InputError("this is a registration model; segment with a co-trained model (api.cotrain), or use "
-                         "api.register for pseudo labels.")
+        raise InputError(
+            "this is a registration model; segment with a co-trained model (api.cotrain), or use "
+            "api.register for pseudo labels."
+        )
     return model.segment(_volume(volume), None if prior is None else _volume(prior, "labels"), prior_weight, mirror)

@@ -7,8 +7,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import __version__
 
@@ -53,8 +53,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole one-shot pipeline on the bundled sample: shipped encoder -> registration -> co-training ->
     segmentation -> Dice report, with every output written as NIfTI on its volume's grid."""
-    from .api import check_output_folder, cotrain, evaluate, load_model, load_volume, register, resample, sample_task
-    from .api import save_volume, segment, train_registration
+    from .api import (
+        check_output_folder,
+        cotrain,
+        evaluate,
+        load_model,
+        load_volume,
+        register,
+        resample,
+        sample_task,
+        save_volume,
+        segment,
+        train_registration,
+    )
     from .data.sample import held_back_labels
 
     start = time.perf_counter()
@@ -76,13 +87,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_geometry_row(case.id, image))
     settings = {"device": args.device}
     print(f"\n[1/3] registration network: {args.registration_steps} steps (shipped general encoder's features)")
-    reg_path = train_registration(task, out=out / "registration.pt", resume=args.overwrite,
-                                  steps=args.registration_steps, **settings)
+    reg_path = train_registration(
+        task, out=out / "registration.pt", resume=args.overwrite, steps=args.registration_steps, **settings
+    )
     print(f"[2/3] co-training (general + medical branches, mutual EMA, auto-prompt): {args.cotrain_steps} steps")
     # constant rates: a short run's model is the model of a longer run at that step (benchmarks/demo_budget.py)
-    model_path = cotrain(task, registration=reg_path, out=out / "rrl_medsam.pt", resume=args.overwrite,
-                         steps=args.cotrain_steps, slab=args.slab, image_size=args.image_size,
-                         refine_steps=args.refine_steps, lr_schedule="constant", **settings)
+    model_path = cotrain(
+        task,
+        registration=reg_path,
+        out=out / "rrl_medsam.pt",
+        resume=args.overwrite,
+        steps=args.cotrain_steps,
+        slab=args.slab,
+        image_size=args.image_size,
+        refine_steps=args.refine_steps,
+        lr_schedule="constant",
+        **settings,
+    )
     print("[3/3] segmentation")
     registration, model = load_model(reg_path, args.device), load_model(model_path, args.device)
     rows = []
@@ -100,8 +121,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for name, before, reg, seg, fused, role in rows:
         print(f"  {name:<10} {before:15.3f} {reg:13.3f} {seg:11.3f} {fused:8.3f}  {role}")
     print("(+ prior: RRL-MedSAM with the registration's labels as a prior, segment(prior=...), weight 0.3)")
-    print(f"\nwrote pseudo labels, segmentations and auto-prompt masks (NIfTI, each target's grid) and the models "
-          f"to {out}/\ndone in {time.perf_counter() - start:.0f} s")
+    print(
+        f"\nwrote pseudo labels, segmentations and auto-prompt masks (NIfTI, each target's grid) and the models "
+        f"to {out}/\ndone in {time.perf_counter() - start:.0f} s"
+    )
     return 0
 
 
@@ -113,9 +136,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
         task = load_task(args.task, check=False)
         volumes += [case.image for case in task.unlabelled]
     natural = False if args.no_natural else args.natural
-    settings = {k: v for k, v in {"natural_steps": args.natural_steps, "medical_steps": args.medical_steps,
-                                  "batch_size": args.batch_size, "slices_per_volume": args.slices_per_volume,
-                                  "device": args.device, "spacing": args.spacing}.items() if v is not None}
+    settings = {
+        k: v
+        for k, v in {
+            "natural_steps": args.natural_steps,
+            "medical_steps": args.medical_steps,
+            "batch_size": args.batch_size,
+            "slices_per_volume": args.slices_per_volume,
+            "device": args.device,
+            "spacing": args.spacing,
+        }.items()
+        if v is not None
+    }
     out = distill(volumes, natural, args.teacher, args.sam_checkpoint, args.out, args.resume, **settings)
     print(f"wrote {out}")
     return 0
@@ -124,14 +156,21 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_train_registration(args: argparse.Namespace) -> int:
     from .api import load_task, train_registration
 
-    settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "spacing": args.spacing,
-                                  "smooth_weight": args.smooth_weight,
-                                  "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    settings = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "device": args.device,
+            "spacing": args.spacing,
+            "smooth_weight": args.smooth_weight,
+            "checkpoint_every": args.checkpoint_every,
+        }.items()
+        if v is not None
+    }
     if args.no_features:
         settings["use_features"] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
-    out = train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init,
-                             **settings)
+    out = train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init, **settings)
     print(f"wrote {out}")
     return 0
 
@@ -147,26 +186,48 @@ def cmd_register(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         result = register(model, (args.atlas_image, args.atlas_labels), target, refine_steps=args.refine_steps)
         seconds = time.perf_counter() - start
-        volumes = (result.warped_labels, result.warped_image, result.displacement_magnitude(),
-                   result.jacobian_determinant())
+        volumes = (
+            result.warped_labels,
+            result.warped_image,
+            result.displacement_magnitude(),
+            result.jacobian_determinant(),
+        )
         written = [save_volume(v, o, args.overwrite) for v, o in zip(volumes, outputs)]
-        print(f"{target.name}: {seconds:.1f} s, folding {100 * result.folding:.2f}% -> "
-              + ", ".join(p.name for p in written))
+        print(
+            f"{target.name}: {seconds:.1f} s, folding {100 * result.folding:.2f}% -> "
+            + ", ".join(p.name for p in written)
+        )
     return 0
 
 
 def cmd_cotrain(args: argparse.Namespace) -> int:
     from .api import cotrain, load_task
 
-    settings = {k: v for k, v in {"steps": args.steps, "device": args.device, "slab": args.slab,
-                                  "image_size": args.image_size,
-                                  "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    settings = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "device": args.device,
+            "slab": args.slab,
+            "image_size": args.image_size,
+            "checkpoint_every": args.checkpoint_every,
+        }.items()
+        if v is not None
+    }
     for flag, key in (("no_ema", "use_mutual_ema"), ("no_prompt", "use_prompt"), ("no_dskd", "use_dskd")):
         if getattr(args, flag):
             settings[key] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
-    out = cotrain(task, registration=args.registration, encoder=args.encoder, out=args.out,
-                  resume=args.resume, init=args.init, pseudo_model=args.pseudo_model, **settings)
+    out = cotrain(
+        task,
+        registration=args.registration,
+        encoder=args.encoder,
+        out=args.out,
+        resume=args.resume,
+        init=args.init,
+        pseudo_model=args.pseudo_model,
+        **settings,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -180,8 +241,9 @@ def _mirror_pairs(text: str | None):
     try:
         return [tuple(int(v) for v in pair.split(":")) for pair in text.split(",")]
     except ValueError:
-        raise InputError(f"--mirror takes 'freesurfer' or left:right label pairs such as 2:41,3:42, not {text!r}.") \
-            from None
+        raise InputError(
+            f"--mirror takes 'freesurfer' or left:right label pairs such as 2:41,3:42, not {text!r}."
+        ) from None
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -198,8 +260,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     plan = plan_outputs(paths, args.out, endings, args.overwrite)  # before any work
     mirror = _mirror_pairs(args.mirror)
     model = load_model(args.model, args.device or "auto")
-    atlas = None if args.atlas_image is None else (load_volume(args.atlas_image),
-                                                    load_volume(args.atlas_labels, kind="labels"))
+    atlas = (
+        None
+        if args.atlas_image is None
+        else (load_volume(args.atlas_image), load_volume(args.atlas_labels, kind="labels"))
+    )
     for path, outputs in zip(paths, plan):
         volume = load_volume(path)
         start = time.perf_counter()
@@ -211,8 +276,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rrl-medsam", description="One-shot 3D medical image segmentation "
-                                     "guided by SAM (RRL-MedSAM).")
+    parser = argparse.ArgumentParser(
+        prog="rrl-medsam", description="One-shot 3D medical image segmentation guided by SAM (RRL-MedSAM)."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -220,13 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the outputs (default: rrl-medsam-demo/run-<time>)")
     p.add_argument("--overwrite", action="store_true", help="reuse --out: resume its models, replace its files")
     p.add_argument("--registration-steps", type=int, default=150)
-    p.add_argument("--cotrain-steps", type=int, default=600,
-                   help="co-training steps (at 600 the phantom's model beats its registration on the evaluation "
-                        "target; 200 are far too few)")
+    p.add_argument(
+        "--cotrain-steps",
+        type=int,
+        default=600,
+        help="co-training steps (at 600 the phantom's model beats its registration on the evaluation "
+        "target; 200 are far too few)",
+    )
     p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per registered pair")
     p.add_argument("--slab", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=96,
-                   help="encoder input per slice (the phantom's 2 mm slices are 84 px across)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=96,
+        help="encoder input per slice (the phantom's 2 mm slices are 84 px across)",
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
@@ -267,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registration checkpoint")
     p.add_argument("--atlas-image", required=True)
     p.add_argument("--atlas-labels", required=True)
-    p.add_argument("--out", required=True, help="folder for <target>_pseudo_labels / _warped_atlas / "
-                   "_displacement_mm / _jacobian .nii.gz (each on its target's grid)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <target>_pseudo_labels / _warped_atlas / "
+        "_displacement_mm / _jacobian .nii.gz (each on its target's grid)",
+    )
     p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per pair (0: network only)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
@@ -289,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 25)")
     p.add_argument("--init", help="a co-trained checkpoint to fine-tune, e.g. with a fine-tuned --registration")
-    p.add_argument("--pseudo-model", help="a co-trained checkpoint whose predictions, fused with the registration's, "
-                                          "are the pseudo labels (a self-training round; usually also --init)")
+    p.add_argument(
+        "--pseudo-model",
+        help="a co-trained checkpoint whose predictions, fused with the registration's, "
+        "are the pseudo labels (a self-training round; usually also --init)",
+    )
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_cotrain)
 
@@ -303,8 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas-labels")
     p.add_argument("--prior-weight", type=float, default=0.3, help="weight of that prior (default: %(default)s)")
     p.add_argument("--refine-steps", type=int, default=5, help="registration refinement steps for the prior")
-    p.add_argument("--mirror", metavar="PAIRS", help="test-time left-right mirroring for symmetric anatomy (twice "
-                   "the network's time): 'freesurfer' (aseg labels) or left:right label pairs, e.g. 2:41,3:42")
+    p.add_argument(
+        "--mirror",
+        metavar="PAIRS",
+        help="test-time left-right mirroring for symmetric anatomy (twice "
+        "the network's time): 'freesurfer' (aseg labels) or left:right label pairs, e.g. 2:41,3:42",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_segment)
@@ -340,8 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rrl-medsam {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # a folder we may not list or write in
-        print(f"rrl-medsam {args.command}: error: permission denied: {exc.filename}; choose a location you can "
-              "read and write, or change its permissions.", file=sys.stderr)
+        print(
+            f"rrl-medsam {args.command}: error: permission denied: {exc.filename}; choose a location you can "
+            "read and write, or change its permissions.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:  # the engines save their checkpoint on the way out
         print(f"\nrrl-medsam {args.command}: interrupted." + _resume_hint(args), file=sys.stderr)

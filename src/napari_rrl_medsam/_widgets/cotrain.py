@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
@@ -17,9 +17,13 @@ from .runner import TrainingPanel
 from .settings import load_settings, path_or_none, save_settings
 
 # preview key -> (live layer name, kind); the engines put these arrays on the atlas's working grid
-LIVE = {"target": ("live: current volume", "image"), "warped_atlas": ("live: warped atlas", "image"),
-        "pseudo_labels": ("live: pseudo labels", "labels"), "auto_prompt": ("live: auto-prompt mask", "labels"),
-        "segmentation": ("live: segmentation", "labels")}
+LIVE = {
+    "target": ("live: current volume", "image"),
+    "warped_atlas": ("live: warped atlas", "image"),
+    "pseudo_labels": ("live: pseudo labels", "labels"),
+    "auto_prompt": ("live: auto-prompt mask", "labels"),
+    "segmentation": ("live: segmentation", "labels"),
+}
 
 
 class CotrainWidget(TrainingPanel):
@@ -31,23 +35,35 @@ class CotrainWidget(TrainingPanel):
     def __init__(self, napari_viewer) -> None:
         s = load_settings()
         v = napari_viewer
-        form = Container(widgets=[
-            ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
-            ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
-            Select(name="unlabelled", label="unlabelled volumes", choices=layer_choices(v, "image")),
-            FileEdit(name="folder", label="or a folder", mode="d", nullable=True, value=s.get("cotrain.folder")),
-            ComboBox(name="val_image", label="validation image", choices=layer_choices(v, "image", True)),
-            ComboBox(name="val_labels", label="validation labels", choices=layer_choices(v, "labels", True)),
-            FileEdit(name="encoder", label="encoder", mode="r", nullable=True, value=s.get("encoder"),
-                     tooltip="a distilled encoder checkpoint; empty: the shipped encoder"),
-            SpinBox(name="registration_steps", label="registration steps", min=0, max=10**6, value=150),
-            SpinBox(name="cotrain_steps", label="co-training steps", min=1, max=10**6, value=60),
-            SpinBox(name="slab", label="slab (slices)", min=1, max=256, value=8),
-            SpinBox(name="image_size", label="slice size (px)", min=16, max=1024, step=16, value=128),
-            ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
-            FileEdit(name="out", label="output folder", mode="d",
-                     value=s.get("cotrain.out", str(Path.home() / "rrl-medsam" / "run"))),
-        ])
+        form = Container(
+            widgets=[
+                ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
+                ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
+                Select(name="unlabelled", label="unlabelled volumes", choices=layer_choices(v, "image")),
+                FileEdit(name="folder", label="or a folder", mode="d", nullable=True, value=s.get("cotrain.folder")),
+                ComboBox(name="val_image", label="validation image", choices=layer_choices(v, "image", True)),
+                ComboBox(name="val_labels", label="validation labels", choices=layer_choices(v, "labels", True)),
+                FileEdit(
+                    name="encoder",
+                    label="encoder",
+                    mode="r",
+                    nullable=True,
+                    value=s.get("encoder"),
+                    tooltip="a distilled encoder checkpoint; empty: the shipped encoder",
+                ),
+                SpinBox(name="registration_steps", label="registration steps", min=0, max=10**6, value=150),
+                SpinBox(name="cotrain_steps", label="co-training steps", min=1, max=10**6, value=60),
+                SpinBox(name="slab", label="slab (slices)", min=1, max=256, value=8),
+                SpinBox(name="image_size", label="slice size (px)", min=16, max=1024, step=16, value=128),
+                ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+                FileEdit(
+                    name="out",
+                    label="output folder",
+                    mode="d",
+                    value=s.get("cotrain.out", str(Path.home() / "rrl-medsam" / "run")),
+                ),
+            ]
+        )
         # further RegistrationTrainConfig / CotrainConfig fields, for scripts (e.g. checkpoint_every, network)
         self.registration_settings: dict = {}
         self.cotrain_settings: dict = {}
@@ -77,17 +93,40 @@ class CotrainWidget(TrainingPanel):
         validation = (to_volume(f.val_image.value), to_volume(f.val_labels.value)) if f.val_image.value else None
         reg_path, model_path = self.paths()
         if not resume and self.resumable():
-            raise ValueError(f"{reg_path.parent} already holds a run: press Resume to continue it, or choose "
-                             "another output folder.")
+            raise ValueError(
+                f"{reg_path.parent} already holds a run: press Resume to continue it, or choose another output folder."
+            )
         device, encoder_path = f.device.value, f.encoder.value
         reg = dict(steps=f.registration_steps.value, device=device, **self.registration_settings)
-        cot = dict(steps=f.cotrain_steps.value, slab=f.slab.value, image_size=f.image_size.value, device=device,
-                   **self.cotrain_settings)
+        cot = dict(
+            steps=f.cotrain_steps.value,
+            slab=f.slab.value,
+            image_size=f.image_size.value,
+            device=device,
+            **self.cotrain_settings,
+        )
         self.grid = working_grid(atlas, reg.get("spacing", 2.0))
-        save_settings(**{"device": device, "encoder": path_or_none(encoder_path), "cotrain.out": str(reg_path.parent),
-                         "cotrain.folder": path_or_none(f.folder.value)})
-        return partial(one_shot_training, atlas, labels, unlabelled, validation, encoder_path,
-                       reg_path, model_path, resume, reg, cot)
+        save_settings(
+            **{
+                "device": device,
+                "encoder": path_or_none(encoder_path),
+                "cotrain.out": str(reg_path.parent),
+                "cotrain.folder": path_or_none(f.folder.value),
+            }
+        )
+        return partial(
+            one_shot_training,
+            atlas,
+            labels,
+            unlabelled,
+            validation,
+            encoder_path,
+            reg_path,
+            model_path,
+            resume,
+            reg,
+            cot,
+        )
 
     def show_preview(self, event) -> None:
         from ..api import Volume

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select, SpinBox
@@ -15,8 +15,11 @@ from .layers import layer_choices, to_volume, upsert
 from .runner import TrainingPanel
 from .settings import load_settings, path_or_none, save_settings
 
-TEACHERS = [("LiteMedSAM (bundled, offline)", "litemedsam"), ("SAM ViT-B from a checkpoint file", "sam_file"),
-            ("SAM ViT-B (download once)", "sam_vit_b")]
+TEACHERS = [
+    ("LiteMedSAM (bundled, offline)", "litemedsam"),
+    ("SAM ViT-B from a checkpoint file", "sam_file"),
+    ("SAM ViT-B (download once)", "sam_vit_b"),
+]
 DEVICES = ["auto", "cpu", "cuda"]
 
 
@@ -35,25 +38,54 @@ class DistillWidget(TrainingPanel):
     def __init__(self, napari_viewer) -> None:
         s = load_settings()
         self.use_shipped = PushButton(text="Use the shipped encoder (default)")
-        form = Container(widgets=[
-            self.use_shipped,
-            ComboBox(name="teacher", label="teacher", choices=TEACHERS, value=s.get("dskd.teacher", "litemedsam")),
-            FileEdit(name="sam_checkpoint", label="SAM ViT-B file", mode="r", nullable=True,
-                     value=s.get("dskd.sam_checkpoint")),
-            FileEdit(name="natural", label="photographs", mode="d", nullable=True, value=s.get("dskd.natural"),
-                     tooltip="folder of JPEG/PNG photographs; empty: the photographs scikit-image ships"),
-            Select(name="volumes", label="unlabelled volumes", choices=layer_choices(napari_viewer, "image")),
-            FileEdit(name="volume_folder", label="or a folder", mode="d", nullable=True,
-                     value=s.get("dskd.volume_folder")),
-            SpinBox(name="natural_steps", label="natural steps", min=0, max=10**6, value=600),
-            SpinBox(name="medical_steps", label="medical steps", min=0, max=10**6, value=600),
-            SpinBox(name="batch_size", label="batch size", min=1, max=1024, value=8),
-            ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
-            FileEdit(name="cache_dir", label="cache folder", mode="d", nullable=True, value=s.get("cache_dir"),
-                     tooltip="teacher embeddings are cached here; empty: the user cache folder"),
-            FileEdit(name="out", label="save encoder to", mode="w", filter="*.pt",
-                     value=s.get("dskd.out", str(Path.home() / "rrl-medsam" / "general_encoder.pt"))),
-        ])
+        form = Container(
+            widgets=[
+                self.use_shipped,
+                ComboBox(name="teacher", label="teacher", choices=TEACHERS, value=s.get("dskd.teacher", "litemedsam")),
+                FileEdit(
+                    name="sam_checkpoint",
+                    label="SAM ViT-B file",
+                    mode="r",
+                    nullable=True,
+                    value=s.get("dskd.sam_checkpoint"),
+                ),
+                FileEdit(
+                    name="natural",
+                    label="photographs",
+                    mode="d",
+                    nullable=True,
+                    value=s.get("dskd.natural"),
+                    tooltip="folder of JPEG/PNG photographs; empty: the photographs scikit-image ships",
+                ),
+                Select(name="volumes", label="unlabelled volumes", choices=layer_choices(napari_viewer, "image")),
+                FileEdit(
+                    name="volume_folder",
+                    label="or a folder",
+                    mode="d",
+                    nullable=True,
+                    value=s.get("dskd.volume_folder"),
+                ),
+                SpinBox(name="natural_steps", label="natural steps", min=0, max=10**6, value=600),
+                SpinBox(name="medical_steps", label="medical steps", min=0, max=10**6, value=600),
+                SpinBox(name="batch_size", label="batch size", min=1, max=1024, value=8),
+                ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+                FileEdit(
+                    name="cache_dir",
+                    label="cache folder",
+                    mode="d",
+                    nullable=True,
+                    value=s.get("cache_dir"),
+                    tooltip="teacher embeddings are cached here; empty: the user cache folder",
+                ),
+                FileEdit(
+                    name="out",
+                    label="save encoder to",
+                    mode="w",
+                    filter="*.pt",
+                    value=s.get("dskd.out", str(Path.home() / "rrl-medsam" / "general_encoder.pt")),
+                ),
+            ]
+        )
         self.advanced: dict = {}  # further DistillConfig fields, for scripts (e.g. image_size, encoder)
         super().__init__(napari_viewer, form)
         self.encoder_label = QLabel()
@@ -72,9 +104,11 @@ class DistillWidget(TrainingPanel):
     def _show_encoder(self, path: str | None) -> None:
         from ..api import SHIPPED_ENCODER
 
-        self.encoder_label.setText(f"encoder for co-training: {path}" if path else
-                                   f"encoder for co-training: the shipped one ({SHIPPED_ENCODER.name}, "
-                                   "distilled from LiteMedSAM)")
+        self.encoder_label.setText(
+            f"encoder for co-training: {path}"
+            if path
+            else f"encoder for co-training: the shipped one ({SHIPPED_ENCODER.name}, distilled from LiteMedSAM)"
+        )
 
     def resumable(self) -> bool:
         return Path(self.form.out.value).exists()
@@ -87,22 +121,48 @@ class DistillWidget(TrainingPanel):
             raise ValueError("choose the SAM ViT-B checkpoint file, or another teacher.")
         volumes = [to_volume(layer) for layer in f.volumes.value] + volume_files(f.volume_folder.value)
         if f.medical_steps.value > 0 and not volumes:
-            raise ValueError("choose unlabelled volumes (image layers or a folder) for the medical stage, or set its "
-                             "steps to 0.")
+            raise ValueError(
+                "choose unlabelled volumes (image layers or a folder) for the medical stage, or set its steps to 0."
+            )
         out = Path(f.out.value)
-        settings = {"natural_steps": f.natural_steps.value, "medical_steps": f.medical_steps.value,
-                    "batch_size": f.batch_size.value, "device": f.device.value, **self.advanced}
-        save_settings(**{"device": f.device.value, "cache_dir": path_or_none(f.cache_dir.value),
-                         "dskd.teacher": teacher, "dskd.sam_checkpoint": path_or_none(checkpoint),
-                         "dskd.natural": path_or_none(f.natural.value),
-                         "dskd.volume_folder": path_or_none(f.volume_folder.value), "dskd.out": str(out)})
-        return partial(distillation, volumes, f.natural.value, "sam_vit_b" if sam_file else teacher,
-                       checkpoint if sam_file else None, out, resume, settings, f.cache_dir.value)
+        settings = {
+            "natural_steps": f.natural_steps.value,
+            "medical_steps": f.medical_steps.value,
+            "batch_size": f.batch_size.value,
+            "device": f.device.value,
+            **self.advanced,
+        }
+        save_settings(
+            **{
+                "device": f.device.value,
+                "cache_dir": path_or_none(f.cache_dir.value),
+                "dskd.teacher": teacher,
+                "dskd.sam_checkpoint": path_or_none(checkpoint),
+                "dskd.natural": path_or_none(f.natural.value),
+                "dskd.volume_folder": path_or_none(f.volume_folder.value),
+                "dskd.out": str(out),
+            }
+        )
+        return partial(
+            distillation,
+            volumes,
+            f.natural.value,
+            "sam_vit_b" if sam_file else teacher,
+            checkpoint if sam_file else None,
+            out,
+            resume,
+            settings,
+            f.cache_dir.value,
+        )
 
     def show_preview(self, event) -> None:
         # 2D: napari shows it over every slice of the volumes
-        upsert(self.viewer, event.preview["embedding"].astype(np.float32),
-               {"name": "DSKD: student embedding (a slice)", "colormap": "viridis"}, "image")
+        upsert(
+            self.viewer,
+            event.preview["embedding"].astype(np.float32),
+            {"name": "DSKD: student embedding (a slice)", "colormap": "viridis"},
+            "image",
+        )
 
     def on_finished(self) -> None:
         from ..api import load_checkpoint

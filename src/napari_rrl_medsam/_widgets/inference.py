@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from .dskd import DEVICES
-from .layers import FollowsLayers, like_layer, layer_choices, to_volume, upsert
+from .layers import FollowsLayers, layer_choices, like_layer, to_volume, upsert
 from .settings import load_settings, save_settings
 from .torch_import import import_torch_stack
 
@@ -28,26 +28,44 @@ class InferenceWidget(QWidget, FollowsLayers):
         self.viewer = napari_viewer
         s = load_settings()
         v = napari_viewer
-        self.form = Container(widgets=[
-            FileEdit(name="model", label="model", mode="r", filter="*.pt", nullable=True, value=s.get("inference.model")),
-            ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
-            ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
-            ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
-            ComboBox(name="target", label="target image", choices=layer_choices(v, "image")),
-            SpinBox(name="refine_steps", label="refine steps", min=0, max=1000, value=5,
-                    tooltip="instance optimisation on this pair: slower, more accurate"),
-            PushButton(name="register", text="Register"),
-            CheckBox(name="prior", text="registration prior", value=False,
-                     tooltip="Segment also registers the atlas above and fuses its labels with the network's "
-                             "(weight 0.3): more accurate, slower"),
-            CheckBox(name="mirror", text="mirror left / right (FreeSurfer labels)", value=False,
-                     tooltip="Segment also segments the left-right mirror image and averages, FreeSurfer's left "
-                             "and right labels exchanged: for brains labelled like aseg; twice the network's time"),
-            PushButton(name="segment", text="Segment"),
-            ComboBox(name="prediction", label="prediction", choices=layer_choices(v, "labels")),
-            ComboBox(name="truth", label="ground truth", choices=layer_choices(v, "labels")),
-            PushButton(name="evaluate", text="Evaluate"),
-        ])
+        self.form = Container(
+            widgets=[
+                FileEdit(
+                    name="model", label="model", mode="r", filter="*.pt", nullable=True, value=s.get("inference.model")
+                ),
+                ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+                ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
+                ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
+                ComboBox(name="target", label="target image", choices=layer_choices(v, "image")),
+                SpinBox(
+                    name="refine_steps",
+                    label="refine steps",
+                    min=0,
+                    max=1000,
+                    value=5,
+                    tooltip="instance optimisation on this pair: slower, more accurate",
+                ),
+                PushButton(name="register", text="Register"),
+                CheckBox(
+                    name="prior",
+                    text="registration prior",
+                    value=False,
+                    tooltip="Segment also registers the atlas above and fuses its labels with the network's "
+                    "(weight 0.3): more accurate, slower",
+                ),
+                CheckBox(
+                    name="mirror",
+                    text="mirror left / right (FreeSurfer labels)",
+                    value=False,
+                    tooltip="Segment also segments the left-right mirror image and averages, FreeSurfer's left "
+                    "and right labels exchanged: for brains labelled like aseg; twice the network's time",
+                ),
+                PushButton(name="segment", text="Segment"),
+                ComboBox(name="prediction", label="prediction", choices=layer_choices(v, "labels")),
+                ComboBox(name="truth", label="ground truth", choices=layer_choices(v, "labels")),
+                PushButton(name="evaluate", text="Evaluate"),
+            ]
+        )
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["label", "structure", "Dice", "HD95 mm"])
         self.export = PushButton(text="Export CSV")
@@ -123,10 +141,12 @@ class InferenceWidget(QWidget, FollowsLayers):
         def done(outputs) -> None:
             result, magnitude, jacobian = outputs
             name = like.name
-            for volume, suffix, kind in ((result.warped_image, "warped atlas", "image"),
-                                         (magnitude, "displacement mm", "image"),
-                                         (jacobian, "Jacobian determinant", "image"),
-                                         (result.warped_labels, "pseudo labels", "labels")):
+            for volume, suffix, kind in (
+                (result.warped_image, "warped atlas", "image"),
+                (magnitude, "displacement mm", "image"),
+                (jacobian, "Jacobian determinant", "image"),
+                (result.warped_labels, "pseudo labels", "labels"),
+            ):
                 upsert(self.viewer, *like_layer(volume, like, f"{name} {suffix}", kind))
             self.status.setText(f"registered the atlas onto {name}: folding {100 * result.folding:.2f}%")
 
@@ -178,8 +198,9 @@ class InferenceWidget(QWidget, FollowsLayers):
 
     def show_evaluation(self, evaluation) -> None:
         self.evaluation = evaluation
-        rows = evaluation.rows() + [{"label": "mean", "name": "", "dice": evaluation.mean_dice,
-                                     "hd95_mm": evaluation.mean_hd95}]
+        rows = evaluation.rows() + [
+            {"label": "mean", "name": "", "dice": evaluation.mean_dice, "hd95_mm": evaluation.mean_hd95}
+        ]
         self.table.setRowCount(len(rows))
         for i, row in enumerate(rows):
             cells = [str(row["label"]), row["name"], _number(row["dice"]), _number(row["hd95_mm"])]

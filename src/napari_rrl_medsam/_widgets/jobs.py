@@ -3,8 +3,8 @@ so a widget can run them in its worker thread or in a child process (`api.in_sub
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
@@ -19,8 +19,18 @@ def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, devic
     return evaluate(pred, truth, hd95=False).mean_dice
 
 
-def one_shot_training(atlas, atlas_labels, unlabelled: list, validation, encoder: Path | None, registration_out: Path,
-                      model_out: Path, resume: bool, registration: dict, cotrain: dict) -> Iterator:
+def one_shot_training(
+    atlas,
+    atlas_labels,
+    unlabelled: list,
+    validation,
+    encoder: Path | None,
+    registration_out: Path,
+    model_out: Path,
+    resume: bool,
+    registration: dict,
+    cotrain: dict,
+) -> Iterator:
     """Registration network (skipped when its checkpoint is complete), then co-training: one event stream.
     `validation`: an (image, labels) pair or None; `registration` / `cotrain`: engine settings."""
     from ..api import cotrainer, load_checkpoint, load_encoder, registration_trainer
@@ -29,23 +39,50 @@ def one_shot_training(atlas, atlas_labels, unlabelled: list, validation, encoder
     general = load_encoder(encoder)
     done = registration_out.exists() and int(load_checkpoint(registration_out)["step"]) >= registration["steps"]
     if not done:
-        events = registration_trainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, encoder=general,
-                                      out=registration_out, resume=resume, **registration)
+        events = registration_trainer(
+            atlas=atlas,
+            atlas_labels=atlas_labels,
+            unlabelled=unlabelled,
+            encoder=general,
+            out=registration_out,
+            resume=resume,
+            **registration,
+        )
         try:
             for event in events:
                 if validation is not None and event.checkpoint is not None and event.losses:
-                    event.metrics = {**event.metrics, "val_dice_registration": registration_dice(
-                        event.checkpoint, atlas, atlas_labels, *validation, registration.get("device", "auto"))}
+                    event.metrics = {
+                        **event.metrics,
+                        "val_dice_registration": registration_dice(
+                            event.checkpoint, atlas, atlas_labels, *validation, registration.get("device", "auto")
+                        ),
+                    }
                 yield event
         finally:
             events.close()
-    yield from cotrainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=unlabelled, registration=registration_out,
-                         encoder=general, out=model_out, resume=resume,
-                         validation=[validation] if validation is not None else [], **cotrain)
+    yield from cotrainer(
+        atlas=atlas,
+        atlas_labels=atlas_labels,
+        unlabelled=unlabelled,
+        registration=registration_out,
+        encoder=general,
+        out=model_out,
+        resume=resume,
+        validation=[validation] if validation is not None else [],
+        **cotrain,
+    )
 
 
-def distillation(volumes: list, natural: Path | None, teacher: str, teacher_checkpoint: Path | None, out: Path,
-                 resume: bool, settings: dict, cache_dir: Path | None) -> Iterator:
+def distillation(
+    volumes: list,
+    natural: Path | None,
+    teacher: str,
+    teacher_checkpoint: Path | None,
+    out: Path,
+    resume: bool,
+    settings: dict,
+    cache_dir: Path | None,
+) -> Iterator:
     """DSKD with an embedding preview at each checkpoint. `cache_dir`: where teacher embeddings (and a
     downloaded teacher) go in this process; None: the user cache folder."""
     from ..api import distiller, embedding_preview, set_cache_dir

@@ -3,7 +3,8 @@ that are created once and then updated in place."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

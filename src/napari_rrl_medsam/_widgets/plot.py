@@ -50,8 +50,12 @@ class LivePlot(QWidget):
                 values = [v for _, v in pts]
                 lo, hi = min(values), max(values)
                 span, sspan = (hi - lo) or 1.0, (s1 - s0) or 1.0
-                line = QPolygonF([QPointF(left + (s - s0) / sspan * (right - left),
-                                          bottom - (v - lo) / span * (bottom - top)) for s, v in pts[-2000:]])
+                line = QPolygonF(
+                    [
+                        QPointF(left + (s - s0) / sspan * (right - left), bottom - (v - lo) / span * (bottom - top))
+                        for s, v in pts[-2000:]
+                    ]
+                )
                 p.setPen(QPen(colour, 1.5))
                 p.drawPolyline(line)
                 x, y = 6 + (k % 2) * (w // 2), bottom + 14 * (k // 2 + 1)

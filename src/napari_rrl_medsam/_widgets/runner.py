@@ -11,7 +11,7 @@ With `in_subprocess` the worker thread only relays: the engine runs in the main 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from magicgui.widgets import Container
 from napari.qt.threading import GeneratorWorker, create_worker
@@ -115,8 +115,14 @@ class TrainingPanel(QWidget, FollowsLayers):
             self._offsets.clear()
             self._x = 0.0
         self.failed, self.last_event = None, None
-        worker = create_worker(_drive, job, self.in_subprocess, _worker_class=ClosingWorker, _start_thread=False,
-                               _connect={"errored": self._errored})
+        worker = create_worker(
+            _drive,
+            job,
+            self.in_subprocess,
+            _worker_class=ClosingWorker,
+            _start_thread=False,
+            _connect={"errored": self._errored},
+        )
         worker.yielded.connect(self._yielded)
         worker.paused.connect(lambda: self._set_state("paused"))
         worker.resumed.connect(lambda: self._set_state("running"))
@@ -189,8 +195,10 @@ class TrainingPanel(QWidget, FollowsLayers):
         if self.failed is None:
             event = self.last_event
             done = event is not None and event.step >= event.total
-            self.status.setText(("finished" if done else "stopped (Resume continues from the checkpoint)")
-                                + (f" at {event.stage} step {event.step}/{event.total}" if event else ""))
+            self.status.setText(
+                ("finished" if done else "stopped (Resume continues from the checkpoint)")
+                + (f" at {event.stage} step {event.step}/{event.total}" if event else "")
+            )
             show_info(f"{self.title}: {self.status.text()}")
         else:
             self.status.setText(f"failed: {self.failed}")
@@ -199,8 +207,12 @@ class TrainingPanel(QWidget, FollowsLayers):
 
     def _set_state(self, state: str) -> None:
         self.state = state
-        enabled = {"idle": {"Start"} | ({"Resume"} if self.resumable() else set()),
-                   "running": {"Pause", "Stop"}, "paused": {"Resume", "Stop"}, "stopping": set()}[state]
+        enabled = {
+            "idle": {"Start"} | ({"Resume"} if self.resumable() else set()),
+            "running": {"Pause", "Stop"},
+            "paused": {"Resume", "Stop"},
+            "stopping": set(),
+        }[state]
         for name, button in self.buttons.items():
             button.setEnabled(name in enabled)
         self.form.enabled = state == "idle"

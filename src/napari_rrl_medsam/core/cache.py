@@ -7,8 +7,9 @@ slice on a CPU, so each slice is encoded once per teacher and read back on every
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,31 +29,38 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, teacher: "Teacher", image: torch.Tensor) -> str:
+    def key(self, teacher: Teacher, image: torch.Tensor) -> str:
         """SHA-256 over the teacher id, the image's shape and dtype and its values (as CPU float32)."""
         digest = hashlib.sha256(f"{teacher.id}|{tuple(image.shape)}|{image.dtype}|".encode())
         digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().data)
         return digest.hexdigest()
 
-    def path(self, teacher: "Teacher", key: str) -> Path:
+    def path(self, teacher: Teacher, key: str) -> Path:
         return self.root / teacher.id / key[:2] / f"{key}.npy"
 
-    def get(self, teacher: "Teacher", image: torch.Tensor) -> torch.Tensor | None:
+    def get(self, teacher: Teacher, image: torch.Tensor) -> torch.Tensor | None:
         return self._read(teacher, self.key(teacher, image))
 
-    def put(self, teacher: "Teacher", image: torch.Tensor, embedding: torch.Tensor) -> None:
+    def put(self, teacher: Teacher, image: torch.Tensor, embedding: torch.Tensor) -> None:
         self._write(teacher, self.key(teacher, image), embedding)
 
-    def embed(self, teacher: "Teacher", images: torch.Tensor, batch_size: int = 4,
-              on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        teacher: Teacher,
+        images: torch.Tensor,
+        batch_size: int = 4,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """(N, 3, S, S) images -> (N, C, h, w) float16 CPU embeddings, encoding only those not cached yet.
 
         The missing ones are encoded in batches on the teacher's device; ``on_progress(done, total)`` is called
         after each batch (and once at the end when everything was cached).
         """
         if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"embed needs (N, 3, S, S) images, got shape {tuple(images.shape)}: "
-                             "stack the slices and repeat each grey slice to 3 channels")
+            raise InputError(
+                f"embed needs (N, 3, S, S) images, got shape {tuple(images.shape)}: "
+                "stack the slices and repeat each grey slice to 3 channels"
+            )
         total = images.shape[0]
         out = torch.empty(total, teacher.embed_dim, teacher.embed_size, teacher.embed_size, dtype=torch.float16)
         keys = [self.key(teacher, image) for image in images]
@@ -67,7 +75,7 @@ class EmbeddingCache:
         self.misses += len(missing)
         done = total - len(missing)
         for start in range(0, len(missing), max(1, batch_size)):
-            batch = missing[start:start + max(1, batch_size)]
+            batch = missing[start : start + max(1, batch_size)]
             embeddings = teacher.encode(images[batch]).to("cpu", torch.float16)
             for i, embedding in zip(batch, embeddings):
                 self._write(teacher, keys[i], embedding)
@@ -79,7 +87,7 @@ class EmbeddingCache:
             on_progress(total, total)
         return out
 
-    def _read(self, teacher: "Teacher", key: str) -> torch.Tensor | None:
+    def _read(self, teacher: Teacher, key: str) -> torch.Tensor | None:
         """The cached embedding, or None when absent, unreadable or of the wrong shape (then it is recomputed)."""
         path = self.path(teacher, key)
         try:
@@ -90,7 +98,7 @@ class EmbeddingCache:
             return None
         return torch.from_numpy(array)
 
-    def _write(self, teacher: "Teacher", key: str, embedding: torch.Tensor) -> None:
+    def _write(self, teacher: Teacher, key: str, embedding: torch.Tensor) -> None:
         """Atomic (temp file + os.replace), so an interrupted run never leaves a half-written embedding."""
         array = embedding.detach().to("cpu", torch.float16).numpy()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import InputError
 from .files import atomic_write, check_output
@@ -51,8 +52,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     bad = non_finite(state)
     if bad is not None:
-        raise InputError(f"not saving {path}: {bad!r} holds NaN or infinity (training diverged); the previous "
-                         "checkpoint there, if any, is unchanged. Resume from it with a lower learning rate.")
+        raise InputError(
+            f"not saving {path}: {bad!r} holds NaN or infinity (training diverged); the previous "
+            "checkpoint there, if any, is unchanged. Resume from it with a lower learning rate."
+        )
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -78,22 +81,28 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         if "weights only" not in str(exc).lower():
             raise InputError(f"cannot read checkpoint {path} (UnpicklingError); it is truncated or corrupt.") from exc
         # weights_only refused an object: not ours, and never to be unpickled fully (PyTorch's hint says otherwise)
-        raise InputError(f"{path} is not a checkpoint this product wrote: it holds Python objects beyond weights, "
-                         "which must not be unpickled (they can run code). Use a checkpoint written by "
-                         "napari-rrl-medsam.") from exc
+        raise InputError(
+            f"{path} is not a checkpoint this product wrote: it holds Python objects beyond weights, "
+            "which must not be unpickled (they can run code). Use a checkpoint written by "
+            "napari-rrl-medsam."
+        ) from exc
     except PermissionError as exc:
         raise InputError(f"cannot read {path}: permission denied.") from exc
     except Exception as exc:
-        raise InputError(f"cannot read checkpoint {path} ({type(exc).__name__}); it is truncated, corrupt "
-                         "or not a napari-rrl-medsam checkpoint.") from exc
+        raise InputError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}); it is truncated, corrupt "
+            "or not a napari-rrl-medsam checkpoint."
+        ) from exc
     if not isinstance(state, dict) or "kind" not in state:
         raise InputError(f"{path} is not a napari-rrl-medsam checkpoint (no 'kind' entry).")
     if kind is not None and state["kind"] != kind:
         raise InputError(f"{path} is a {state['kind']!r} checkpoint, but a {kind!r} checkpoint is needed here.")
     bad = non_finite(state)
     if bad is not None:
-        raise InputError(f"{path} holds NaN or infinite weights ({bad!r}): it is corrupt or from a run that "
-                         "diverged; use an earlier checkpoint or train again.")
+        raise InputError(
+            f"{path} holds NaN or infinite weights ({bad!r}): it is corrupt or from a run that "
+            "diverged; use an earlier checkpoint or train again."
+        )
     return state
 
 
@@ -107,12 +116,16 @@ def reading(path: str | Path) -> Iterator[None]:
     try:
         yield
     except KeyError as exc:
-        raise InputError(f"{path} lacks the entry {exc}: it is incomplete or was not written by this version of "
-                         "napari-rrl-medsam. Use a checkpoint it wrote, or train again.") from exc
+        raise InputError(
+            f"{path} lacks the entry {exc}: it is incomplete or was not written by this version of "
+            "napari-rrl-medsam. Use a checkpoint it wrote, or train again."
+        ) from exc
     except (RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path} does not fit the model it describes ({first}); it is damaged or was edited. "
-                         "Use a checkpoint napari-rrl-medsam wrote, or train again.") from exc
+        raise InputError(
+            f"{path} does not fit the model it describes ({first}); it is damaged or was edited. "
+            "Use a checkpoint napari-rrl-medsam wrote, or train again."
+        ) from exc
 
 
 def check_same_task(state: dict[str, Any], path: str | Path, grid: Any, labels: list[int]) -> None:
@@ -127,15 +140,21 @@ def check_same_task(state: dict[str, Any], path: str | Path, grid: Any, labels: 
     import numpy as np
 
     saved = state.get("grid")
-    if saved is not None and (tuple(saved["shape"]) != tuple(grid.shape)
-                              or not np.allclose(np.asarray(saved["affine"]), grid.affine, atol=1e-3)):
-        raise InputError(f"{path} was trained on another atlas (working grid {tuple(saved['shape'])}, this task's "
-                         f"is {tuple(grid.shape)} or placed elsewhere); resume it with the task it was trained on, "
-                         "or train a new checkpoint (another output path).")
+    if saved is not None and (
+        tuple(saved["shape"]) != tuple(grid.shape)
+        or not np.allclose(np.asarray(saved["affine"]), grid.affine, atol=1e-3)
+    ):
+        raise InputError(
+            f"{path} was trained on another atlas (working grid {tuple(saved['shape'])}, this task's "
+            f"is {tuple(grid.shape)} or placed elsewhere); resume it with the task it was trained on, "
+            "or train a new checkpoint (another output path)."
+        )
     saved_labels = state.get("classes", state.get("labels"))
     if saved_labels is not None and [int(v) for v in saved_labels] != [int(v) for v in labels]:
-        raise InputError(f"{path} was trained on the label values {list(saved_labels)}, this task's atlas has "
-                         f"{list(labels)}; resume it with the task it was trained on, or train a new checkpoint.")
+        raise InputError(
+            f"{path} was trained on the label values {list(saved_labels)}, this task's atlas has "
+            f"{list(labels)}; resume it with the task it was trained on, or train a new checkpoint."
+        )
 
 
 def resume_state(path: str | Path, kind: str, resume: bool) -> dict[str, Any] | None:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from .inputs import square_resize
 
 
-def volume_features(encoder, volume: torch.Tensor, axis: int = 2, level: int = 1, factor: int = 2,
-                    size: int = 256, batch: int = 16) -> torch.Tensor:
+def volume_features(
+    encoder, volume: torch.Tensor, axis: int = 2, level: int = 1, factor: int = 2, size: int = 256, batch: int = 16
+) -> torch.Tensor:
     """`volume` (X, Y, Z) in [0, 1] -> (C, ceil(X/f), ceil(Y/f), ceil(Z/f)) features of stage `level`.
 
     Gradients flow when grad is enabled (co-training); wrap in torch.no_grad() for frozen features.
@@ -26,9 +27,9 @@ def volume_features(encoder, volume: torch.Tensor, axis: int = 2, level: int = 1
     device = next(encoder.parameters()).device
     chunks = []
     for i in range(0, n, batch):
-        x = square_resize(moved[i:i + batch, None].to(device), size).expand(-1, 3, -1, -1)
+        x = square_resize(moved[i : i + batch, None].to(device), size).expand(-1, 3, -1, -1)
         f = F.interpolate(encoder.features(x)[level], size=(side, side), mode="bilinear", align_corners=False)
-        f = f[:, :, top:top + h, left:left + w]
+        f = f[:, :, top : top + h, left : left + w]
         chunks.append(F.avg_pool2d(f, factor, ceil_mode=True) if factor > 1 else f)
     stack = torch.cat(chunks)  # (n, C, h/f, w/f)
     if factor > 1:
@@ -36,4 +37,3 @@ def volume_features(encoder, volume: torch.Tensor, axis: int = 2, level: int = 1
         stack = F.avg_pool1d(stack.permute(1, 2, 3, 0).reshape(1, -1, n), factor, ceil_mode=True)
         stack = stack.reshape(c, hh, ww, -1).permute(3, 0, 1, 2)
     return stack.movedim(1, 0).movedim(1, axis + 1)  # (C, n, a, b) -> (C, X, Y, Z)
-

@@ -7,8 +7,8 @@ import glob
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 CACHE_ENV = "RRL_MEDSAM_CACHE"
 
@@ -70,10 +70,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
         try:
             _write_and_rename(spare, write, suffix)
         except (OSError, RuntimeError):
-            raise InputError(f"cannot write {path} ({reason}) nor a rescue copy in {spare.parent}; free some "
-                             "space or choose another location, and run again.") from exc
-        raise InputError(f"cannot write {path} ({reason}); the result was saved to {spare} instead: move it "
-                         "where you want it.") from exc
+            raise InputError(
+                f"cannot write {path} ({reason}) nor a rescue copy in {spare.parent}; free some "
+                "space or choose another location, and run again."
+            ) from exc
+        raise InputError(
+            f"cannot write {path} ({reason}); the result was saved to {spare} instead: move it where you want it."
+        ) from exc
 
 
 def _write_and_rename(path: Path, write: Callable[[str], None], suffix: str) -> Path:

@@ -6,8 +6,8 @@ square (zeros, centred) and resized; grey is repeated to three channels as SAM e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -18,9 +18,26 @@ from .volume import Volume
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_SLICE = 16  # voxels: below this an in-plane slice carries too little for the encoder
 # Photographs that scikit-image ships: the offline default for the natural-image stage.
-SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
-                  "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
-                  "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg", "text.png", "color.png")
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+    "color.png",
+)
 
 
 def square_resize(images, size: int):
@@ -55,9 +72,11 @@ def volume_slices(volume: Volume, axis: int = 2, spacing: float = 2.0, size: int
     work = to_working(volume, spacing)
     in_plane = [s for i, s in enumerate(work.shape) if i != axis]
     if min(in_plane) < MIN_SLICE:
-        raise InputError(f"{volume.name} is too small for the encoder: its slices are {in_plane[0]} x {in_plane[1]} "
-                         f"voxels at {spacing:g} mm, and at least {MIN_SLICE} x {MIN_SLICE} are needed. Use a finer "
-                         f"working spacing (e.g. {spacing * min(in_plane) / MIN_SLICE / 2:.2g} mm) or a larger volume.")
+        raise InputError(
+            f"{volume.name} is too small for the encoder: its slices are {in_plane[0]} x {in_plane[1]} "
+            f"voxels at {spacing:g} mm, and at least {MIN_SLICE} x {MIN_SLICE} are needed. Use a finer "
+            f"working spacing (e.g. {spacing * min(in_plane) / MIN_SLICE / 2:.2g} mm) or a larger volume."
+        )
     array = normalise_intensity(work.array)
     idx = slice_indices(array, axis, count)
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, axis, 0)[idx]))[:, None]
@@ -94,5 +113,5 @@ def natural_images(source: str | Path | Sequence[str | Path] | None = None, size
         h, w = image.shape[-2:]
         side = min(h, w)  # centre square crop: photographs have no meaningful border
         top, left = (h - side) // 2, (w - side) // 2
-        out.append(square_resize(image[None, :, top:top + side, left:left + side], size))
+        out.append(square_resize(image[None, :, top : top + side, left : left + side], size))
     return torch.cat(out)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -23,8 +23,19 @@ SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES
 # File-name words that mark a label map when the file itself does not say so.
 LABEL_HINTS = ("label", "seg", "mask", "aseg", "annot", "parc")
 # Length units of TIFF metadata, in mm (our world unit).
-_UNIT_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "m": 1000.0, "micron": 1e-3, "um": 1e-3,
-            "µm": 1e-3, "\\u00B5m": 1e-3, "nm": 1e-6, "pixel": 1.0, "": 1.0}
+_UNIT_MM = {
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "cm": 10.0,
+    "m": 1000.0,
+    "micron": 1e-3,
+    "um": 1e-3,
+    "µm": 1e-3,
+    "\\u00B5m": 1e-3,
+    "nm": 1e-6,
+    "pixel": 1.0,
+    "": 1.0,
+}
 
 
 def is_volume_path(path: str | Path) -> bool:
@@ -40,8 +51,9 @@ def volume_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_volume_path(p) and not p.name.startswith("."))
 
 
-def plan_outputs(inputs: Sequence[str | Path], folder: str | Path, endings: Sequence[str],
-                 overwrite: bool = False) -> list[list[Path]]:
+def plan_outputs(
+    inputs: Sequence[str | Path], folder: str | Path, endings: Sequence[str], overwrite: bool = False
+) -> list[list[Path]]:
     """Each input's output files `<folder>/<input id><ending>`, checked before any work is done.
 
     Refuses two inputs that would write the same outputs (`scan.nii` and `scan.nii.gz`), an output that is one
@@ -61,11 +73,14 @@ def plan_outputs(inputs: Sequence[str | Path], folder: str | Path, endings: Sequ
         outputs = [folder / f"{volume_id(path)}{ending}" for ending in endings]
         for out in outputs:
             if out in owner:
-                raise InputError(f"{owner[out]} and {path} would both be written to {out.name}; rename one of "
-                                 "them or give them separate runs / --out folders.")
+                raise InputError(
+                    f"{owner[out]} and {path} would both be written to {out.name}; rename one of "
+                    "them or give them separate runs / --out folders."
+                )
             if out.resolve() in sources:
-                raise InputError(f"the output {out} would replace the input {sources[out.resolve()]}; choose "
-                                 "another --out folder.")
+                raise InputError(
+                    f"the output {out} would replace the input {sources[out.resolve()]}; choose another --out folder."
+                )
             owner[out] = path
             check_output(out, overwrite)
         plan.append(outputs)
@@ -79,8 +94,10 @@ def _check_path(path: str | Path) -> Path:
     if path.is_dir():
         raise InputError(f"{path} is a folder; give the path of a volume file ({', '.join(SUFFIXES)}).")
     if not is_volume_path(path):
-        raise InputError(f"{path}: unsupported file type; napari-rrl-medsam reads {', '.join(SUFFIXES)}. "
-                         "Convert the volume to NIfTI first (e.g. with dcm2niix for DICOM).")
+        raise InputError(
+            f"{path}: unsupported file type; napari-rrl-medsam reads {', '.join(SUFFIXES)}. "
+            "Convert the volume to NIfTI first (e.g. with dcm2niix for DICOM)."
+        )
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read {path}: permission denied. Give yourself read access (chmod u+r) or copy it.")
     return path
@@ -94,8 +111,10 @@ def _check_complete(tif, path: Path) -> None:
         declared = max(declared, int(np.prod(shaped[:-2])) if len(shaped) > 2 else 1)
     held = int(np.prod(tif.series[0].shape[:-2])) if len(tif.series[0].shape) > 2 else 1
     if declared > held:
-        raise InputError(f"{path} is truncated: its metadata declares {declared} images, the file holds {held}. "
-                         "Re-export or re-copy it.")
+        raise InputError(
+            f"{path} is truncated: its metadata declares {declared} images, the file holds {held}. "
+            "Re-export or re-copy it."
+        )
 
 
 def _check_size(shape: tuple[int, ...], dtype, path: Path) -> None:
@@ -106,9 +125,11 @@ def _check_size(shape: tuple[int, ...], dtype, path: Path) -> None:
     except (AttributeError, ValueError, OSError):  # not POSIX: no figure to compare with
         return
     if need > total:
-        raise InputError(f"{path} declares a volume of shape {tuple(shape)} ({need / 2**30:.0f} GiB), more than this "
-                         f"machine's {total / 2**30:.0f} GiB of memory: its header is corrupt or the volume needs a "
-                         "bigger machine (or cropping first).")
+        raise InputError(
+            f"{path} declares a volume of shape {tuple(shape)} ({need / 2**30:.0f} GiB), more than this "
+            f"machine's {total / 2**30:.0f} GiB of memory: its header is corrupt or the volume needs a "
+            "bigger machine (or cropping first)."
+        )
 
 
 def guess_kind(path: Path, dtype: np.dtype, nifti_intent: str | None = None) -> Kind:
@@ -117,8 +138,9 @@ def guess_kind(path: Path, dtype: np.dtype, nifti_intent: str | None = None) -> 
     if nifti_intent == "label":
         return "labels"
     name = path.name.lower()
-    if np.issubdtype(dtype, np.integer) and (any(h in name for h in LABEL_HINTS)
-                                             or path.parent.name.lower().startswith("label")):  # a task's labels/
+    if np.issubdtype(dtype, np.integer) and (
+        any(h in name for h in LABEL_HINTS) or path.parent.name.lower().startswith("label")
+    ):  # a task's labels/
         return "labels"
     return "image"
 
@@ -129,12 +151,16 @@ def _as_3d(array_shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) < 3 or 1 in shape[:3]:
-        raise InputError(f"{path} holds 2D data (shape {tuple(array_shape)}); a 3D volume is needed. "
-                         "Stack the slices into one 3D file.")
+        raise InputError(
+            f"{path} holds 2D data (shape {tuple(array_shape)}); a 3D volume is needed. "
+            "Stack the slices into one 3D file."
+        )
     if len(shape) > 3:
-        raise InputError(f"{path} holds {len(shape)}D data (shape {tuple(array_shape)}), e.g. a time series or "
-                         "several channels; a single 3D volume is needed. Extract one "
-                         "(e.g. nibabel: img.slicer[..., 0], or fslroi).")
+        raise InputError(
+            f"{path} holds {len(shape)}D data (shape {tuple(array_shape)}), e.g. a time series or "
+            "several channels; a single 3D volume is needed. Extract one "
+            "(e.g. nibabel: img.slicer[..., 0], or fslroi)."
+        )
     return shape
 
 
@@ -144,8 +170,10 @@ def _nifti(path: Path):
     try:
         return nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for bad headers
-        raise InputError(f"cannot read {path} as NIfTI ({type(exc).__name__}: {exc}). The file is not a NIfTI "
-                         "image or is truncated/corrupt; re-export or re-copy it.") from exc
+        raise InputError(
+            f"cannot read {path} as NIfTI ({type(exc).__name__}: {exc}). The file is not a NIfTI "
+            "image or is truncated/corrupt; re-export or re-copy it."
+        ) from exc
 
 
 def read_grid(path: str | Path) -> Grid:
@@ -163,8 +191,9 @@ def read_grid(path: str | Path) -> Grid:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"cannot read {path} as TIFF ({type(exc).__name__}: {exc}); "
-                         "the file is truncated or corrupt.") from exc
+        raise InputError(
+            f"cannot read {path} as TIFF ({type(exc).__name__}: {exc}); the file is truncated or corrupt."
+        ) from exc
     return Grid(shape, np.diag([*spacing, 1.0]))
 
 
@@ -191,8 +220,9 @@ def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"cannot read {path} as TIFF ({type(exc).__name__}: {exc}); "
-                             "the file is truncated or corrupt.") from exc
+            raise InputError(
+                f"cannot read {path} as TIFF ({type(exc).__name__}: {exc}); the file is truncated or corrupt."
+            ) from exc
         intent, affine, metadata = None, np.diag([*spacing, 1.0]), {}
     if isinstance(array, np.memmap):
         array = np.array(array)
@@ -200,8 +230,10 @@ def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
-            raise InputError(f"{path} has {bad} NaN or infinite voxels; replace them first "
-                             "(e.g. numpy.nan_to_num) and save the volume again.")
+            raise InputError(
+                f"{path} has {bad} NaN or infinite voxels; replace them first "
+                "(e.g. numpy.nan_to_num) and save the volume again."
+            )
     return Volume(array, affine, kind or guess_kind(path, array.dtype, intent), path, metadata)
 
 
@@ -209,23 +241,26 @@ def _check_content(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Refuse what no step can use: an empty axis, non-real voxels, an affine that maps voxels to no volume."""
     if 0 in array.shape:
         raise InputError(f"{path} has an empty axis (shape {array.shape}); it holds no voxels.")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-            or array.dtype == bool):
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == bool):
         raise InputError(f"{path} holds {array.dtype} voxels; save it with real (integer or float) values.")
     linear = affine[:3, :3]
     sizes = np.linalg.svd(linear, compute_uv=False) if np.all(np.isfinite(affine)) else np.zeros(3)
     if sizes.min() <= 1e-6 * sizes.max() or sizes.max() == 0:  # relative: microscopy voxels are 1e-4 mm
-        raise InputError(f"{path} has a singular or non-finite voxel-to-world affine (voxel sizes "
-                         f"{np.round(np.linalg.norm(linear, axis=0), 4).tolist()} mm); fix its header (e.g. "
-                         "set the sform / qform from the voxel size) and save it again.")
+        raise InputError(
+            f"{path} has a singular or non-finite voxel-to-world affine (voxel sizes "
+            f"{np.round(np.linalg.norm(linear, axis=0), 4).tolist()} mm); fix its header (e.g. "
+            "set the sform / qform from the voxel size) and save it again."
+        )
 
 
 def _read_data(read, path: Path) -> np.ndarray:
     try:
         return read()
     except Exception as exc:
-        raise InputError(f"cannot read the voxel data of {path} ({type(exc).__name__}: {exc}); the file is "
-                         "truncated or corrupt. Re-export or re-copy it.") from exc
+        raise InputError(
+            f"cannot read the voxel data of {path} ({type(exc).__name__}: {exc}); the file is "
+            "truncated or corrupt. Re-export or re-copy it."
+        ) from exc
 
 
 def _tiff_spacing(tif) -> tuple[float, float, float]:
@@ -314,7 +349,15 @@ def _write_tiff(volume: Volume, array: np.ndarray, tmp: str) -> None:
         raise InputError("TIFF cannot store a rotated or flipped orientation; save this volume as .nii.gz.")
     sz, sy, sx = np.diag(linear)
     if array.dtype not in (np.uint8, np.uint16, np.float32):
-        array = array.astype(np.uint16 if np.issubdtype(array.dtype, np.integer) and array.min() >= 0
-                             and array.max() < 65536 else np.float32)
-    tifffile.imwrite(tmp, array, imagej=True, resolution=(1 / sx, 1 / sy),
-                     metadata={"spacing": float(sz), "unit": "mm", "axes": "ZYX"})
+        array = array.astype(
+            np.uint16
+            if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() < 65536
+            else np.float32
+        )
+    tifffile.imwrite(
+        tmp,
+        array,
+        imagej=True,
+        resolution=(1 / sx, 1 / sy),
+        metadata={"spacing": float(sz), "unit": "mm", "axes": "ZYX"},
+    )

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -43,14 +43,24 @@ class Evaluation:
 
     def rows(self) -> list[dict]:
         names = self.names or {}
-        return [{"label": lab, "name": names.get(lab, ""), "dice": self.dice[lab], "hd95_mm": self.hd95.get(lab, math.nan),
-                 "missed": lab in self.missed} for lab in self.labels]
+        return [
+            {
+                "label": lab,
+                "name": names.get(lab, ""),
+                "dice": self.dice[lab],
+                "hd95_mm": self.hd95.get(lab, math.nan),
+                "missed": lab in self.missed,
+            }
+            for lab in self.labels
+        ]
 
     def table(self) -> str:
         lines = [f"{'label':>6}  {'structure':<28} {'Dice':>6} {'HD95 mm':>8}"]
         for r in self.rows():
-            lines.append(f"{r['label']:>6}  {r['name'][:28]:<28} {r['dice']:6.3f} {r['hd95_mm']:8.2f}"
-                         + ("  missed" if r["missed"] else ""))
+            lines.append(
+                f"{r['label']:>6}  {r['name'][:28]:<28} {r['dice']:6.3f} {r['hd95_mm']:8.2f}"
+                + ("  missed" if r["missed"] else "")
+            )
         lines.append(f"{'mean':>6}  {'':<28} {self.mean_dice:6.3f} {self.mean_hd95:8.2f}")
         return "\n".join(lines)
 
@@ -88,13 +98,19 @@ def _hd95(pred, truth, spacing) -> float:
 
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
         warnings.simplefilter("ignore", FutureWarning)
-        return float(compute_hausdorff_distance(pred, truth, include_background=True, percentile=95,
-                                                spacing=list(spacing))[0, 0])
+        return float(
+            compute_hausdorff_distance(pred, truth, include_background=True, percentile=95, spacing=list(spacing))[0, 0]
+        )
 
 
-def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels: Sequence[int] | None = None,
-             hd95: bool = True, spacing: Sequence[float] | None = None,
-             names: dict[int, str] | None = None) -> Evaluation:
+def evaluate(
+    prediction: Volume | np.ndarray,
+    truth: Volume | np.ndarray,
+    labels: Sequence[int] | None = None,
+    hd95: bool = True,
+    spacing: Sequence[float] | None = None,
+    names: dict[int, str] | None = None,
+) -> Evaluation:
     """Dice and HD95 per label of `prediction` against `truth` on the same grid.
 
     `labels` defaults to every non-zero label of the truth. Voxel spacing (for HD95 in mm) comes
@@ -105,18 +121,24 @@ def evaluate(prediction: Volume | np.ndarray, truth: Volume | np.ndarray, labels
 
     pred_arr, true_arr = (_label_array(v, what) for v, what in ((prediction, "prediction"), (truth, "truth")))
     if pred_arr.shape != true_arr.shape:
-        raise InputError(f"prediction shape {pred_arr.shape} differs from truth shape {true_arr.shape}; "
-                         "bring the prediction to the truth's grid first (napari_rrl_medsam.core.resample).")
+        raise InputError(
+            f"prediction shape {pred_arr.shape} differs from truth shape {true_arr.shape}; "
+            "bring the prediction to the truth's grid first (napari_rrl_medsam.core.resample)."
+        )
     if isinstance(prediction, Volume) and isinstance(truth, Volume) and not prediction.grid.same_as(truth.grid, 1e-3):
-        raise InputError("prediction and truth have the same shape but different affines: they are not on the "
-                         "same grid. Resample the prediction onto the truth's grid first.")
+        raise InputError(
+            "prediction and truth have the same shape but different affines: they are not on the "
+            "same grid. Resample the prediction onto the truth's grid first."
+        )
     if spacing is None:
         spacing = truth.spacing if isinstance(truth, Volume) else (1.0,) * true_arr.ndim
     if labels is None:
         labels = [int(v) for v in np.unique(true_arr) if v != 0]
         if not labels:
-            raise InputError("the truth has no labelled voxel (all 0): there is nothing to score. Check that it is "
-                             "the right label map, or name the structures to score (--labels).")
+            raise InputError(
+                "the truth has no labelled voxel (all 0): there is nothing to score. Check that it is "
+                "the right label map, or name the structures to score (--labels)."
+            )
     diagonal = float(np.linalg.norm(np.array(true_arr.shape) * np.asarray(spacing, float)))
     dice, hd, missed = {}, {}, []
     for lab in labels:

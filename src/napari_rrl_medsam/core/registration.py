@@ -66,9 +66,11 @@ def intensities(volume: Volume, grid: Grid):
     if volume.array.size and volume.array.min() == volume.array.max():
         raise InputError(f"{name} has no signal: every voxel is {volume.array.flat[0]}. Check the file.")
     covered = grid.coverage(volume.grid)
-    message = (f"{name} covers {100 * covered:.0f}% of the atlas's field of view in world coordinates: the two "
-               "are not in the same space or the scan is cropped. Check their affines (origins), or align the "
-               "scan to the atlas first.")
+    message = (
+        f"{name} covers {100 * covered:.0f}% of the atlas's field of view in world coordinates: the two "
+        "are not in the same space or the scan is cropped. Check their affines (origins), or align the "
+        "scan to the atlas first."
+    )
     if covered < MIN_COVERAGE:
         raise InputError(message)
     if covered < LOW_COVERAGE:
@@ -85,8 +87,9 @@ def encoder_features(encoder, x, config):
     from .features import volume_features
 
     with torch.no_grad():
-        return volume_features(encoder.eval(), x[0, 0], config.axis, config.feature_level,
-                               size=config.feature_size)[None]
+        return volume_features(encoder.eval(), x[0, 0], config.axis, config.feature_level, size=config.feature_size)[
+            None
+        ]
 
 
 def warp_layer(mode: str = "bilinear"):
@@ -106,8 +109,7 @@ def registration_losses(config):
 class RegistrationModel:
     """The trained registration network with its medical encoder and the atlas working grid."""
 
-    def __init__(self, net, encoder, config, labels: list[int], grid: Grid, teacher: dict, device,
-                 state: dict) -> None:
+    def __init__(self, net, encoder, config, labels: list[int], grid: Grid, teacher: dict, device, state: dict) -> None:
         self.net, self.encoder, self.config = net.eval(), encoder, config
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
         self.state = state  # the checkpoint without optimiser: embedded in co-training checkpoints
@@ -115,7 +117,7 @@ class RegistrationModel:
         self._pseudo: dict[tuple, np.ndarray] = {}  # pseudo labels already computed (co-training reruns, ablations)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "RegistrationModel":
+    def load(cls, path: str | Path, device: str = "auto") -> RegistrationModel:
         from .checkpoint import load_checkpoint, reading
 
         state = load_checkpoint(path, KIND)
@@ -123,7 +125,7 @@ class RegistrationModel:
             return cls.from_state(state, device)
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "auto") -> "RegistrationModel":
+    def from_state(cls, state: dict, device: str = "auto") -> RegistrationModel:
         from .device import resolve_device
         from .models.registration import RegistrationSpec, build_registration
 
@@ -132,8 +134,16 @@ class RegistrationModel:
         net, encoder = build_registration(config, state)
         dev = resolve_device(device)
         grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
-        return cls(net.to(dev), encoder.to(dev) if encoder is not None else None, config, list(state["labels"]),
-                   grid, dict(state["teacher"]), dev, state)
+        return cls(
+            net.to(dev),
+            encoder.to(dev) if encoder is not None else None,
+            config,
+            list(state["labels"]),
+            grid,
+            dict(state["teacher"]),
+            dev,
+            state,
+        )
 
     def features(self, x):
         """The medical encoder's 3D feature volume of a (1, 1, X, Y, Z) tensor (None without an encoder)."""
@@ -143,8 +153,10 @@ class RegistrationModel:
         """The working grid, both volumes' intensities and the network's inputs (features cached for the atlas)."""
         grid = working_grid(atlas, self.config.spacing)
         if grid.shape != self.grid.shape:
-            raise InputError(f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
-                             f"{grid.shape}: use the atlas the model was trained with.")
+            raise InputError(
+                f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
+                f"{grid.shape}: use the atlas the model was trained with."
+            )
         a, t = intensities(atlas, grid).to(self.device), intensities(target, grid).to(self.device)
         key = hashlib.sha256(a.cpu().numpy().tobytes()).hexdigest()
         if self._atlas_features[0] != key:  # the atlas is usually the same for every target
@@ -176,14 +188,22 @@ class RegistrationModel:
         Remembered per (atlas, labels, target, refine_steps) contents for the life of this model.
         """
         atlas_labels = check_atlas(atlas, atlas_labels)
-        key = (*(hashlib.sha256(np.ascontiguousarray(v.array).tobytes()).hexdigest() for v in (atlas, atlas_labels, target)),
-               atlas.grid.affine.tobytes(), target.grid.affine.tobytes(), refine_steps)
+        key = (
+            *(
+                hashlib.sha256(np.ascontiguousarray(v.array).tobytes()).hexdigest()
+                for v in (atlas, atlas_labels, target)
+            ),
+            atlas.grid.affine.tobytes(),
+            target.grid.affine.tobytes(),
+            refine_steps,
+        )
         if key not in self._pseudo:
             self._pseudo[key] = warp(atlas_labels, self.field(atlas, target, refine_steps), self.grid).array
         return self._pseudo[key]
 
-    def register(self, atlas: Volume, atlas_labels: Volume | None, target: Volume,
-                 refine_steps: int = 0) -> RegistrationResult:
+    def register(
+        self, atlas: Volume, atlas_labels: Volume | None, target: Volume, refine_steps: int = 0
+    ) -> RegistrationResult:
         """Warp the atlas (and its labels) onto `target`; `refine_steps` > 0 adds instance optimisation."""
         if atlas_labels is not None:  # whatever fills this slot is a label map (nearest warps), checked
             atlas_labels = check_atlas(atlas, atlas_labels)
@@ -193,8 +213,9 @@ class RegistrationModel:
         if atlas_labels is not None:
             warped_labels = warp(atlas_labels, field, target.grid, coords=coords)
             pseudo = warp(atlas_labels, field, field.grid).array
-        return RegistrationResult(field, warp(atlas, field, target.grid, coords=coords), warped_labels, pseudo,
-                                  field.folding_fraction())
+        return RegistrationResult(
+            field, warp(atlas, field, target.grid, coords=coords), warped_labels, pseudo, field.folding_fraction()
+        )
 
 
 def refine(ddf, atlas, target, config, steps: int, lr: float = 0.2):

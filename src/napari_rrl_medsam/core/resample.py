@@ -21,8 +21,9 @@ def working_grid(grid: Grid | Volume, spacing: float = 2.0) -> Grid:
     if spacing <= 0:
         raise InputError(f"the working spacing must be positive, got {spacing} mm")
     shape = np.array(grid.shape[:3], dtype=float)
-    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
-                        for k in (-0.5, shape[2] - 0.5)])
+    corners = np.array(
+        [[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5) for k in (-0.5, shape[2] - 0.5)]
+    )
     world = corners @ grid.affine[:3, :3].T + grid.affine[:3, 3]
     low, high = world.min(axis=0), world.max(axis=0)
     new_shape = np.maximum(np.ceil((high - low) / spacing - 1e-6), 1).astype(int)
@@ -48,8 +49,17 @@ def same_voxels(source: Grid, target: Grid) -> bool:
     if not is_exact_map(source, target) or np.prod(source.shape) != np.prod(target.shape):
         return False
     m = np.round(_index_map(source, target))
-    corners = np.array([[i, j, k, 1] for i in (0, target.shape[0] - 1) for j in (0, target.shape[1] - 1)
-                        for k in (0, target.shape[2] - 1)]) @ m.T
+    corners = (
+        np.array(
+            [
+                [i, j, k, 1]
+                for i in (0, target.shape[0] - 1)
+                for j in (0, target.shape[1] - 1)
+                for k in (0, target.shape[2] - 1)
+            ]
+        )
+        @ m.T
+    )
     return bool(np.all(corners[:, :3] >= 0) and np.all(corners[:, :3] <= np.array(source.shape) - 1))
 
 
@@ -80,8 +90,9 @@ def _affine(array: np.ndarray, m: np.ndarray, shape: tuple[int, ...], order: int
 
     if order > 0 and not np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)
-    return ndimage.affine_transform(array, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
-                                    mode="constant", cval=0, prefilter=False)
+    return ndimage.affine_transform(
+        array, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order, mode="constant", cval=0, prefilter=False
+    )
 
 
 def _soft_labels(labels: np.ndarray, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

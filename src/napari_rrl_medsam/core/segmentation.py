@@ -8,9 +8,9 @@ the encoder's square slice space, and the labels are returned on the input's nat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def from_square(p, shape: tuple[int, int]):
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
-    return p[..., top:top + h, left:left + w]
+    return p[..., top : top + h, left : left + w]
 
 
 def predict_probabilities(parts: dict, volume, config):
@@ -85,8 +85,9 @@ def predict_probabilities(parts: dict, volume, config):
 
     norm = slab_statistics(general, medical) if config.norm_statistics == "slab" else nullcontext()
     with torch.no_grad(), norm:
-        probs_g, probs_m = sliding_window_inference(x, (config.slab, *shape), 1, branches,
-                                                    overlap=(config.slab_overlap, 0, 0))
+        probs_g, probs_m = sliding_window_inference(
+            x, (config.slab, *shape), 1, branches, overlap=(config.slab_overlap, 0, 0)
+        )
     return probs_g[0].movedim(1, 3), probs_m[0].movedim(1, 3)
 
 
@@ -98,8 +99,24 @@ def left_right_axis(grid: Grid) -> int:
 # FreeSurfer's left / right structure pairs (cerebral white matter, cortex, lateral and inferior lateral
 # ventricles, cerebellar white matter and cortex, thalamus, caudate, putamen, pallidum, hippocampus, amygdala,
 # accumbens, ventral DC, vessel, choroid plexus): `segment(mirror=FREESURFER_LEFT_RIGHT)` for aseg-style labels
-FREESURFER_LEFT_RIGHT = ((2, 41), (3, 42), (4, 43), (5, 44), (7, 46), (8, 47), (10, 49), (11, 50), (12, 51),
-                         (13, 52), (17, 53), (18, 54), (26, 58), (28, 60), (30, 62), (31, 63))
+FREESURFER_LEFT_RIGHT = (
+    (2, 41),
+    (3, 42),
+    (4, 43),
+    (5, 44),
+    (7, 46),
+    (8, 47),
+    (10, 49),
+    (11, 50),
+    (12, 51),
+    (13, 52),
+    (17, 53),
+    (18, 54),
+    (26, 58),
+    (28, 60),
+    (30, 62),
+    (31, 63),
+)
 
 
 def mirror_index(pairs: Sequence[tuple[int, int]], classes: list[int]) -> np.ndarray:
@@ -114,8 +131,9 @@ def mirror_index(pairs: Sequence[tuple[int, int]], classes: list[int]) -> np.nda
     seen: set[int] = set()
     for pair in pairs:
         if len(pair) != 2 or pair[0] == pair[1] or seen & set(pair):
-            raise InputError(f"mirror pairs are (left, right) label values, each value in one pair at most; "
-                             f"{tuple(pair)} is not.")
+            raise InputError(
+                f"mirror pairs are (left, right) label values, each value in one pair at most; {tuple(pair)} is not."
+            )
         seen |= set(pair)
         if pair[0] in index and pair[1] in index:
             a, b = index[pair[0]], index[pair[1]]
@@ -137,14 +155,15 @@ def mirror_averaged(parts: dict, volume, config, axis: int, swap: np.ndarray):
 class SegmentationModel:
     """A co-trained RRL-MedSAM model: encoders, decoders, label table and its registration model."""
 
-    def __init__(self, parts: dict, config, classes: list[int], grid: Grid, registration, teacher: dict,
-                 device) -> None:
+    def __init__(
+        self, parts: dict, config, classes: list[int], grid: Grid, registration, teacher: dict, device
+    ) -> None:
         self.parts, self.config, self.classes = parts, config, classes
         self.grid, self.registration, self.teacher, self.device = grid, registration, teacher, device
         self.source = "a co-trained model"  # its checkpoint file, once loaded from one
 
     @classmethod
-    def load(cls, path, device: str = "auto") -> "SegmentationModel":
+    def load(cls, path, device: str = "auto") -> SegmentationModel:
         from .checkpoint import load_checkpoint, reading
         from .device import resolve_device
         from .models.encoder import EncoderConfig
@@ -160,8 +179,15 @@ class SegmentationModel:
                 module.load_state_dict(state["parts"][name])
                 module.to(dev).eval()
             grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
-            model = cls(parts, config, list(state["classes"]), grid,
-                        RegistrationModel.from_state(state["registration"], device), dict(state["teacher"]), dev)
+            model = cls(
+                parts,
+                config,
+                list(state["classes"]),
+                grid,
+                RegistrationModel.from_state(state["registration"], device),
+                dict(state["teacher"]),
+                dev,
+            )
         model.source = str(Path(path).resolve())
         return model
 
@@ -183,10 +209,14 @@ class SegmentationModel:
         prior_index = None if prior is None else self._prior_index(prior, prior_weight)
         for module in self.parts.values():
             module.eval()
-        probs = predict_probabilities(self.parts, intensities(volume, self.grid)[0, 0].to(self.device),
-                                      self.config)[1].cpu().numpy()
-        return np.array(self.classes)[argmax_resampled(probs, self.grid, self.grid, prior=prior_index,
-                                                       prior_weight=prior_weight)].astype(np.int32)
+        probs = (
+            predict_probabilities(self.parts, intensities(volume, self.grid)[0, 0].to(self.device), self.config)[1]
+            .cpu()
+            .numpy()
+        )
+        return np.array(self.classes)[
+            argmax_resampled(probs, self.grid, self.grid, prior=prior_index, prior_weight=prior_weight)
+        ].astype(np.int32)
 
     def _prior_index(self, labels: np.ndarray, prior_weight: float) -> np.ndarray:
         """A prior's label values -> class indices of this model (-1: a value the model lacks: no vote)."""
@@ -197,8 +227,13 @@ class SegmentationModel:
         index[lut] = np.arange(len(lut))
         return index[np.clip(labels, 0, None).astype(np.int64)]
 
-    def segment(self, volume: Volume, prior: Volume | None = None, prior_weight: float = 0.3,
-                mirror: Sequence[tuple[int, int]] | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        prior: Volume | None = None,
+        prior_weight: float = 0.3,
+        mirror: Sequence[tuple[int, int]] | None = None,
+    ) -> SegmentationResult:
         """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.
 
         Args:
@@ -220,16 +255,24 @@ class SegmentationModel:
         p = self.parts
         for module in p.values():
             module.eval()
-        probs_g, probs_m = (predict_probabilities(p, x, self.config) if mirror is None else
-                            mirror_averaged(p, x, self.config, left_right_axis(self.grid),
-                                            mirror_index(mirror, self.classes)))
+        probs_g, probs_m = (
+            predict_probabilities(p, x, self.config)
+            if mirror is None
+            else mirror_averaged(p, x, self.config, left_right_axis(self.grid), mirror_index(mirror, self.classes))
+        )
         lut = np.array(self.classes)
         prior_index = None
         if prior is not None:
             prior = prior if prior.grid.same_as(volume.grid) else resample(prior, volume.grid, order=0)
             prior_index = self._prior_index(prior.array, prior_weight)
         labels, auto_prompt = (
-            Volume(lut[argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse,
-                                        prior_weight=prior_weight)].astype(np.int32), volume.affine, "labels")
-            for probs, fuse in ((probs_m, prior_index), (probs_g, None)))
+            Volume(
+                lut[
+                    argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight)
+                ].astype(np.int32),
+                volume.affine,
+                "labels",
+            )
+            for probs, fuse in ((probs_m, prior_index), (probs_g, None))
+        )
         return SegmentationResult(labels, auto_prompt, lut[torch.argmax(probs_m, 0).cpu().numpy()].astype(np.int32))

@@ -15,10 +15,33 @@ from .errors import InputError
 
 # counts that must be at least 1; counts, cadences and weights that may be 0 (a distillation stage skipped,
 # previews off); shares of steps or rates between 0 and 1
-POSITIVE = ("steps", "batch_size", "slab", "image_size", "checkpoint_every",
-            "slices_per_volume", "teacher_batch", "decoder_width", "ncc_kernel", "feature_size")
-NON_NEGATIVE = ("natural_steps", "medical_steps", "preview_every", "validate_every", "refine_steps", "seed", "lr", "encoder_lr", "smooth_weight",
-                "dice_weight", "consistency_weight", "weight_decay", "pseudo_weight")
+POSITIVE = (
+    "steps",
+    "batch_size",
+    "slab",
+    "image_size",
+    "checkpoint_every",
+    "slices_per_volume",
+    "teacher_batch",
+    "decoder_width",
+    "ncc_kernel",
+    "feature_size",
+)
+NON_NEGATIVE = (
+    "natural_steps",
+    "medical_steps",
+    "preview_every",
+    "validate_every",
+    "refine_steps",
+    "seed",
+    "lr",
+    "encoder_lr",
+    "smooth_weight",
+    "dice_weight",
+    "consistency_weight",
+    "weight_decay",
+    "pseudo_weight",
+)
 SHARES = ("atlas_probability", "synthetic_probability", "replay", "ema_alpha", "min_lr_ratio", "slab_overlap")
 
 

@@ -16,7 +16,7 @@ The appearance source j' is drawn independently of the field source (Brainstorm:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,8 +40,17 @@ class SyntheticPairs:
         beta: the Beta(beta, beta) parameter of the field and style weights.
     """
 
-    def __init__(self, atlas, atlas_classes, velocities: Sequence, images: Sequence, integration_steps: int,
-                 appearance: str = "fourier", field_mode: str = "mix", beta: float = 0.3) -> None:
+    def __init__(
+        self,
+        atlas,
+        atlas_classes,
+        velocities: Sequence,
+        images: Sequence,
+        integration_steps: int,
+        appearance: str = "fourier",
+        field_mode: str = "mix",
+        beta: float = 0.3,
+    ) -> None:
         import torch
         from monai.networks.blocks import DVF2DDF
 
@@ -58,8 +67,10 @@ class SyntheticPairs:
         self.integrate = DVF2DDF(integration_steps) if integration_steps else None
         with torch.no_grad():
             if appearance == "style":  # S_j = U_j o exp(-v_j) - A, in atlas space
-                self.styles = [warp_slab(u, self.field(-v), 0, u.shape[2]) - self.atlas
-                               for u, v in zip(self.images, self.velocities)]
+                self.styles = [
+                    warp_slab(u, self.field(-v), 0, u.shape[2]) - self.atlas
+                    for u, v in zip(self.images, self.velocities)
+                ]
             if appearance == "fourier":  # each axial slice's amplitude spectrum
                 self.amplitudes = [torch.fft.rfft2(u.movedim(2, 0)).abs() for u in self.images]
 
@@ -94,7 +105,7 @@ class SyntheticPairs:
             else:
                 image = warp_slab(self.atlas, ddf, start, size)
             if self.appearance == "fourier":
-                image = amplitude_mix(image, self.amplitudes[source][start:start + size], float(rng.uniform()))
+                image = amplitude_mix(image, self.amplitudes[source][start : start + size], float(rng.uniform()))
             classes = warp_slab(self.classes, ddf, start, size, nearest=True).long()
         return image.clamp(0, 1), classes
 
@@ -113,12 +124,20 @@ def warp_slab(volume, ddf, start: int, size: int, nearest: bool = False):
     from torch.nn import functional as F
 
     shape = volume.shape
-    d = ddf[0, :, :, :, start:start + size]
-    index = torch.meshgrid(*(torch.arange(n, dtype=d.dtype, device=d.device) for n in (shape[0], shape[1])),
-                           torch.arange(start, start + size, dtype=d.dtype, device=d.device), indexing="ij")
+    d = ddf[0, :, :, :, start : start + size]
+    index = torch.meshgrid(
+        *(torch.arange(n, dtype=d.dtype, device=d.device) for n in (shape[0], shape[1])),
+        torch.arange(start, start + size, dtype=d.dtype, device=d.device),
+        indexing="ij",
+    )
     coords = [(index[a] + d[a]) * (2.0 / max(shape[a] - 1, 1)) - 1 for a in (2, 1, 0)]  # grid_sample: (z, y, x)
-    out = F.grid_sample(volume[None, None].float(), torch.stack(coords, -1)[None], align_corners=True,
-                        mode="nearest" if nearest else "bilinear", padding_mode="border")
+    out = F.grid_sample(
+        volume[None, None].float(),
+        torch.stack(coords, -1)[None],
+        align_corners=True,
+        mode="nearest" if nearest else "bilinear",
+        padding_mode="border",
+    )
     return out[0, 0]
 
 

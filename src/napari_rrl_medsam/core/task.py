@@ -13,9 +13,9 @@ Building a task checks every header (files exist, are 3D, labels sit on their im
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -40,14 +40,20 @@ def integer_labels(array: np.ndarray, where: str) -> np.ndarray:
             raise InputError(f"{where} has data type {array.dtype}; a label map needs integer values.")
         frac = array[array != np.round(array)]
         if frac.size:
-            raise InputError(f"{where} has non-integer values (e.g. {float(frac.flat[0]):g}): it looks like an "
-                             "image, not a label map. Give the segmentation file (integer label per voxel).")
+            raise InputError(
+                f"{where} has non-integer values (e.g. {float(frac.flat[0]):g}): it looks like an "
+                "image, not a label map. Give the segmentation file (integer label per voxel)."
+            )
     array = array.astype(np.int32) if not np.issubdtype(array.dtype, np.integer) else array
     if array.size and array.min() < 0:
-        raise InputError(f"{where} has negative values ({int(array.min())}); labels must be 0 (background) or positive.")
+        raise InputError(
+            f"{where} has negative values ({int(array.min())}); labels must be 0 (background) or positive."
+        )
     if array.size and array.max() > MAX_LABEL:
-        raise InputError(f"{where} has the label value {int(array.max())}; values up to {MAX_LABEL} are supported. "
-                         "Renumber the structures (e.g. 1, 2, 3, ...).")
+        raise InputError(
+            f"{where} has the label value {int(array.max())}; values up to {MAX_LABEL} are supported. "
+            "Renumber the structures (e.g. 1, 2, 3, ...)."
+        )
     return array
 
 
@@ -56,8 +62,9 @@ def check_labels(labels: Volume) -> Volume:
     where = f"{labels.path}" if labels.path else "the label map"
     array = integer_labels(labels.array, where)
     if not array.any():
-        raise InputError(f"{where} is empty: every voxel is 0 (background). The atlas needs at least one "
-                         "labelled structure.")
+        raise InputError(
+            f"{where} is empty: every voxel is 0 (background). The atlas needs at least one labelled structure."
+        )
     return labels.with_array(array, kind="labels")
 
 
@@ -70,13 +77,17 @@ def check_atlas(image: Volume, labels: Volume) -> Volume:
 def check_pair(image: Grid, labels: Grid, what: str = "image") -> None:
     """Labels must sit exactly on their image's grid: same shape, same affine (to 1e-3 mm)."""
     if image.shape != labels.shape:
-        raise InputError(f"the {what} has shape {image.shape} but its labels have shape {labels.shape}: "
-                         "a label map must be on its image's voxel grid. Check that the files belong together, "
-                         "or resample the labels onto the image (nearest neighbour).")
+        raise InputError(
+            f"the {what} has shape {image.shape} but its labels have shape {labels.shape}: "
+            "a label map must be on its image's voxel grid. Check that the files belong together, "
+            "or resample the labels onto the image (nearest neighbour)."
+        )
     if not np.allclose(image.affine, labels.affine, atol=1e-3):
-        raise InputError(f"the {what} and its labels have the same shape but different affines (voxel-to-world "
-                         f"matrices):\n{np.round(image.affine, 4)}\nvs\n{np.round(labels.affine, 4)}\n"
-                         "They do not line up in space. Check that the files belong together.")
+        raise InputError(
+            f"the {what} and its labels have the same shape but different affines (voxel-to-world "
+            f"matrices):\n{np.round(image.affine, 4)}\nvs\n{np.round(labels.affine, 4)}\n"
+            "They do not line up in space. Check that the files belong together."
+        )
 
 
 @dataclass(frozen=True)
@@ -123,19 +134,23 @@ class OneShotTask:
         images = [c.image.resolve() for c in self.cases()]
         twice = sorted({str(p) for p in images if images.count(p) > 1})
         if twice:
-            raise InputError(f"{twice[0]} is listed more than once in the task (atlas, unlabelled and evaluation "
-                             "volumes must all differ): the atlas would be its own target, or a volume would count "
-                             "twice. List each volume once.")
+            raise InputError(
+                f"{twice[0]} is listed more than once in the task (atlas, unlabelled and evaluation "
+                "volumes must all differ): the atlas would be its own target, or a volume would count "
+                "twice. List each volume once."
+            )
         ids = [c.id for c in self.cases()]
         same = sorted({i for i in ids if ids.count(i) > 1})
         if same:
-            raise InputError(f"two volumes of the task have the id {same[0]!r}: outputs are named by id, so each "
-                             "needs its own file name.")
+            raise InputError(
+                f"two volumes of the task have the id {same[0]!r}: outputs are named by id, so each "
+                "needs its own file name."
+            )
 
     def cases(self) -> list[Case]:
         return [self.atlas, *self.unlabelled, *self.evaluation]
 
-    def check(self) -> "OneShotTask":
+    def check(self) -> OneShotTask:
         """Read every file once and validate its voxels (slow for big sets; building the task checks headers)."""
         for case in self.cases():
             _, labels = case.load()
@@ -151,12 +166,16 @@ class OneShotTask:
         """
         absent = sorted(set(self.eval_labels or []) - {int(v) for v in np.unique(atlas_labels.array)})
         if absent:
-            raise InputError(f"eval_labels {absent} are not in the atlas labels ({self.atlas.labels}); a one-shot "
-                             "model only knows the atlas's structures. Remove them from eval_labels.")
+            raise InputError(
+                f"eval_labels {absent} are not in the atlas labels ({self.atlas.labels}); a one-shot "
+                "model only knows the atlas's structures. Remove them from eval_labels."
+            )
 
     def summary(self) -> str:
-        return (f"task {self.name!r}: atlas {self.atlas.id}, {len(self.unlabelled)} unlabelled, "
-                f"{len(self.evaluation)} evaluation volume(s)")
+        return (
+            f"task {self.name!r}: atlas {self.atlas.id}, {len(self.unlabelled)} unlabelled, "
+            f"{len(self.evaluation)} evaluation volume(s)"
+        )
 
 
 def _case(image: PathLike, labels: PathLike | None = None) -> Case:
@@ -171,27 +190,34 @@ def _from_dataset_json(path: Path, split: str) -> OneShotTask:
     try:
         spec = json.loads(path.read_text())
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not a dataset.json (it is not text; a volume?): give a task's dataset.json or "
-                         "its folder here, and volumes where volumes are asked for.") from exc
+        raise InputError(
+            f"{path} is not a dataset.json (it is not text; a volume?): give a task's dataset.json or "
+            "its folder here, and volumes where volumes are asked for."
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     if not isinstance(spec, dict):
-        raise InputError(f"{path} holds a JSON {type(spec).__name__}, not an object with 'splits' (see the README's "
-                         "task layout).")
+        raise InputError(
+            f"{path} holds a JSON {type(spec).__name__}, not an object with 'splits' (see the README's task layout)."
+        )
     splits = spec.get("splits", {})
     if not isinstance(splits, dict):
         raise InputError(f"'splits' in {path} must be an object of named splits, not {type(splits).__name__}.")
     if split not in splits:
-        raise InputError(f"{path} has no split {split!r} under 'splits' (it has {sorted(splits)}); "
-                         "choose one with split=...")
+        raise InputError(
+            f"{path} has no split {split!r} under 'splits' (it has {sorted(splits)}); choose one with split=..."
+        )
     s, root = splits[split], path.parent
     for key in ("atlas", "train_unlabelled"):
         if key not in s:
             raise InputError(f"split {split!r} of {path} lacks {key!r}.")
-    if not isinstance(s["atlas"], str) or not all(isinstance(i, str) for i in [*s["train_unlabelled"],
-                                                                               *s.get("validation", [])]):
-        raise InputError(f"split {split!r} of {path}: 'atlas' must be a volume id (a string) and "
-                         "'train_unlabelled' / 'validation' lists of ids.")
+    if not isinstance(s["atlas"], str) or not all(
+        isinstance(i, str) for i in [*s["train_unlabelled"], *s.get("validation", [])]
+    ):
+        raise InputError(
+            f"split {split!r} of {path}: 'atlas' must be a volume id (a string) and "
+            "'train_unlabelled' / 'validation' lists of ids."
+        )
     images, labels = root / spec.get("images", "images"), root / spec.get("labels", "labels")
     suffix = spec.get("suffix", ".nii.gz")
 
@@ -202,12 +228,19 @@ def _from_dataset_json(path: Path, split: str) -> OneShotTask:
         names = {int(k): str(v) for k, v in spec.get("label_names", {}).items()}
         eval_labels = [int(v) for v in spec["eval_labels"]] if spec.get("eval_labels") is not None else None
     except (AttributeError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: 'label_names' must map label values to names ({{\"1\": \"cortex\"}}) and "
-                         f"'eval_labels' be a list of label values ({exc}).") from exc
+        raise InputError(
+            f'{path}: \'label_names\' must map label values to names ({{"1": "cortex"}}) and '
+            f"'eval_labels' be a list of label values ({exc})."
+        ) from exc
     # Unlabelled volumes get no label path at all: their label files (if any) must never feed training.
-    return OneShotTask(case(s["atlas"], True), [case(i, False) for i in s["train_unlabelled"]],
-                       [case(i, True) for i in s.get("validation", [])], eval_labels,
-                       spec.get("name", path.parent.name), names or None)
+    return OneShotTask(
+        case(s["atlas"], True),
+        [case(i, False) for i in s["train_unlabelled"]],
+        [case(i, True) for i in s.get("validation", [])],
+        eval_labels,
+        spec.get("name", path.parent.name),
+        names or None,
+    )
 
 
 NEURITE_OASIS = ("OASIS_OAS1_*_MR1", "aligned_norm.nii.gz", "aligned_seg35.nii.gz")
@@ -218,29 +251,38 @@ def _from_neurite_oasis(folder: Path, atlas: str | None, n_validation: int) -> O
     subjects = {d.name: d for d in sorted(folder.glob(pattern)) if (d / image).is_file()}
     incomplete = [n for n, d in subjects.items() if not (d / labels).is_file()]
     if incomplete:
-        raise InputError(f"{folder}: {len(incomplete)} neurite-OASIS subject(s) lack {labels} "
-                         f"(e.g. {incomplete[0]}); every subject of this layout needs it.")
+        raise InputError(
+            f"{folder}: {len(incomplete)} neurite-OASIS subject(s) lack {labels} "
+            f"(e.g. {incomplete[0]}); every subject of this layout needs it."
+        )
     names = list(subjects)
     atlas = atlas or names[0]
     if atlas not in subjects:
         raise InputError(f"{folder}: no subject {atlas!r} (subjects look like {names[0]}).")
     rest = [n for n in names if n != atlas]
     if not 0 <= n_validation < len(rest):
-        raise InputError(f"{folder}: {len(rest)} subjects besides the atlas cannot give {n_validation} validation "
-                         "volumes and leave at least one unlabelled; lower n_validation.")
+        raise InputError(
+            f"{folder}: {len(rest)} subjects besides the atlas cannot give {n_validation} validation "
+            "volumes and leave at least one unlabelled; lower n_validation."
+        )
     cut = len(rest) - n_validation
-    return OneShotTask(Case(atlas, subjects[atlas] / image, subjects[atlas] / labels),
-                       [Case(n, subjects[n] / image) for n in rest[:cut]],
-                       [Case(n, subjects[n] / image, subjects[n] / labels) for n in rest[cut:]], name=folder.name)
+    return OneShotTask(
+        Case(atlas, subjects[atlas] / image, subjects[atlas] / labels),
+        [Case(n, subjects[n] / image) for n in rest[:cut]],
+        [Case(n, subjects[n] / image, subjects[n] / labels) for n in rest[cut:]],
+        name=folder.name,
+    )
 
 
 def _from_folder(folder: Path, atlas: str | None, n_validation: int) -> OneShotTask:
     if not (folder / "images").is_dir() and any(folder.glob(NEURITE_OASIS[0])):
         return _from_neurite_oasis(folder, atlas, n_validation)
     if not (folder / "images").is_dir():
-        raise InputError(f"{folder} has neither a dataset.json nor an images/ folder. Lay a task out as "
-                         f"{folder}/images/<id>.nii.gz (+ {folder}/labels/<id>.nii.gz for labelled volumes), "
-                         "or give the files explicitly.")
+        raise InputError(
+            f"{folder} has neither a dataset.json nor an images/ folder. Lay a task out as "
+            f"{folder}/images/<id>.nii.gz (+ {folder}/labels/<id>.nii.gz for labelled volumes), "
+            "or give the files explicitly."
+        )
     images = _volume_files(folder / "images")
     labels = _volume_files(folder / "labels") if (folder / "labels").is_dir() else {}
     if not images:
@@ -249,25 +291,40 @@ def _from_folder(folder: Path, atlas: str | None, n_validation: int) -> OneShotT
     if atlas is None:
         if not labelled:
             found = ", ".join(p.name for p in list(labels.values())[:3]) or "nothing"
-            raise InputError(f"{folder}: no image has labels. A label file has its image's name in "
-                             f"{folder / 'labels'} (e.g. labels/{next(iter(images.values())).name} for "
-                             f"images/{next(iter(images.values())).name}); found {found} there.")
+            raise InputError(
+                f"{folder}: no image has labels. A label file has its image's name in "
+                f"{folder / 'labels'} (e.g. labels/{next(iter(images.values())).name} for "
+                f"images/{next(iter(images.values())).name}); found {found} there."
+            )
         if len(labelled) > 1:
-            raise InputError(f"{folder}: {len(labelled)} images have labels ({labelled[:5]}); name the atlas "
-                             "with atlas=ID (CLI: --atlas ID); the other labelled images are used for evaluation.")
+            raise InputError(
+                f"{folder}: {len(labelled)} images have labels ({labelled[:5]}); name the atlas "
+                "with atlas=ID (CLI: --atlas ID); the other labelled images are used for evaluation."
+            )
         atlas = labelled[0]
     if atlas not in labels:
         raise InputError(f"{folder}: no labels for atlas {atlas!r} in {folder / 'labels'}.")
-    return OneShotTask(Case(atlas, images[atlas], labels[atlas]),
-                       [Case(i, p) for i, p in images.items() if i not in labels],
-                       [Case(i, images[i], labels[i]) for i in labelled if i != atlas], name=folder.name)
+    return OneShotTask(
+        Case(atlas, images[atlas], labels[atlas]),
+        [Case(i, p) for i, p in images.items() if i not in labels],
+        [Case(i, images[i], labels[i]) for i in labelled if i != atlas],
+        name=folder.name,
+    )
 
 
-def load_task(source: PathLike | None = None, *, atlas_image: PathLike | None = None,
-              atlas_labels: PathLike | None = None, unlabelled: Iterable[PathLike] = (),
-              evaluation: Iterable[tuple[PathLike, PathLike]] = (), atlas: str | None = None,
-              split: str = "oneshot", eval_labels: Sequence[int] | None = None, check: bool = True,
-              n_validation: int = 5) -> OneShotTask:
+def load_task(
+    source: PathLike | None = None,
+    *,
+    atlas_image: PathLike | None = None,
+    atlas_labels: PathLike | None = None,
+    unlabelled: Iterable[PathLike] = (),
+    evaluation: Iterable[tuple[PathLike, PathLike]] = (),
+    atlas: str | None = None,
+    split: str = "oneshot",
+    eval_labels: Sequence[int] | None = None,
+    check: bool = True,
+    n_validation: int = 5,
+) -> OneShotTask:
     """Build a one-shot task from a `dataset.json`, a task folder, a neurite-OASIS folder, or explicit paths.
 
     `n_validation`: how many neurite-OASIS subjects (the last ones) are held out as labelled evaluation volumes.
@@ -286,8 +343,9 @@ def load_task(source: PathLike | None = None, *, atlas_image: PathLike | None = 
     else:
         if atlas_image is None or atlas_labels is None:
             raise InputError("a one-shot task needs atlas_image and atlas_labels (or a dataset.json / folder).")
-        task = OneShotTask(_case(atlas_image, atlas_labels), [_case(p) for p in unlabelled],
-                           [_case(i, lab) for i, lab in evaluation])
+        task = OneShotTask(
+            _case(atlas_image, atlas_labels), [_case(p) for p in unlabelled], [_case(i, lab) for i, lab in evaluation]
+        )
     if eval_labels is not None:
         task.eval_labels = [int(v) for v in eval_labels]
     return task.check() if check else task

@@ -34,20 +34,26 @@ class Grid:
         """Voxel size in mm along each array axis (column norms of the affine)."""
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
 
-    def coverage(self, other: "Grid") -> float:
+    def coverage(self, other: Grid) -> float:
         """The fraction of this grid's box that `other`'s box covers in world space (boxes through the corners).
 
         Args:
             other: another grid, e.g. a target volume's against the atlas's working grid.
         """
-        corners = np.array([[i, j, k, 1.0] for i in (-0.5, other.shape[0] - 0.5) for j in (-0.5, other.shape[1] - 0.5)
-                            for k in (-0.5, other.shape[2] - 0.5)])
+        corners = np.array(
+            [
+                [i, j, k, 1.0]
+                for i in (-0.5, other.shape[0] - 0.5)
+                for j in (-0.5, other.shape[1] - 0.5)
+                for k in (-0.5, other.shape[2] - 0.5)
+            ]
+        )
         inside = (np.linalg.inv(self.affine) @ other.affine @ corners.T)[:3]  # other's corners, our voxels
         size = np.array(self.shape[:3], float)
         low, high = np.clip(inside.min(1), -0.5, size - 0.5), np.clip(inside.max(1), -0.5, size - 0.5)
         return float(np.prod(np.maximum(high - low, 0)) / np.prod(size))
 
-    def same_as(self, other: "Grid", atol: float = 1e-4) -> bool:
+    def same_as(self, other: Grid, atol: float = 1e-4) -> bool:
         """True when both grids have the same shape and (to `atol` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
@@ -83,7 +89,7 @@ class Volume:
     def name(self) -> str:
         return volume_id(self.path) if self.path else "volume"
 
-    def with_array(self, array: np.ndarray, kind: Kind | None = None) -> "Volume":
+    def with_array(self, array: np.ndarray, kind: Kind | None = None) -> Volume:
         """The same geometry holding another array of the same shape (e.g. a segmentation of this image)."""
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array shape {tuple(array.shape)} does not match the volume's {self.shape}")

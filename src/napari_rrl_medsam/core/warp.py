@@ -28,7 +28,7 @@ class Field:
             raise ValueError(f"a field on grid {self.grid.shape} needs shape (3, *shape), got {self.array.shape}")
 
     @classmethod
-    def from_voxels(cls, ddf_voxels: np.ndarray, grid: Grid) -> "Field":
+    def from_voxels(cls, ddf_voxels: np.ndarray, grid: Grid) -> Field:
         """From a displacement in voxel units along the grid's array axes (what MONAI's `Warp` uses)."""
         linear = grid.affine[:3, :3]
         return cls(np.einsum("ij,j...->i...", linear, ddf_voxels).astype(np.float32), grid)
@@ -73,8 +73,14 @@ def resample_linear(array: np.ndarray, source: Grid, grid: Grid) -> np.ndarray:
     return interpolate(array, _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid), padding="border")
 
 
-def argmax_resampled(probs: np.ndarray, source: Grid, grid: Grid, chunk: int = 8,
-                     prior: np.ndarray | None = None, prior_weight: float = 0.0) -> np.ndarray:
+def argmax_resampled(
+    probs: np.ndarray,
+    source: Grid,
+    grid: Grid,
+    chunk: int = 8,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 0.0,
+) -> np.ndarray:
     """Index of the most likely class at each voxel of `grid`, from class probabilities (C, *source.shape)
     interpolated linearly (outside `source`: class 0). Deciding after interpolation keeps the detail a coarse
     grid's probabilities hold (+0.007 mean Dice against interpolating the coarse arg-max, measured).
@@ -87,7 +93,7 @@ def argmax_resampled(probs: np.ndarray, source: Grid, grid: Grid, chunk: int = 8
     out = torch.zeros(grid.shape, dtype=torch.int64)
     w = float(prior_weight) if prior is not None else 0.0
     for start in range(0, len(probs), chunk):
-        p = torch.from_numpy(interpolate(probs[start:start + chunk], coords))
+        p = torch.from_numpy(interpolate(probs[start : start + chunk], coords))
         if w:
             k = torch.arange(start, start + len(p)).view(-1, *([1] * len(grid.shape)))
             p = (1 - w) * p + w * (torch.from_numpy(prior)[None] == k)
@@ -103,8 +109,9 @@ def _mapped_centres(matrix: np.ndarray, grid: Grid) -> np.ndarray:
     return (m[:3, :3] @ np.indices(grid.shape, dtype=np.float32).reshape(3, -1) + m[:3, 3:4]).reshape(3, *grid.shape)
 
 
-def warp(moving: Volume, field: Field, target: Grid, order: int | None = None,
-         coords: np.ndarray | None = None) -> Volume:
+def warp(
+    moving: Volume, field: Field, target: Grid, order: int | None = None, coords: np.ndarray | None = None
+) -> Volume:
     """`moving` resampled onto `target` through `field`: out(p) = moving(p + u(p)) for p on `target`.
 
     Label maps by nearest neighbour (or `order=1`: linear one-hot, then the most likely label);

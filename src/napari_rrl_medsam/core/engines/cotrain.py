@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -31,7 +31,6 @@ from ..models.segmentation import SegmentationSpec, build_segmentation
 from ..registration import intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
-from ..settings import check_settings
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
 from ..task import check_atlas
 from ..volume import Volume
@@ -71,13 +70,17 @@ class CotrainConfig(SegmentationSpec):
 
     @staticmethod
     def legacy() -> dict:
-        return {**SegmentationSpec.legacy(), "lr_schedule": "constant", "synthetic_probability": 0.0,
-                "pseudo_weight": 1.0, "intensity_augment": False}
+        return {
+            **SegmentationSpec.legacy(),
+            "lr_schedule": "constant",
+            "synthetic_probability": 0.0,
+            "pseudo_weight": 1.0,
+            "intensity_augment": False,
+        }
 
 
 # the settings that shape the networks (or what they were trained to see): a fine-tuned run keeps its init's
-ARCHITECTURE = ("decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size",
-                "norm_statistics")
+ARCHITECTURE = ("decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size", "norm_statistics")
 
 
 def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes: int, general_state=None):
@@ -108,8 +111,10 @@ def _check_mix(config: CotrainConfig) -> None:
     """The training mix's settings, each a clear error."""
     share = config.atlas_probability + config.synthetic_probability
     if not (0 <= config.atlas_probability <= 1 and 0 <= config.synthetic_probability <= 1 and share <= 1 + 1e-9):
-        raise InputError(f"atlas_probability ({config.atlas_probability}) and synthetic_probability "
-                         f"({config.synthetic_probability}) are shares of the steps: each in [0, 1], together <= 1.")
+        raise InputError(
+            f"atlas_probability ({config.atlas_probability}) and synthetic_probability "
+            f"({config.synthetic_probability}) are shares of the steps: each in [0, 1], together <= 1."
+        )
     if config.appearance not in APPEARANCES:
         raise InputError(f"appearance must be one of {', '.join(APPEARANCES)}, not {config.appearance!r}.")
     if config.field_mode not in FIELD_MODES:
@@ -117,8 +122,10 @@ def _check_mix(config: CotrainConfig) -> None:
     if config.pseudo_weight < 0 or config.synthetic_beta <= 0:
         raise InputError("pseudo_weight must be >= 0 and synthetic_beta > 0.")
     if not 0 <= config.pseudo_prior_weight < 0.5:
-        raise InputError(f"pseudo_prior_weight must be in [0, 0.5), not {config.pseudo_prior_weight}: at 0.5 or "
-                         "more the registration's label always wins and the pseudo-label model changes nothing.")
+        raise InputError(
+            f"pseudo_prior_weight must be in [0, 0.5), not {config.pseudo_prior_weight}: at 0.5 or "
+            "more the registration's label always wins and the pseudo-label model changes nothing."
+        )
 
 
 def _check_pseudo_model(model, state: dict | None, checkpoint: Path, grid, classes: list[int]) -> str | None:
@@ -126,21 +133,36 @@ def _check_pseudo_model(model, state: dict | None, checkpoint: Path, grid, class
     resuming, against the model the run started with (its pseudo labels must be the same)."""
     source = None if model is None else str(getattr(model, "source", "a co-trained model"))
     if model is not None:
-        check_same_task({"grid": {"shape": list(model.grid.shape), "affine": model.grid.affine.tolist()},
-                         "classes": model.classes}, source, grid, classes)
+        check_same_task(
+            {"grid": {"shape": list(model.grid.shape), "affine": model.grid.affine.tolist()}, "classes": model.classes},
+            source,
+            grid,
+            classes,
+        )
     if state is not None and state.get("pseudo_model") != source:
         before = state.get("pseudo_model")
-        raise InputError(f"{checkpoint} was trained on pseudo labels "
-                         f"{'fused with ' + before if before else 'of the registration alone'}; resume it with "
-                         f"{'pseudo_model=' + before if before else 'no pseudo-label model'} (now: "
-                         f"{source or 'none'}).")
+        raise InputError(
+            f"{checkpoint} was trained on pseudo labels "
+            f"{'fused with ' + before if before else 'of the registration alone'}; resume it with "
+            f"{'pseudo_model=' + before if before else 'no pseudo-label model'} (now: "
+            f"{source or 'none'})."
+        )
     return source
 
 
-def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Volume], registration,
-                   checkpoint: str | Path, encoder=None, config: CotrainConfig | None = None,
-                   resume: bool = False, validation: Sequence[tuple[Volume, Volume]] = (),
-                   init: str | Path | None = None, pseudo_model=None) -> Iterator[Progress]:
+def cotrain_engine(
+    atlas: Volume,
+    atlas_labels: Volume,
+    unlabelled: Sequence[Volume],
+    registration,
+    checkpoint: str | Path,
+    encoder=None,
+    config: CotrainConfig | None = None,
+    resume: bool = False,
+    validation: Sequence[tuple[Volume, Volume]] = (),
+    init: str | Path | None = None,
+    pseudo_model=None,
+) -> Iterator[Progress]:
     """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g;
     `validation`: labelled (image, labels) volumes whose Dice is reported in the events' metrics; `init`: a
     co-trained checkpoint to start from (fine-tuning: its weights and architecture, this run's training settings,
@@ -188,9 +210,13 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
             pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
         images.append(intensities(volume, grid)[0, 0])
         targets.append(torch.from_numpy(lut[pseudo]))
-        yield Progress("pseudo labels", i + 1, len(unlabelled),
-                       message="pseudo labels (registration and model)" if pseudo_model else "registration pseudo labels",
-                       preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo})
+        yield Progress(
+            "pseudo labels",
+            i + 1,
+            len(unlabelled),
+            message="pseudo labels (registration and model)" if pseudo_model else "registration pseudo labels",
+            preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo},
+        )
 
     synthetic = None
     if config.synthetic_probability > 0:
@@ -198,14 +224,25 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         for i, volume in enumerate(unlabelled):
             velocities.append(registration.velocity(atlas, volume))
             yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
-        synthetic = SyntheticPairs(images[0].to(device), targets[0].to(device), [v.to(device) for v in velocities],
-                                   [u.to(device) for u in images[1:]],
-                                   registration.net.config.scaling_and_squaring_steps, config.appearance,
-                                   config.field_mode, config.synthetic_beta)
+        synthetic = SyntheticPairs(
+            images[0].to(device),
+            targets[0].to(device),
+            [v.to(device) for v in velocities],
+            [u.to(device) for u in images[1:]],
+            registration.net.config.scaling_and_squaring_steps,
+            config.appearance,
+            config.field_mode,
+            config.synthetic_beta,
+        )
     augment = intensity_augmentation() if config.intensity_augment else None
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
-    encoder_config = (EncoderConfig.from_dict(start["encoder_config"]) if start is not None
-                      else encoder.config if encoder is not None else EncoderConfig())
+    encoder_config = (
+        EncoderConfig.from_dict(start["encoder_config"])
+        if start is not None
+        else encoder.config
+        if encoder is not None
+        else EncoderConfig()
+    )
     parts = build_parts(config, encoder_config, len(classes), encoder.state_dict() if encoder is not None else None)
     if start is not None:
         for name, module in parts.items():
@@ -214,8 +251,9 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
         module.to(device).train()
     encoders = [p for n in ("general", "medical") for p in parts[n].parameters()]
     decoders = [p for n in ("decoder_g", "ap") for p in parts[n].parameters()]
-    optimiser = torch.optim.AdamW([{"params": encoders, "lr": config.encoder_lr},
-                                   {"params": decoders, "lr": config.lr}], weight_decay=1e-4)
+    optimiser = torch.optim.AdamW(
+        [{"params": encoders, "lr": config.encoder_lr}, {"params": decoders, "lr": config.lr}], weight_decay=1e-4
+    )
     step = 0
     if state is not None:
         optimiser.load_state_dict(state["optimizer"])
@@ -234,32 +272,53 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
     origin = str(init) if state is None and init is not None else (state or {}).get("initialised_from")
 
     def save() -> Path:
-        return save_checkpoint({
-            "kind": KIND, "version": 1, "step": step, "complete": step >= config.steps, "config": config.to_dict(),
-            "encoder_config": encoder_config.to_dict(), "parts": {n: m.state_dict() for n, m in parts.items()},
-            "optimizer": optimiser.state_dict(), "classes": classes, "teacher": teacher,
-            "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
-            "registration": registration.state, "elapsed": elapsed, "initialised_from": origin,
-            "pseudo_model": pseudo_source,
-        }, checkpoint)
+        return save_checkpoint(
+            {
+                "kind": KIND,
+                "version": 1,
+                "step": step,
+                "complete": step >= config.steps,
+                "config": config.to_dict(),
+                "encoder_config": encoder_config.to_dict(),
+                "parts": {n: m.state_dict() for n, m in parts.items()},
+                "optimizer": optimiser.state_dict(),
+                "classes": classes,
+                "teacher": teacher,
+                "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
+                "registration": registration.state,
+                "elapsed": elapsed,
+                "initialised_from": origin,
+                "pseudo_model": pseudo_source,
+            },
+            checkpoint,
+        )
 
     try:
         while step < config.steps:
             started = time.perf_counter()
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             draw = float(torch.rand(1, generator=gen))
-            kind = ("atlas" if draw < config.atlas_probability else "synthetic"
-                    if draw < config.atlas_probability + config.synthetic_probability else "pseudo")
+            kind = (
+                "atlas"
+                if draw < config.atlas_probability
+                else "synthetic"
+                if draw < config.atlas_probability + config.synthetic_probability
+                else "pseudo"
+            )
             i = 0 if kind == "atlas" else 1 + int(torch.randint(len(unlabelled), (1,), generator=gen))
             lo, hi = ranges[0 if kind == "synthetic" else i]  # a synthetic pair is the atlas, deformed
             start = lo + int(torch.randint(max(hi - lo - config.slab + 2, 1), (1,), generator=gen))
             start = min(start, images[i].shape[2] - config.slab) if images[i].shape[2] >= config.slab else 0
             if kind == "synthetic":
-                x, y = (t.movedim(2, 0) for t in synthetic.sample(np.random.default_rng([config.seed, step]),
-                                                                   start, min(config.slab, images[0].shape[2])))
+                x, y = (
+                    t.movedim(2, 0)
+                    for t in synthetic.sample(
+                        np.random.default_rng([config.seed, step]), start, min(config.slab, images[0].shape[2])
+                    )
+                )
             else:
-                x = images[i][:, :, start:start + config.slab].movedim(2, 0)  # (K, X, Y)
-                y = targets[i][:, :, start:start + config.slab].movedim(2, 0)
+                x = images[i][:, :, start : start + config.slab].movedim(2, 0)  # (K, X, Y)
+                y = targets[i][:, :, start : start + config.slab].movedim(2, 0)
             if config.augment:
                 x = x.clamp(0, 1) ** float(torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)))
             if augment is not None:
@@ -301,15 +360,26 @@ def cotrain_engine(atlas: Volume, atlas_labels: Volume, unlabelled: Sequence[Vol
                     module.eval()  # predict as inference does (running batch-norm statistics untouched)
                 if show:
                     probs = predict_probabilities(parts, images[i].to(device), config)
-                    preview = {"case": i, "target": images[i].numpy(), "pseudo_labels": values[targets[i].numpy()],
-                               "auto_prompt": values[torch.argmax(probs[0], 0).cpu().numpy()],
-                               "segmentation": values[torch.argmax(probs[1], 0).cpu().numpy()]}
+                    preview = {
+                        "case": i,
+                        "target": images[i].numpy(),
+                        "pseudo_labels": values[targets[i].numpy()],
+                        "auto_prompt": values[torch.argmax(probs[0], 0).cpu().numpy()],
+                        "segmentation": values[torch.argmax(probs[1], 0).cpu().numpy()],
+                    }
                 if check:
                     metrics = validation_dice(parts, validation, values, config, device)
                 for module in parts.values():
                     module.train()
-            yield Progress("co-training", step, config.steps, {"loss": float(loss.detach()), **losses},
-                           metrics, preview=preview, checkpoint=path)
+            yield Progress(
+                "co-training",
+                step,
+                config.steps,
+                {"loss": float(loss.detach()), **losses},
+                metrics,
+                preview=preview,
+                checkpoint=path,
+            )
     finally:
         if step != saved_step:
             save()

@@ -1,12 +1,13 @@
 """Dual-stage knowledge distillation (DSKD) of the lightweight general encoder from a frozen SAM teacher.
 
 Stage 1 ("natural") regresses the teacher's embeddings of photographs (general knowledge), stage 2
-("medical") those of slices of the user's unlabelled volumes; optionally (`replay`) a share of each stage-2 batch is still
-drawn from the photographs so that stage 2 does not erase what stage 1 taught, and (`freeze_norm`) stage 2
-normalises with stage 1's batch-norm statistics instead of re-estimating them on a mix of domains. Loss: MSE + `cosine_weight` * (1 - cosine
-similarity over channels). Teacher embeddings are computed once (cached on disk). Augmentation acts on
-the student's input intensities only (brightness, contrast, gamma, noise), so the cached teacher
-targets stay exact while the student learns to ignore such changes.
+("medical") those of slices of the user's unlabelled volumes; optionally (`replay`) a share of each stage-2
+batch is still drawn from the photographs so that stage 2 does not erase what stage 1 taught, and
+(`freeze_norm`) stage 2 normalises with stage 1's batch-norm statistics instead of re-estimating them on a mix
+of domains. Loss: MSE + `cosine_weight` * (1 - cosine similarity over channels). Teacher embeddings are
+computed once (cached on disk). Augmentation acts on the student's input intensities only (brightness,
+contrast, gamma, noise), so the cached teacher targets stay exact while the student learns to ignore such
+changes.
 
 The engine is a generator of `Progress` events. Closing it (Stop) or an error saves a checkpoint;
 running it again on that checkpoint with `resume=True` continues from the saved step. The learning
@@ -16,9 +17,9 @@ rate and the batches are functions of the step, so a resumed run follows the sam
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class DistillConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DistillConfig":
+    def from_dict(cls, d: dict) -> DistillConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         d["encoder"] = EncoderConfig.from_dict(d.get("encoder", {}))
@@ -77,9 +78,10 @@ def teacher_embeddings(teacher, images, cache, batch_size: int, label: str):
 
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(cache.embed(teacher, images[i:i + batch_size], batch_size=batch_size))
-        yield Progress("teacher", min(i + batch_size, len(images)), len(images),
-                       message=f"teacher embeddings of {label}")
+        out.append(cache.embed(teacher, images[i : i + batch_size], batch_size=batch_size))
+        yield Progress(
+            "teacher", min(i + batch_size, len(images)), len(images), message=f"teacher embeddings of {label}"
+        )
     return torch.cat(out)
 
 
@@ -109,8 +111,15 @@ def _lr(config: DistillConfig, step: int, start: int, length: int) -> float:
     return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * t))
 
 
-def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: DistillConfig | None = None,
-                   resume: bool = False, cache=None) -> Iterator[Progress]:
+def distill_engine(
+    teacher,
+    natural,
+    medical,
+    checkpoint: str | Path,
+    config: DistillConfig | None = None,
+    resume: bool = False,
+    cache=None,
+) -> Iterator[Progress]:
     """Distil `teacher` into a `LightEncoder`; yields `Progress`; writes `checkpoint` (also on stop).
 
     `natural` and `medical` are (N, 3, S, S) float tensors in [0, 1] (either may be None when its
@@ -125,19 +134,25 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
     cache = cache or EmbeddingCache()
     for data in (natural, medical):
         if data is not None and data.shape[-1] != 4 * teacher.embed_size:
-            raise InputError(f"the student sees {data.shape[-1]} px images but its stride-4 embedding must match the "
-                             f"teacher's {teacher.embed_size} x {teacher.embed_size} grid: use image_size="
-                             f"{4 * teacher.embed_size}.")
+            raise InputError(
+                f"the student sees {data.shape[-1]} px images but its stride-4 embedding must match the "
+                f"teacher's {teacher.embed_size} x {teacher.embed_size} grid: use image_size="
+                f"{4 * teacher.embed_size}."
+            )
     state = resume_state(checkpoint, KIND, resume)
     if state is not None:
         if state["teacher"]["id"] != teacher.id:
-            raise InputError(f"{checkpoint} was distilled from teacher {state['teacher']['id']}, not {teacher.id}; "
-                             "resume with the same teacher or start a new checkpoint.")
+            raise InputError(
+                f"{checkpoint} was distilled from teacher {state['teacher']['id']}, not {teacher.id}; "
+                "resume with the same teacher or start a new checkpoint."
+            )
         config.encoder = EncoderConfig.from_dict(state["encoder_config"])
     stages = [("natural", natural, config.natural_steps), ("medical", medical, config.medical_steps)]
     for name, data, steps in stages:
         if steps > 0 and (data is None or len(data) == 0):
-            raise InputError(f"the {name} stage has {steps} steps but no {name} images; give some or set its steps to 0.")
+            raise InputError(
+                f"the {name} stage has {steps} steps but no {name} images; give some or set its steps to 0."
+            )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     student = LightEncoder(config.encoder).to(device)
@@ -160,8 +175,9 @@ def distill_engine(teacher, natural, medical, checkpoint: str | Path, config: Di
     saved_step = step if state is not None else -1
 
     def save() -> Path:
-        return save_checkpoint(checkpoint_state(student, optimiser, step, config, teacher, complete=step >= total),
-                               checkpoint)
+        return save_checkpoint(
+            checkpoint_state(student, optimiser, step, config, teacher, complete=step >= total), checkpoint
+        )
 
     try:
         while step < total:
@@ -211,11 +227,22 @@ def freeze_batch_norm(module) -> None:
 
 
 def checkpoint_state(student, optimiser, step: int, config: DistillConfig, teacher, complete: bool) -> dict:
-    return {"kind": KIND, "version": 1, "step": step, "complete": complete, "config": config.to_dict(),
-            "encoder_config": student.config.to_dict(), "encoder": student.state_dict(),
-            "optimizer": optimiser.state_dict() if optimiser is not None else {},
-            "teacher": {"name": teacher.name, "id": teacher.id, "sha256": teacher.weights_sha256,
-                        "input_size": teacher.input_size}}
+    return {
+        "kind": KIND,
+        "version": 1,
+        "step": step,
+        "complete": complete,
+        "config": config.to_dict(),
+        "encoder_config": student.config.to_dict(),
+        "encoder": student.state_dict(),
+        "optimizer": optimiser.state_dict() if optimiser is not None else {},
+        "teacher": {
+            "name": teacher.name,
+            "id": teacher.id,
+            "sha256": teacher.weights_sha256,
+            "input_size": teacher.input_size,
+        },
+    }
 
 
 def load_encoder(path: str | Path):
@@ -261,16 +288,24 @@ def fidelity(encoder, images, targets, batch_size: int = 8) -> dict[str, float]:
     encoder.eval()
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            pred = encoder(images[i:i + batch_size].to(device)).float()
-            y = targets[i:i + batch_size].to(device).float()
+            pred = encoder(images[i : i + batch_size].to(device)).float()
+            y = targets[i : i + batch_size].to(device).float()
             cos += float(F.cosine_similarity(pred, y, dim=1).mean(dim=(1, 2)).sum())
             mse += float(((pred - y) ** 2).mean(dim=(1, 2, 3)).sum())
             n += len(pred)
     return {"cosine": cos / n, "mse": mse / n}
 
 
-def distillation(volumes=(), natural=None, teacher="auto", teacher_checkpoint=None, out: str | Path = "encoder.pt",
-                 config: DistillConfig | None = None, resume: bool = False, cache=None) -> Iterator[Progress]:
+def distillation(
+    volumes=(),
+    natural=None,
+    teacher="auto",
+    teacher_checkpoint=None,
+    out: str | Path = "encoder.pt",
+    config: DistillConfig | None = None,
+    resume: bool = False,
+    cache=None,
+) -> Iterator[Progress]:
     """The whole DSKD run from user-level inputs: volumes (paths or `Volume`s), a folder of photographs
     (None: scikit-image's photographs; False: skip stage 1), a teacher name or `Teacher`."""
     from ..inputs import natural_images, volume_slices
@@ -293,6 +328,7 @@ def distillation(volumes=(), natural=None, teacher="auto", teacher_checkpoint=No
             raise InputError("the medical stage needs unlabelled volumes; give some, or set medical_steps=0.")
         import torch
 
-        med = torch.cat([volume_slices(v, config.axis, config.spacing, config.image_size, config.slices_per_volume)
-                         for v in vols])
+        med = torch.cat(
+            [volume_slices(v, config.axis, config.spacing, config.image_size, config.slices_per_volume) for v in vols]
+        )
     yield from distill_engine(teacher, nat, med, out, config, resume, cache)

@@ -7,9 +7,10 @@ checkpoint on the way out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass
@@ -67,8 +68,10 @@ def check_finite(loss: Any, stage: str, step: int) -> None:
 
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise InputError(f"{stage} diverged at step {step} (loss {value}); the weights of the steps before are "
-                         "saved. Check the inputs for NaN values, or resume with a lower learning rate.")
+        raise InputError(
+            f"{stage} diverged at step {step} (loss {value}); the weights of the steps before are "
+            "saved. Check the inputs for NaN values, or resume with a lower learning rate."
+        )
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -93,8 +96,12 @@ def run(events, progress: bool = True) -> Progress | None:
                     bar.close()
                 stage = last.stage
                 training = bool(last.losses)  # training steps count one by one; preparation in chunks
-                bar = tqdm(total=last.total, desc=last.message or stage, unit="step" if training else "image",
-                           initial=last.step - 1 if training else 0)
+                bar = tqdm(
+                    total=last.total,
+                    desc=last.message or stage,
+                    unit="step" if training else "image",
+                    initial=last.step - 1 if training else 0,
+                )
             bar.update(last.step - bar.n)
             metrics.update(last.metrics)  # shown until the next evaluation
             if last.losses:

@@ -14,9 +14,9 @@ the warped atlas and its pseudo labels. Stop/crash -> checkpoint; `resume=True` 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,7 +27,6 @@ from ..models.encoder import LightEncoder
 from ..models.registration import RegistrationSpec, build_registration
 from ..registration import KIND, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
-from ..settings import check_settings
 from ..task import check_atlas, check_pair
 from ..volume import Volume
 from .events import Progress, check_finite, due, initialised_settings, resumed_settings
@@ -57,10 +56,17 @@ def _gamma(x, gen):
     return x.clamp(0, 1) ** torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)).item()
 
 
-def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[Volume], checkpoint: str | Path,
-                        encoder: LightEncoder | None = None, config: RegistrationTrainConfig | None = None,
-                        resume: bool = False, segmentations: Sequence[Volume | None] = (),
-                        init: str | Path | None = None) -> Iterator[Progress]:
+def registration_engine(
+    atlas: Volume,
+    atlas_labels: Volume,
+    targets: Sequence[Volume],
+    checkpoint: str | Path,
+    encoder: LightEncoder | None = None,
+    config: RegistrationTrainConfig | None = None,
+    resume: bool = False,
+    segmentations: Sequence[Volume | None] = (),
+    init: str | Path | None = None,
+) -> Iterator[Progress]:
     """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one.
     `init`: a registration checkpoint to start from (fine-tuning: its network, encoder and working grid, this
     run's training settings such as `dice_weight`, a new optimiser)."""
@@ -112,15 +118,24 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
     origin = str(init) if state is None and init is not None else (state or {}).get("initialised_from")
 
     def save() -> Path:
-        return save_checkpoint({
-            "kind": KIND, "version": 1, "step": step, "complete": step >= config.steps, "config": config.to_dict(),
-            "network": net.state_dict(), "optimizer": optimiser.state_dict(),
-            "encoder_config": medical.config.to_dict() if medical is not None else None,
-            "encoder": medical.state_dict() if medical is not None else {},
-            "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
-            "labels": label_values, "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
-            "initialised_from": origin,
-        }, checkpoint)
+        return save_checkpoint(
+            {
+                "kind": KIND,
+                "version": 1,
+                "step": step,
+                "complete": step >= config.steps,
+                "config": config.to_dict(),
+                "network": net.state_dict(),
+                "optimizer": optimiser.state_dict(),
+                "encoder_config": medical.config.to_dict() if medical is not None else None,
+                "encoder": medical.state_dict() if medical is not None else {},
+                "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
+                "labels": label_values,
+                "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
+                "initialised_from": origin,
+            },
+            checkpoint,
+        )
 
     try:
         net.train()
@@ -151,11 +166,20 @@ def registration_engine(atlas: Volume, atlas_labels: Volume, targets: Sequence[V
             if config.preview_every and due(step, config.preview_every, config.steps):
                 with torch.no_grad():
                     d = ddf.detach()
-                    preview = {"case": i, "target": ts[i][0, 0].numpy(),
-                               "warped_atlas": warp_image(a, d)[0, 0].cpu().numpy(),
-                               "pseudo_labels": warp_labels(labels_work, d)[0, 0].cpu().numpy().astype(np.int32)}
-            yield Progress("registration", step, config.steps, {"loss": float(loss.detach()), **terms},
-                           preview=preview, checkpoint=path)
+                    preview = {
+                        "case": i,
+                        "target": ts[i][0, 0].numpy(),
+                        "warped_atlas": warp_image(a, d)[0, 0].cpu().numpy(),
+                        "pseudo_labels": warp_labels(labels_work, d)[0, 0].cpu().numpy().astype(np.int32),
+                    }
+            yield Progress(
+                "registration",
+                step,
+                config.steps,
+                {"loss": float(loss.detach()), **terms},
+                preview=preview,
+                checkpoint=path,
+            )
     finally:
         if step != saved_step:
             save()
@@ -171,14 +195,21 @@ def _one_hot(labels: np.ndarray, values: list[int]):
     return torch.nn.functional.one_hot(index, len(values) + 1).movedim(-1, 0)[None].float()
 
 
-def _coupling_targets(config: RegistrationTrainConfig, targets: Sequence[Volume],
-                      segmentations: Sequence[Volume | None], values: list[int], grid) -> list | None:
+def _coupling_targets(
+    config: RegistrationTrainConfig,
+    targets: Sequence[Volume],
+    segmentations: Sequence[Volume | None],
+    values: list[int],
+    grid,
+) -> list | None:
     """The targets' segmentations one-hot on the working grid (None where a target has none), if coupling is on."""
     if config.dice_weight <= 0:
         return None
     if len(segmentations) != len(targets):
-        raise InputError(f"Dice coupling (dice_weight={config.dice_weight}) needs one segmentation per unlabelled "
-                         f"volume (or None for some): got {len(segmentations)} for {len(targets)} volumes.")
+        raise InputError(
+            f"Dice coupling (dice_weight={config.dice_weight}) needs one segmentation per unlabelled "
+            f"volume (or None for some): got {len(segmentations)} for {len(targets)} volumes."
+        )
     out = []
     for target, seg in zip(targets, segmentations):
         if seg is None:

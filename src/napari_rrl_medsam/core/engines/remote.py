@@ -16,8 +16,8 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 _NEXT, _CLOSE = "next", "close"
 
@@ -88,7 +88,7 @@ class RemoteEvents:
         child.close()
         self._done = False
 
-    def __iter__(self) -> "RemoteEvents":
+    def __iter__(self) -> RemoteEvents:
         return self
 
     def __next__(self):
@@ -100,8 +100,10 @@ class RemoteEvents:
         except (EOFError, OSError):  # the child died (killed, out of memory, ...)
             self._done = True
             self._process.join()
-            raise RuntimeError(f"the training process ended unexpectedly (exit code {self._process.exitcode}); "
-                               "the last checkpoint it saved can be resumed") from None
+            raise RuntimeError(
+                f"the training process ended unexpectedly (exit code {self._process.exitcode}); "
+                "the last checkpoint it saved can be resumed"
+            ) from None
         if kind == "event":
             return payload
         self.close()

@@ -34,7 +34,7 @@ class EncoderConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
+    def from_dict(cls, d: dict) -> EncoderConfig:
         d = dict(d)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
@@ -48,10 +48,12 @@ class LightEncoder(nn.Module):
         self.config = config = config or EncoderConfig()
         stages, prev = [], config.in_channels
         for i, ch in enumerate(config.channels):
-            stages.append(nn.Sequential(
-                Convolution(2, prev, ch, strides=2, kernel_size=3, norm="batch", act="relu"),
-                ResidualUnit(2, ch, ch, subunits=2 if i else 1, norm="batch", act="relu"),
-            ))
+            stages.append(
+                nn.Sequential(
+                    Convolution(2, prev, ch, strides=2, kernel_size=3, norm="batch", act="relu"),
+                    ResidualUnit(2, ch, ch, subunits=2 if i else 1, norm="batch", act="relu"),
+                )
+            )
             prev = ch
         self.stages = nn.ModuleList(stages)
         # FPN-like neck: every scale projected to neck_channels, brought to stride 4 and summed.
@@ -72,8 +74,10 @@ class LightEncoder(nn.Module):
     def embed(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The teacher-like embedding (stride 4) from the multi-scale features."""
         size = feats[1].shape[-2:]
-        fused = sum(F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if i else lat(f)
-                    for i, (lat, f) in enumerate(zip(self.lateral, feats[1:])))
+        fused = sum(
+            F.interpolate(lat(f), size=size, mode="bilinear", align_corners=False) if i else lat(f)
+            for i, (lat, f) in enumerate(zip(self.lateral, feats[1:]))
+        )
         return self.head(fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
-from monai.networks.blocks import Convolution, DVF2DDF
+from monai.networks.blocks import DVF2DDF, Convolution
 from torch import nn
 from torch.nn import functional as F
 
@@ -45,15 +45,16 @@ class RegistrationConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RegistrationConfig":
+    def from_dict(cls, d: dict) -> RegistrationConfig:
         d = dict(d)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Module:
-    return Convolution(3, cin, cout, strides=stride, kernel_size=3, act=("leakyrelu", {"negative_slope": 0.2}),
-                       norm=None)
+    return Convolution(
+        3, cin, cout, strides=stride, kernel_size=3, act=("leakyrelu", {"negative_slope": 0.2}), norm=None
+    )
 
 
 class RegistrationNet(nn.Module):
@@ -71,13 +72,23 @@ class RegistrationNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.integrate = DVF2DDF(c.integration_steps) if c.diffeomorphic else None
 
-    def forward(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
-                target_features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        atlas: torch.Tensor,
+        target: torch.Tensor,
+        atlas_features: torch.Tensor | None = None,
+        target_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, 1, X, Y, Z) each (+ (B, F, X/2, Y/2, Z/2) features) -> displacement (B, 3, X, Y, Z) in voxels."""
         return self.displacement(self.velocity(atlas, target, atlas_features, target_features), atlas.shape[2:])
 
-    def velocity(self, atlas: torch.Tensor, target: torch.Tensor, atlas_features: torch.Tensor | None = None,
-                 target_features: torch.Tensor | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        atlas: torch.Tensor,
+        target: torch.Tensor,
+        atlas_features: torch.Tensor | None = None,
+        target_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The network's output before integration: (B, 3, X/2, Y/2, Z/2), in half-resolution voxels (a
         stationary velocity field with `diffeomorphic`, else the displacement itself)."""
         x = torch.cat([atlas, target], 1)
@@ -87,8 +98,10 @@ class RegistrationNet(nn.Module):
             if i == 1 and self.project is not None:
                 if atlas_features is None or target_features is None:
                     raise ValueError("this registration network was built to use encoder features; pass them")
-                feats = [F.interpolate(self.project(f), size=x.shape[2:], mode="trilinear", align_corners=False)
-                         for f in (atlas_features, target_features)]
+                feats = [
+                    F.interpolate(self.project(f), size=x.shape[2:], mode="trilinear", align_corners=False)
+                    for f in (atlas_features, target_features)
+                ]
                 x = self.fuse(torch.cat([x, *feats], 1))
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[1:-1])):
@@ -168,11 +181,18 @@ def build_registration(spec: RegistrationSpec, state: dict | None = None, encode
         state: a registration checkpoint (weights, encoder and its config), or None for new weights.
         encoder: the encoder whose weights E_m starts from when there is no `state`.
     """
-    encoder_config = (EncoderConfig.from_dict(state["encoder_config"]) if state and state.get("encoder_config")
-                      else encoder.config if encoder is not None else None)
+    encoder_config = (
+        EncoderConfig.from_dict(state["encoder_config"])
+        if state and state.get("encoder_config")
+        else encoder.config
+        if encoder is not None
+        else None
+    )
     if spec.use_features:
         if encoder_config is None:
-            raise InputError("registration with encoder features needs an encoder (the shipped one, or a distilled one).")
+            raise InputError(
+                "registration with encoder features needs an encoder (the shipped one, or a distilled one)."
+            )
         spec.network.feature_channels = encoder_config.channels[spec.feature_level]
     else:
         spec.network.feature_channels = 0

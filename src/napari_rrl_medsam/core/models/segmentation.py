@@ -18,9 +18,9 @@ co-training engine's config extends the spec with its training-only fields).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator
 
 import torch
 from monai.networks.blocks import Convolution
@@ -51,8 +51,9 @@ class SlabDecoder(nn.Module):
         self.fuse = nn.ModuleList(_block(2 * width, width) for _ in encoder_channels[:-1])
         self.head = nn.Conv3d(width, n_classes, 1)
 
-    def forward(self, feats: list[torch.Tensor], prompt: torch.Tensor | None = None,
-                prompt_level: int = 1) -> torch.Tensor:
+    def forward(
+        self, feats: list[torch.Tensor], prompt: torch.Tensor | None = None, prompt_level: int = 1
+    ) -> torch.Tensor:
         lat = [conv(f) for conv, f in zip(self.lateral, feats)]
         if prompt is not None:
             lat[prompt_level] = lat[prompt_level] + prompt
@@ -82,8 +83,12 @@ class MaskPromptEncoder(nn.Module):
         super().__init__()
         k = (1, 2, 2)
         self.net = nn.Sequential(
-            nn.Conv3d(n_classes, hidden // 4, k, stride=k), ChannelNorm3d(hidden // 4), nn.GELU(),
-            nn.Conv3d(hidden // 4, hidden, k, stride=k), ChannelNorm3d(hidden), nn.GELU(),
+            nn.Conv3d(n_classes, hidden // 4, k, stride=k),
+            ChannelNorm3d(hidden // 4),
+            nn.GELU(),
+            nn.Conv3d(hidden // 4, hidden, k, stride=k),
+            ChannelNorm3d(hidden),
+            nn.GELU(),
             nn.Conv3d(hidden, dim, 1),
         )
 
@@ -98,8 +103,14 @@ class APDecoder(nn.Module):
     the general branch's mask and learns a correction of it (otherwise it must first learn to read the prompt).
     """
 
-    def __init__(self, encoder_channels: tuple[int, ...], n_classes: int, width: int = 32,
-                 use_prompt: bool = True, residual: bool = False) -> None:
+    def __init__(
+        self,
+        encoder_channels: tuple[int, ...],
+        n_classes: int,
+        width: int = 32,
+        use_prompt: bool = True,
+        residual: bool = False,
+    ) -> None:
         super().__init__()
         self.decoder = SlabDecoder(encoder_channels, n_classes, width)
         self.prompt = MaskPromptEncoder(n_classes, width) if use_prompt else None
@@ -191,8 +202,9 @@ class SegmentationSpec:
         return cls(**{**cls.legacy(), **{k: v for k, v in d.items() if k in known}})
 
 
-def build_segmentation(spec: SegmentationSpec, encoder_config: EncoderConfig, n_classes: int,
-                       general_state: dict | None = None) -> dict[str, nn.Module]:
+def build_segmentation(
+    spec: SegmentationSpec, encoder_config: EncoderConfig, n_classes: int, general_state: dict | None = None
+) -> dict[str, nn.Module]:
     """The four parts: E_g, E_m (a copy of E_g), the general decoder and the AP decoder.
 
     Args:
@@ -204,7 +216,9 @@ def build_segmentation(spec: SegmentationSpec, encoder_config: EncoderConfig, n_
     general = LightEncoder(encoder_config)
     if general_state is not None:
         general.load_state_dict(general_state)
-    return {"general": general, "medical": copy.deepcopy(general),
-            "decoder_g": SlabDecoder(encoder_config.channels, n_classes, spec.decoder_width),
-            "ap": APDecoder(encoder_config.channels, n_classes, spec.decoder_width, spec.use_prompt,
-                            spec.prompt_residual)}
+    return {
+        "general": general,
+        "medical": copy.deepcopy(general),
+        "decoder_g": SlabDecoder(encoder_config.channels, n_classes, spec.decoder_width),
+        "ap": APDecoder(encoder_config.channels, n_classes, spec.decoder_width, spec.use_prompt, spec.prompt_residual),
+    }

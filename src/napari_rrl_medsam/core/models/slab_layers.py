@@ -29,18 +29,38 @@ class SliceConv3d(nn.Conv3d):
         if x.device.type != "cpu" or (not torch.is_grad_enabled() and h * w >= NATIVE_FORWARD_FROM):
             return super().forward(x)
         padded = F.pad(x.movedim(2, 1), (0, 0, 0, 0, 0, 0, 1, 1))  # (B, K + 2, C, H, W)
-        y = sum(F.conv2d(padded[:, d:d + k].reshape(b * k, c, h, w), self.weight[:, :, d],
-                         self.bias if d == 0 else None, padding=1) for d in range(3))
+        y = sum(
+            F.conv2d(
+                padded[:, d : d + k].reshape(b * k, c, h, w),
+                self.weight[:, :, d],
+                self.bias if d == 0 else None,
+                padding=1,
+            )
+            for d in range(3)
+        )
         return y.reshape(b, k, self.out_channels, h, w).movedim(1, 2)
 
 
 def slice_conv(conv: nn.Conv3d) -> SliceConv3d:
     """The same convolution (its very parameters, no new random draws) as a `SliceConv3d`."""
     if (conv.kernel_size, conv.padding, conv.stride, conv.dilation, conv.groups, conv.padding_mode) != (
-            (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, "zeros"):
+        (3, 3, 3),
+        (1, 1, 1),
+        (1, 1, 1),
+        (1, 1, 1),
+        1,
+        "zeros",
+    ):
         raise ValueError("slice_conv takes a 3 x 3 x 3 convolution with padding 1, stride 1, one group.")
-    fast = torch.nn.utils.skip_init(SliceConv3d, conv.in_channels, conv.out_channels, 3, padding=1,
-                                    bias=conv.bias is not None, device=conv.weight.device)
+    fast = torch.nn.utils.skip_init(
+        SliceConv3d,
+        conv.in_channels,
+        conv.out_channels,
+        3,
+        padding=1,
+        bias=conv.bias is not None,
+        device=conv.weight.device,
+    )
     fast.weight, fast.bias = conv.weight, conv.bias
     return fast
 
@@ -49,6 +69,11 @@ def resize_in_plane(x: torch.Tensor, size: tuple[int, int] | None = None, scale:
     """(B, C, K, H, W) -> (B, C, K, *size), or H and W times `scale`: bilinear within each slice (half-pixel
     centres), which is what trilinear interpolation gives when the number of slices stays the same."""
     b, c, k = x.shape[:3]
-    y = F.interpolate(x.movedim(2, 1).reshape(b * k, c, *x.shape[3:]), size=size,
-                      scale_factor=scale, mode="bilinear", align_corners=False)
+    y = F.interpolate(
+        x.movedim(2, 1).reshape(b * k, c, *x.shape[3:]),
+        size=size,
+        scale_factor=scale,
+        mode="bilinear",
+        align_corners=False,
+    )
     return y.reshape(b, k, c, *y.shape[2:]).movedim(1, 2)

@@ -15,7 +15,7 @@ __all__ = ["TEACHERS", "Teacher", "get_teacher", "load_litemedsam", "load_sam_vi
 
 
 def get_teacher(name: str = "auto", checkpoint: str | Path | None = None, device: str = "cpu") -> Teacher:
-    """"auto" = SAM ViT-B when a checkpoint is given or already in the cache folder, else LiteMedSAM (offline).
+    """ "auto" = SAM ViT-B when a checkpoint is given or already in the cache folder, else LiteMedSAM (offline).
 
     "auto" never downloads; ask for "sam_vit_b" explicitly to fetch the official weights.
     """

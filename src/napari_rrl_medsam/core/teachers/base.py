@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ class Teacher:
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def to(self, device: str | torch.device) -> "Teacher":
+    def to(self, device: str | torch.device) -> Teacher:
         self.device = resolve_device(device)
         self.module.to(self.device)
         return self

@@ -8,8 +8,8 @@ from pathlib import Path
 import pooch
 import torch
 
-from ..files import cache_dir
 from ..errors import InputError
+from ..files import cache_dir
 from .base import Teacher
 from .weights import file_sha256, load_image_encoder, read_state_dict
 
@@ -18,8 +18,10 @@ SAM_VIT_B_SHA256 = "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8
 SAM_VIT_B_FILENAME = "sam_vit_b_01ec64.pth"
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # segment_anything's Sam defaults, on the 0-255 scale
 PIXEL_STD = (58.395, 57.12, 57.375)
-OFFLINE = ("give a SAM ViT-B checkpoint file (checkpoint=...), put the official one at {path}, "
-           "or use the offline `litemedsam` teacher")
+OFFLINE = (
+    "give a SAM ViT-B checkpoint file (checkpoint=...), put the official one at {path}, "
+    "or use the offline `litemedsam` teacher"
+)
 
 
 def sam_normalise(images: torch.Tensor) -> torch.Tensor:
@@ -35,9 +37,18 @@ def sam_vit_b_encoder(device: str | torch.device = "cpu") -> torch.nn.Module:
 
     with torch.device(device):
         return ImageEncoderViT(
-            depth=12, embed_dim=768, img_size=1024, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=12, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(2, 5, 8, 11),
-            window_size=14, out_chans=256,
+            depth=12,
+            embed_dim=768,
+            img_size=1024,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=12,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(2, 5, 8, 11),
+            window_size=14,
+            out_chans=256,
         )
 
 
@@ -51,13 +62,22 @@ def download_sam_vit_b() -> Path:
     """Fetch the official checkpoint into the cache folder; pooch checks the hash before the file appears."""
     folder = cache_dir() / "weights"
     try:
-        return Path(pooch.retrieve(SAM_VIT_B_URL, known_hash=f"sha256:{SAM_VIT_B_SHA256}",
-                                   fname=SAM_VIT_B_FILENAME, path=folder, progressbar=True))
+        return Path(
+            pooch.retrieve(
+                SAM_VIT_B_URL,
+                known_hash=f"sha256:{SAM_VIT_B_SHA256}",
+                fname=SAM_VIT_B_FILENAME,
+                path=folder,
+                progressbar=True,
+            )
+        )
     except Exception as err:  # network errors (requests) or a hash mismatch (ValueError)
         mismatch = isinstance(err, ValueError)
         what = "gave a file whose SHA-256 does not match (corrupted transfer)" if mismatch else "failed"
-        raise InputError(f"downloading SAM ViT-B from {SAM_VIT_B_URL} {what}: {err}. To work offline, "
-                         + OFFLINE.format(path=folder / SAM_VIT_B_FILENAME)) from err
+        raise InputError(
+            f"downloading SAM ViT-B from {SAM_VIT_B_URL} {what}: {err}. To work offline, "
+            + OFFLINE.format(path=folder / SAM_VIT_B_FILENAME)
+        ) from err
 
 
 def _official_checkpoint(download: bool) -> tuple[Path, str]:
@@ -66,12 +86,15 @@ def _official_checkpoint(download: bool) -> tuple[Path, str]:
     if path is None:
         target = cache_dir() / "weights" / SAM_VIT_B_FILENAME
         if not download:
-            raise InputError(f"no SAM ViT-B checkpoint at {target} and downloading is off: "
-                             + OFFLINE.format(path=target))
+            raise InputError(
+                f"no SAM ViT-B checkpoint at {target} and downloading is off: " + OFFLINE.format(path=target)
+            )
         return download_sam_vit_b(), SAM_VIT_B_SHA256
     if file_sha256(path) != SAM_VIT_B_SHA256:
-        raise InputError(f"{path} is not the official SAM ViT-B checkpoint (damaged or partial): delete it and "
-                         "run again to download it anew, or pass your own file as checkpoint=...")
+        raise InputError(
+            f"{path} is not the official SAM ViT-B checkpoint (damaged or partial): delete it and "
+            "run again to download it anew, or pass your own file as checkpoint=..."
+        )
     return path, SAM_VIT_B_SHA256
 
 
@@ -91,5 +114,6 @@ def load_sam_vit_b(checkpoint: str | Path | None = None, device: str = "cpu", do
         sha = file_sha256(path)
     state = read_state_dict(path, fix)
     encoder = load_image_encoder(sam_vit_b_encoder("meta"), state, path, "SAM ViT-B", fix, assign=True)  # meta: no init
-    return Teacher(encoder, "sam_vit_b", sha, input_size=1024, normalise=sam_normalise, embed_dim=256,
-                   embed_size=64, device=device)
+    return Teacher(
+        encoder, "sam_vit_b", sha, input_size=1024, normalise=sam_normalise, embed_dim=256, embed_size=64, device=device
+    )

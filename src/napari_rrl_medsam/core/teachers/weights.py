@@ -34,10 +34,17 @@ def read_state_dict(path: Path, fix: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_image_encoder(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, fix: str,
-                 prefix: str = "image_encoder.", assign: bool = False) -> nn.Module:
+def load_image_encoder(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    what: str,
+    fix: str,
+    prefix: str = "image_encoder.",
+    assign: bool = False,
+) -> nn.Module:
     """Load only the image encoder's keys (``prefix``; a bare encoder state dict works too) into ``module``."""
-    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} or state
+    encoder = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
     try:
         module.load_state_dict(encoder, strict=True, assign=assign)
     except RuntimeError as err:
