@@ -149,6 +149,36 @@ def test_ablation_switches_remove_their_component(setup, monkeypatch):
         next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "e.pt", None, cfg()))
 
 
+def test_label_shares_switch_trains_on_partial_volumes(setup, monkeypatch):
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    import monai.losses
+
+    from napari_rrl_medsam.core.segmentation import shares_to_square
+
+    seen = []
+
+    class Recording(monai.losses.DiceCELoss):
+        def forward(self, logits, target):
+            seen.append((target.dtype, tuple(target.shape)))
+            return super().forward(logits, target)
+
+    monkeypatch.setattr(monai.losses, "DiceCELoss", Recording)
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "s.pt", encoder, cfg(label_shares=True)))
+    assert seen and all(dtype == torch.float32 and shape == (1, 3, 4, 32, 32) for dtype, shape in seen)
+    assert load_checkpoint(tmp / "s.pt", "rrl-medsam")["config"]["label_shares"] is True
+    seen.clear()
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "n.pt", encoder, cfg()))
+    assert seen and all(shape == (1, 1, 4, 32, 32) for _, shape in seen)  # off: one nearest label per pixel
+    # the shares' square slices: resized as the images are, padded with background, still summing to 1
+    shares = torch.zeros(3, 2, 6, 4)
+    shares[0, :, :, :2], shares[1, :, :, 2:3], shares[2, :, :, 3:] = 1, 0.25, 1
+    shares[0, :, :, 2:3] = 0.75
+    square = shares_to_square(shares, 12)
+    assert square.shape == (3, 2, 12, 12) and torch.allclose(square.sum(0), torch.ones(2, 12, 12), atol=1e-5)
+    assert torch.all(square[0, :, :, :3] == 1)  # the padding (columns 0-2 at this size) is background
+    assert 0 < float(square[1].max()) < 1  # partial volumes stay partial
+
+
 def test_api_and_cli_faces(setup, capsys):
     from napari_rrl_medsam import api
     from napari_rrl_medsam.cli import main

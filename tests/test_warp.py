@@ -74,3 +74,25 @@ def test_class_probabilities_are_interpolated_before_deciding():
     assert np.array_equal(out[:, 3, 3], np.where(x < 3.0, 0, 2))
     beyond = Grid((2, 2, 2), np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, 50]] * 3 + [[0, 0, 0, 0]]))
     assert not argmax_resampled(probs, coarse, beyond).any()  # outside the source: class 0
+
+
+def test_label_shares_hold_partial_volumes_and_sum_to_one():
+    from napari_rrl_medsam.core.warp import label_shares
+
+    labels = np.zeros((8, 8, 8), np.int16)
+    labels[:3] = 5  # a boundary inside coarse voxel 1 (fine voxels 2 and 3)
+    labels[:, :, 6:] = 9
+    fine = Volume(labels, np.eye(4), kind="labels")
+    same = label_shares(fine, [0, 5, 9], fine.grid)  # on its own grid: one-hot, in the given class order
+    assert same.dtype == np.float16
+    assert np.array_equal(np.array([0, 5, 9])[same.argmax(0)], labels) and set(np.unique(same)) == {0, 1}
+    coarse = Grid((4, 4, 4), np.array([[2.0, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 2, 0.5], [0, 0, 0, 1]]))
+    shares = label_shares(fine, [0, 5, 9], coarse).astype(np.float32)
+    assert np.allclose(shares.sum(0), 1, atol=1e-3)
+    assert shares[1, 0, 0, 0] == 1 and shares[1, 1, 0, 0] == pytest.approx(0.5)  # half of voxel 1 is label 5
+    assert shares[2, 0, 0, 3] == 1 and shares[0, 2, 0, 0] == 1
+    # through a field: the shares move as the nearest labels do
+    shift = np.zeros((3, 4, 4, 4), np.float32)
+    shift[0] = 2.0  # out(p) = labels(p + 2 mm): the boundary moves one coarse voxel down
+    moved = label_shares(fine, [0, 5, 9], coarse, Field(shift, coarse)).astype(np.float32)
+    assert moved[1, 0, 0, 0] == pytest.approx(0.5) and moved[1, 1, 0, 0] == 0

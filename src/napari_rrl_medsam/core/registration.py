@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .errors import InputError
 from .resample import normalise_intensity, resample, working_grid
 from .task import check_atlas
 from .volume import Grid, Volume
-from .warp import Field, resample_linear, source_coordinates, warp
+from .warp import Field, label_shares, resample_linear, source_coordinates, warp
 
 KIND = "registration"
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
@@ -114,7 +115,7 @@ class RegistrationModel:
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
         self.state = state  # the checkpoint without optimiser: embedded in co-training checkpoints
         self._atlas_features = (None, None)
-        self._pseudo: dict[tuple, np.ndarray] = {}  # pseudo labels already computed (co-training reruns, ablations)
+        self._fields: dict[tuple, Field] = {}  # pseudo-label fields already computed (co-training reruns, ablations)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> RegistrationModel:
@@ -182,10 +183,24 @@ class RegistrationModel:
         with torch.no_grad():
             return self.net.velocity(*self._network_inputs(atlas, target)[3])[0].cpu()
 
-    def pseudo_labels(self, atlas: Volume, atlas_labels: Volume, target: Volume, refine_steps: int = 0) -> np.ndarray:
+    def pseudo_labels(
+        self,
+        atlas: Volume,
+        atlas_labels: Volume,
+        target: Volume,
+        refine_steps: int = 0,
+        classes: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """The warped atlas labels on the working grid only (what co-training needs; no native-grid warps).
 
-        Remembered per (atlas, labels, target, refine_steps) contents for the life of this model.
+        Args:
+            atlas, atlas_labels, target: the pair, as for `register`.
+            refine_steps: instance optimisation steps.
+            classes: None: label values (nearest neighbour); label values in class-index order (background
+                first): each class's share of each voxel, (C, X, Y, Z) float16 (`warp.label_shares`: partial
+                volumes of the native atlas labels).
+
+        The field is remembered per (atlas, labels, target, refine_steps) contents for the life of this model.
         """
         atlas_labels = check_atlas(atlas, atlas_labels)
         key = (
@@ -197,9 +212,11 @@ class RegistrationModel:
             target.grid.affine.tobytes(),
             refine_steps,
         )
-        if key not in self._pseudo:
-            self._pseudo[key] = warp(atlas_labels, self.field(atlas, target, refine_steps), self.grid).array
-        return self._pseudo[key]
+        if key not in self._fields:
+            self._fields[key] = self.field(atlas, target, refine_steps)
+        if classes is not None:
+            return label_shares(atlas_labels, classes, self.grid, self._fields[key])
+        return warp(atlas_labels, self._fields[key], self.grid).array
 
     def register(
         self, atlas: Volume, atlas_labels: Volume | None, target: Volume, refine_steps: int = 0

@@ -48,6 +48,16 @@ def labels_to_square(y, size: int):
     return F.interpolate(y[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].long()
 
 
+def shares_to_square(y, size: int):
+    """(C, K, X, Y) class shares (`warp.label_shares`) -> (C, K, size, size), resized as `to_square` resizes the
+    images (bilinear); the padding is background (class 0), so every pixel's shares still sum to 1."""
+    from .inputs import square_resize
+
+    y = square_resize(y.float(), size)
+    y[0] = (1 - y[1:].sum(0)).clamp(0, 1)
+    return y
+
+
 def from_square(p, shape: tuple[int, int]):
     """(C, K, size, size) -> (C, K, X, Y): undo the padding and resizing of `to_square`."""
     import torch.nn.functional as F

@@ -9,6 +9,7 @@ coarser working resolution.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,36 @@ def warp(
     else:
         out = interpolate(moving.array, coords)
     return Volume(out, target.affine, moving.kind, moving.path, dict(moving.metadata))
+
+
+def label_shares(
+    labels: Volume, classes: Sequence[int], target: Grid, field: Field | None = None, coords: np.ndarray | None = None
+) -> np.ndarray:
+    """The share of each class in each voxel of `target`: (C, *target.shape) float16, summing to 1.
+
+    Each class's mask is interpolated linearly from `labels`' native grid (through `field` if given), so a coarse
+    voxel on a boundary holds the partial volume of each structure instead of one nearest label: at 1 mm -> 2 mm,
+    these shares interpolated back and arg-maxed give 0.93 mean Dice against the 1 mm labels, nearest labels 0.87
+    (docs/benchmarks.md). Class 0 (background) is what the others leave, outside `labels` included.
+
+    Args:
+        labels: a label map.
+        classes: the label values in class-index order, background (0) first.
+        target: the grid of the result.
+        field: the warp (target point -> labels point), or None for a plain resampling.
+        coords: from `source_coordinates(field, labels.grid, target)`, if at hand.
+    """
+    if coords is None:
+        coords = (
+            source_coordinates(field, labels.grid, target)
+            if field is not None
+            else _mapped_centres(np.linalg.solve(labels.grid.affine, target.affine), target)
+        )
+    shares = np.zeros((len(classes), *target.shape), np.float32)
+    for k, value in enumerate(classes[1:], start=1):
+        shares[k] = interpolate((labels.array == value).astype(np.float32), coords)
+    shares[0] = np.clip(1 - shares[1:].sum(0), 0, 1)
+    return shares.astype(np.float16)
 
 
 def interpolate(array: np.ndarray, coords: np.ndarray, padding: str = "zeros") -> np.ndarray:

@@ -30,10 +30,11 @@ from ..models.encoder import EncoderConfig
 from ..models.segmentation import SegmentationSpec, build_segmentation
 from ..registration import intensities
 from ..resample import resample
-from ..segmentation import KIND, labels_to_square, predict_probabilities, to_square
+from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
 from ..task import check_atlas
 from ..volume import Volume
+from ..warp import label_shares
 from .events import Progress, check_finite, due, initialised_settings, resumed_settings
 
 
@@ -56,6 +57,9 @@ class CotrainConfig(SegmentationSpec):
     synthetic_beta: float = 0.3  # Beta(b, b) of the field and style weights (BRBS)
     pseudo_weight: float = 1.0  # loss weight of the (unlabelled image, pseudo label) steps (IST: 0.1)
     intensity_augment: bool = False  # MONAI random bias field, contrast, histogram shift, blur, noise
+    # train on each class's share of each working-grid voxel (the native atlas labels' partial volumes, warped:
+    # `warp.label_shares`) instead of one nearest label; synthetic pairs and fused self-training labels stay nearest
+    label_shares: bool = False
     consistency_weight: float = 0.0
     refine_steps: int = 0  # instance optimisation when computing pseudo labels
     # with a `pseudo_model` (a co-trained model: a self-training round), the registration's share of the fused
@@ -76,6 +80,7 @@ class CotrainConfig(SegmentationSpec):
             "synthetic_probability": 0.0,
             "pseudo_weight": 1.0,
             "intensity_augment": False,
+            "label_shares": False,
         }
 
 
@@ -204,12 +209,19 @@ def cotrain_engine(
     pseudo_source = _check_pseudo_model(pseudo_model, state, checkpoint, grid, classes)
 
     images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
+    shares = [torch.from_numpy(label_shares(atlas_labels, classes, grid)) if config.label_shares else None]
     for i, volume in enumerate(unlabelled):
         pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
         if pseudo_model is not None:
             pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
         images.append(intensities(volume, grid)[0, 0])
         targets.append(torch.from_numpy(lut[pseudo]))
+        share = config.label_shares and pseudo_model is None
+        shares.append(
+            torch.from_numpy(registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps, classes))
+            if share
+            else None
+        )
         yield Progress(
             "pseudo labels",
             i + 1,
@@ -259,6 +271,7 @@ def cotrain_engine(
         optimiser.load_state_dict(state["optimizer"])
         step = int(state["step"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    shares_loss = DiceCELoss(softmax=True)  # the targets are class shares already
     # slabs are drawn among the slices that hold some anatomy
     ranges = []
     for y in targets:
@@ -326,11 +339,16 @@ def cotrain_engine(
                 x = augment(x[None])[0]
                 x = x.as_tensor() if hasattr(x, "as_tensor") else x  # MONAI's MetaTensor -> a plain tensor
             xs = to_square(x, config.image_size).to(device)
-            ys = labels_to_square(y, config.image_size)[None, None].to(device)  # (1, 1, K, S, S)
+            share = shares[i] if kind != "synthetic" else None
+            if share is not None:  # (C, X, Y, Z) -> (1, C, K, S, S)
+                y = share[..., start : start + config.slab].movedim(3, 1)
+                ys, loss_fn_now = shares_to_square(y, config.image_size)[None].to(device), shares_loss
+            else:
+                ys, loss_fn_now = labels_to_square(y, config.image_size)[None, None].to(device), loss_fn
             logits_g = parts["decoder_g"](slab_features(parts["general"], xs))
             probs_g = torch.softmax(logits_g, 1)
             logits_m = parts["ap"](slab_features(parts["medical"], xs), probs_g.detach() if config.use_prompt else None)
-            loss_g, loss_m = loss_fn(logits_g, ys), loss_fn(logits_m, ys)
+            loss_g, loss_m = loss_fn_now(logits_g, ys), loss_fn_now(logits_m, ys)
             loss = (loss_g + loss_m) * (config.pseudo_weight if kind == "pseudo" else 1.0)
             losses = {"general": float(loss_g.detach()), "medical": float(loss_m.detach())}
             if config.consistency_weight > 0:
