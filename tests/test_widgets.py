@@ -454,3 +454,41 @@ def test_opening_a_widget_in_a_running_viewer_does_not_crash(tmp_path):
     env = {**os.environ, "RRL_MEDSAM_CONFIG_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "alive" in result.stdout, result.stderr[-2000:]
+
+
+def test_each_setting_has_one_default_that_every_face_reads(make_napari_viewer):
+    import inspect
+
+    from napari_rrl_medsam import api
+    from napari_rrl_medsam.cli import build_parser
+
+    viewer = make_napari_viewer()
+    cotrain, recipe = open_widget(viewer, "One-shot training").form, api.defaults("cotrain")
+    assert (cotrain.registration_steps.value, cotrain.cotrain_steps.value, cotrain.image_size.value) == (
+        api.QUICK["registration"]["steps"],
+        api.QUICK["cotrain"]["steps"],
+        api.QUICK["cotrain"]["image_size"],
+    )
+    assert cotrain.slab.value == recipe["slab"] and str(recipe["steps"]) in cotrain.cotrain_steps.tooltip
+    dskd, distill = open_widget(viewer, "Encoder distillation (DSKD)").form, api.defaults("distill")
+    assert (dskd.natural_steps.value, dskd.medical_steps.value, dskd.batch_size.value) == (
+        distill["natural_steps"],
+        distill["medical_steps"],
+        distill["batch_size"],
+    )
+    inference = open_widget(viewer, "Register and segment").form
+    assert inference.refine_steps.value == api.REFINE_STEPS == recipe["refine_steps"]
+    assert inspect.signature(api.register).parameters["refine_steps"].default == api.REFINE_STEPS
+    assert inspect.signature(api.segment).parameters["prior_weight"].default == api.PRIOR_WEIGHT
+    demo = build_parser().parse_args(["demo"])
+    assert (demo.registration_steps, demo.cotrain_steps, demo.image_size, demo.refine_steps) == (
+        api.QUICK["registration"]["steps"],
+        api.QUICK["cotrain"]["steps"],
+        api.QUICK["cotrain"]["image_size"],
+        api.REFINE_STEPS,
+    )
+    segment = build_parser().parse_args(["segment", "x.nii.gz", "--model", "m.pt", "--out", "o"])
+    assert (segment.prior_weight, segment.refine_steps) == (api.PRIOR_WEIGHT, api.REFINE_STEPS)
+    assert api.defaults("registration")["steps"] == 1000 and recipe["steps"] == 1500  # the recipe's, not a face's
+    with pytest.raises(api.InputError, match="stage"):
+        api.defaults("segment")

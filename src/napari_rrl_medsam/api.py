@@ -22,8 +22,9 @@ from .core.files import check_output, check_output_folder
 from .core.io import is_volume_path, load_volume, plan_outputs, save_volume, volume_files
 from .core.metrics import Evaluation
 from .core.metrics import evaluate as _evaluate
+from .core.registration import REFINE_STEPS
 from .core.resample import normalise_intensity, reorient_canonical, resample, same_voxels, to_working, working_grid
-from .core.segmentation import FREESURFER_LEFT_RIGHT
+from .core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
 from .core.task import Case, OneShotTask, load_task
 from .core.volume import Grid, Kind, Volume
 from .data.sample import sample_task
@@ -36,11 +37,15 @@ __all__ = [
     "InputError",
     "Kind",
     "OneShotTask",
+    "PRIOR_WEIGHT",
+    "QUICK",
+    "REFINE_STEPS",
     "Volume",
     "check_output",
     "check_output_folder",
     "cotrain",
     "cotrainer",
+    "defaults",
     "distill",
     "distiller",
     "embedding_preview",
@@ -70,6 +75,33 @@ __all__ = [
 ]
 
 SHIPPED_ENCODER = Path(__file__).parent / "data" / "weights" / "general_encoder.pt"
+
+# The quick budget, what the demo and the co-training widget start from: about 7 minutes for the bundled sample on
+# 2 CPU cores, a model above its registration on the evaluation target (benchmarks/demo_budget.py). Constant rates:
+# a short run's model is the model of a longer run at that step. Every other setting is the configs' default, the
+# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 1,500 co-training steps at 128 px).
+QUICK = {"registration": {"steps": 150}, "cotrain": {"steps": 600, "image_size": 96, "lr_schedule": "constant"}}
+
+
+def defaults(stage: str) -> dict:
+    """The default settings of a training stage, read from its config dataclass (imports torch).
+
+    Args:
+        stage: "distill" (`DistillConfig`), "registration" (`RegistrationTrainConfig`) or "cotrain"
+            (`CotrainConfig`).
+    """
+    from dataclasses import fields
+
+    if stage == "distill":
+        from .core.engines.distill import DistillConfig as config
+    elif stage == "registration":
+        from .core.engines.register import RegistrationTrainConfig as config
+    elif stage == "cotrain":
+        from .core.engines.cotrain import CotrainConfig as config
+    else:
+        raise InputError(f"stage is 'distill', 'registration' or 'cotrain', not {stage!r}.")
+    made = config()
+    return {f.name: getattr(made, f.name) for f in fields(config)}
 
 
 def evaluate(
@@ -223,10 +255,13 @@ def registration_trainer(
     resume: bool = False,
     segmentations: Sequence = (),
     init: str | Path | None = None,
+    validation: Sequence = (),
     **settings,
 ) -> Iterator:
     """Registration training as a generator of `Progress` events (with previews); close it to stop.
 
+    `validation`: labelled (image, labels) pairs (volumes or paths) whose Dice the events' metrics report every
+    `validate_every` steps ("val_dice_registration"; each costs a registration of every pair).
     `segmentations` (with `dice_weight` > 0): a label map (volume or path, or None) per unlabelled volume,
     in the same order, for Dice coupling, e.g. segmentations by a co-trained model. `init`: a registration
     checkpoint to fine-tune (its weights, these settings, a new run written to `out`)."""
@@ -244,7 +279,8 @@ def registration_trainer(
     if config.use_features and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     segmentations = [None if s is None else _volume(s, "labels") for s in segmentations]
-    return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init)
+    validation = [(_volume(i), _volume(lab, "labels")) for i, lab in validation]
+    return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init, validation)
 
 
 def train_registration(
@@ -259,6 +295,7 @@ def train_registration(
     progress: bool = True,
     segmentations: Sequence = (),
     init: str | Path | None = None,
+    validation: Sequence = (),
     **settings,
 ) -> Path:
     """Train the one-shot registration network (atlas -> each unlabelled volume) and save it to `out`.
@@ -280,6 +317,7 @@ def train_registration(
             resume=resume,
             segmentations=segmentations,
             init=init,
+            validation=validation,
             **settings,
         ),
         progress,
@@ -289,29 +327,38 @@ def train_registration(
 
 def load_model(path: str | Path, device: str = "auto"):
     """A trained model from its checkpoint: a `RegistrationModel` (registration stage) or a
-    `SegmentationModel` (co-trained RRL-MedSAM, which also registers)."""
-    from .core.checkpoint import load_checkpoint
+    `SegmentationModel` (co-trained RRL-MedSAM, which also registers).
+
+    Args:
+        path: a registration or co-training checkpoint (read once).
+        device: "auto", "cpu", "cuda", ...
+    """
+    from .core.checkpoint import load_checkpoint, reading
     from .core.registration import KIND as REGISTRATION
     from .core.registration import RegistrationModel
+    from .core.segmentation import KIND as SEGMENTATION
     from .core.segmentation import SegmentationModel
 
-    kind = load_checkpoint(path)["kind"]
-    if kind == REGISTRATION:
-        return RegistrationModel.load(path, device)
-    if kind == "rrl-medsam":
-        return SegmentationModel.load(path, device)
-    raise InputError(
-        f"{path} is a {kind!r} checkpoint, not a model: distillation checkpoints are encoders (api.load_encoder)."
-    )
+    state = load_checkpoint(path)
+    models = {REGISTRATION: RegistrationModel, SEGMENTATION: SegmentationModel}
+    if state["kind"] not in models:
+        raise InputError(
+            f"{path} is a {state['kind']!r} checkpoint, not a model: distillation checkpoints are encoders "
+            "(api.load_encoder)."
+        )
+    with reading(path):
+        model = models[state["kind"]].from_state(state, device)
+    model.source = str(Path(path).resolve())
+    return model
 
 
-def register(model, atlas, volume: Volume | str | Path, refine_steps: int = 5):
+def register(model, atlas, volume: Volume | str | Path, refine_steps: int = REFINE_STEPS):
     """Register the atlas onto `volume`: returns the displacement field, the warped atlas image and the
     warped atlas labels (pseudo labels), all on `volume`'s native grid with its affine.
 
     `model`: from `load_model` (or a checkpoint path); `atlas`: (image, labels) volumes or paths, or a
-    task `Case`; `refine_steps`: instance optimisation steps on this pair (5, the benchmark's choice, costs
-    about 2 s on a brain; 0: the network alone).
+    task `Case`; `refine_steps`: instance optimisation steps on this pair (`REFINE_STEPS` = 5 costs about 2 s on a
+    brain; 0: the network alone).
     """
     if isinstance(model, (str, Path)):
         model = load_model(model)
@@ -432,14 +479,26 @@ def segment(
     model,
     volume: Volume | str | Path,
     prior: Volume | str | Path | None = None,
-    prior_weight: float = 0.3,
+    prior_weight: float = PRIOR_WEIGHT,
     mirror: Sequence[tuple[int, int]] | None = None,
+    atlas=None,
+    refine_steps: int = REFINE_STEPS,
 ):
     """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
-    mask M_g), both on the volume's native grid and affine. `prior`: optionally a label map of the volume,
-    e.g. `register(model, (atlas, labels), volume).warped_labels`, fused with the final probabilities at
-    `prior_weight`; `mirror`: (left, right) label pairs, e.g. `FREESURFER_LEFT_RIGHT`, for test-time left-right
-    mirroring of symmetric anatomy such as the brain (twice the network's time; see `SegmentationModel.segment`)."""
+    mask M_g), both on the volume's native grid and affine.
+
+    Args:
+        model: from `load_model` (or a checkpoint path).
+        volume: the image to segment.
+        prior: optionally a label map of the volume fused with the final probabilities, (1 - w) p_k + w [prior == k].
+        prior_weight: w.
+        mirror: (left, right) label pairs, e.g. `FREESURFER_LEFT_RIGHT`, for test-time left-right mirroring of
+            symmetric anatomy such as the brain (twice the network's time; see `SegmentationModel.segment`).
+        atlas: (image, labels) volumes or paths, or a task `Case`: the registration prior. The model's own
+            registration warps the atlas labels onto `volume` (`refine_steps` instance optimisation steps) and
+            they are the `prior`; `.registration` then holds that `register` result.
+        refine_steps: for `atlas`.
+    """
     if isinstance(model, (str, Path)):
         model = load_model(model)
     if not hasattr(model, "segment"):
@@ -447,4 +506,12 @@ def segment(
             "this is a registration model; segment with a co-trained model (api.cotrain), or use "
             "api.register for pseudo labels."
         )
-    return model.segment(_volume(volume), None if prior is None else _volume(prior, "labels"), prior_weight, mirror)
+    if atlas is not None and prior is not None:
+        raise InputError("give either a prior label map or an atlas to register as the prior, not both.")
+    volume = _volume(volume)
+    registered = None if atlas is None else register(model, atlas, volume, refine_steps)
+    if registered is not None:
+        prior = registered.warped_labels
+    result = model.segment(volume, None if prior is None else _volume(prior, "labels"), prior_weight, mirror)
+    result.registration = registered
+    return result

@@ -54,6 +54,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole one-shot pipeline on the bundled sample: shipped encoder -> registration -> co-training ->
     segmentation -> Dice report, with every output written as NIfTI on its volume's grid."""
     from .api import (
+        PRIOR_WEIGHT,
+        QUICK,
         check_output_folder,
         cotrain,
         evaluate,
@@ -91,25 +93,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         task, out=out / "registration.pt", resume=args.overwrite, steps=args.registration_steps, **settings
     )
     print(f"[2/3] co-training (general + medical branches, mutual EMA, auto-prompt): {args.cotrain_steps} steps")
-    # constant rates: a short run's model is the model of a longer run at that step (benchmarks/demo_budget.py)
+    quick = {**QUICK["cotrain"], "steps": args.cotrain_steps, "image_size": args.image_size}
+    if args.slab is not None:
+        quick["slab"] = args.slab
     model_path = cotrain(
         task,
         registration=reg_path,
         out=out / "rrl_medsam.pt",
         resume=args.overwrite,
-        steps=args.cotrain_steps,
-        slab=args.slab,
-        image_size=args.image_size,
         refine_steps=args.refine_steps,
-        lr_schedule="constant",
+        **quick,
         **settings,
     )
     print("[3/3] segmentation")
-    registration, model = load_model(reg_path, args.device), load_model(model_path, args.device)
+    model = load_model(model_path, args.device)  # it holds the registration it was trained with
     rows = []
     for case, image, truth in targets:
         before = evaluate(resample(atlas_labels, image.grid), truth, task.eval_labels, hd95=False).mean_dice
-        pseudo = register(registration, (atlas, atlas_labels), image, args.refine_steps).warped_labels
+        pseudo = register(model, (atlas, atlas_labels), image, args.refine_steps).warped_labels
         result, fused = segment(model, image), segment(model, image, prior=pseudo).labels
         scores = [evaluate(v, truth, task.eval_labels, hd95=False).mean_dice for v in (pseudo, result.labels, fused)]
         for volume, name in ((pseudo, "pseudo_labels"), (result.labels, "labels"), (result.auto_prompt, "auto_prompt")):
@@ -120,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  {'target':<10} {'no registration':>15} {'registration':>13} {'RRL-MedSAM':>11} {'+ prior':>8}  role")
     for name, before, reg, seg, fused, role in rows:
         print(f"  {name:<10} {before:15.3f} {reg:13.3f} {seg:11.3f} {fused:8.3f}  {role}")
-    print("(+ prior: RRL-MedSAM with the registration's labels as a prior, segment(prior=...), weight 0.3)")
+    print(f"(+ prior: RRL-MedSAM with the registration's labels as a prior, segment(prior=...), weight {PRIOR_WEIGHT})")
     print(
         f"\nwrote pseudo labels, segmentations and auto-prompt masks (NIfTI, each target's grid) and the models "
         f"to {out}/\ndone in {time.perf_counter() - start:.0f} s"
@@ -247,7 +248,7 @@ def _mirror_pairs(text: str | None):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .api import InputError, load_model, load_volume, plan_outputs, register, save_volume, segment, volume_files
+    from .api import InputError, load_model, load_volume, plan_outputs, save_volume, segment, volume_files
 
     if (args.atlas_image is None) != (args.atlas_labels is None):
         raise InputError("a registration prior needs both --atlas-image and --atlas-labels (or neither).")
@@ -268,14 +269,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for path, outputs in zip(paths, plan):
         volume = load_volume(path)
         start = time.perf_counter()
-        prior = None if atlas is None else register(model, atlas, volume, args.refine_steps).warped_labels
-        result = segment(model, volume, prior=prior, prior_weight=args.prior_weight, mirror=mirror)
+        result = segment(
+            model, volume, prior_weight=args.prior_weight, mirror=mirror, atlas=atlas, refine_steps=args.refine_steps
+        )
         written = [save_volume(v, o, args.overwrite) for v, o in zip((result.labels, result.auto_prompt), outputs)]
         print(f"{volume.name}: {time.perf_counter() - start:.1f} s -> " + ", ".join(p.name for p in written))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .api import PRIOR_WEIGHT, QUICK, REFINE_STEPS
+
     parser = argparse.ArgumentParser(
         prog="rrl-medsam", description="One-shot 3D medical image segmentation guided by SAM (RRL-MedSAM)."
     )
@@ -285,21 +289,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the one-shot pipeline on the bundled sample and report Dice")
     p.add_argument("--out", help="folder for the outputs (default: rrl-medsam-demo/run-<time>)")
     p.add_argument("--overwrite", action="store_true", help="reuse --out: resume its models, replace its files")
-    p.add_argument("--registration-steps", type=int, default=150)
+    quick = "the quick budget, api.QUICK: about 7 minutes on 2 CPU cores"
+    p.add_argument(
+        "--registration-steps",
+        type=int,
+        default=QUICK["registration"]["steps"],
+        help=f"(default: %(default)s, {quick}; the recipe for real data trains 1000)",
+    )
     p.add_argument(
         "--cotrain-steps",
         type=int,
-        default=600,
-        help="co-training steps (at 600 the phantom's model beats its registration on the evaluation "
-        "target; 200 are far too few)",
+        default=QUICK["cotrain"]["steps"],
+        help=f"co-training steps at constant rates (default: %(default)s, {quick}: there the phantom's model beats "
+        "its registration on the evaluation target; 200 are far too few)",
     )
-    p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per registered pair")
-    p.add_argument("--slab", type=int, default=8)
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=REFINE_STEPS,
+        help="instance optimisation steps per registered pair (default: %(default)s)",
+    )
+    p.add_argument("--slab", type=int, help="consecutive slices per step (default: CotrainConfig's)")
     p.add_argument(
         "--image-size",
         type=int,
-        default=96,
-        help="encoder input per slice (the phantom's 2 mm slices are 84 px across)",
+        default=QUICK["cotrain"]["image_size"],
+        help=f"encoder input per slice (default: %(default)s, {quick}; the phantom's 2 mm slices are 84 px across)",
     )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
@@ -347,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for <target>_pseudo_labels / _warped_atlas / "
         "_displacement_mm / _jacobian .nii.gz (each on its target's grid)",
     )
-    p.add_argument("--refine-steps", type=int, default=5, help="instance optimisation steps per pair (0: network only)")
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=REFINE_STEPS,
+        help="instance optimisation steps per pair (0: network only; default: %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_register)
@@ -382,8 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-prompt", action="store_true", help="also write the auto-prompt mask")
     p.add_argument("--atlas-image", help="with --atlas-labels: fuse the model's registration of the atlas as a prior")
     p.add_argument("--atlas-labels")
-    p.add_argument("--prior-weight", type=float, default=0.3, help="weight of that prior (default: %(default)s)")
-    p.add_argument("--refine-steps", type=int, default=5, help="registration refinement steps for the prior")
+    p.add_argument(
+        "--prior-weight", type=float, default=PRIOR_WEIGHT, help="weight of that prior (default: %(default)s)"
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=REFINE_STEPS,
+        help="registration refinement steps for the prior (default: %(default)s)",
+    )
     p.add_argument(
         "--mirror",
         metavar="PAIRS",

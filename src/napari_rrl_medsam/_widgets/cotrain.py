@@ -15,6 +15,7 @@ from .jobs import one_shot_training
 from .layers import layer_choices, show_volume, to_volume
 from .runner import TrainingPanel
 from .settings import load_settings, path_or_none, save_settings
+from .torch_import import import_torch_stack
 
 # preview key -> (live layer name, kind); the engines put these arrays on the atlas's working grid
 LIVE = {
@@ -33,7 +34,12 @@ class CotrainWidget(TrainingPanel):
     in_subprocess = True  # co-training runs 15-20% slower in a worker thread (see api.in_subprocess)
 
     def __init__(self, napari_viewer) -> None:
-        s = load_settings()
+        from ..api import QUICK, defaults
+
+        import_torch_stack()  # before reading the defaults: the config classes import torch
+        s, quick = load_settings(), QUICK
+        recipe = (defaults("registration")["steps"], defaults("cotrain"))
+        budget = "the quick budget (about 7 minutes for the bundled sample on 2 CPU cores)"
         v = napari_viewer
         form = Container(
             widgets=[
@@ -51,10 +57,43 @@ class CotrainWidget(TrainingPanel):
                     value=s.get("encoder"),
                     tooltip="a distilled encoder checkpoint; empty: the shipped encoder",
                 ),
-                SpinBox(name="registration_steps", label="registration steps", min=0, max=10**6, value=150),
-                SpinBox(name="cotrain_steps", label="co-training steps", min=1, max=10**6, value=60),
-                SpinBox(name="slab", label="slab (slices)", min=1, max=256, value=8),
-                SpinBox(name="image_size", label="slice size (px)", min=16, max=1024, step=16, value=128),
+                SpinBox(
+                    name="registration_steps",
+                    label="registration steps",
+                    min=0,
+                    max=10**6,
+                    value=quick["registration"]["steps"],
+                    tooltip=f"{budget}; real scans: {recipe[0]} (the recipe, about 15 minutes on 2 cores); 0 or a "
+                    "complete checkpoint in the output folder: no registration training",
+                ),
+                SpinBox(
+                    name="cotrain_steps",
+                    label="co-training steps",
+                    min=1,
+                    max=10**6,
+                    value=quick["cotrain"]["steps"],
+                    tooltip=f"{budget}, at constant rates; real scans: {recipe[1]['steps']} at "
+                    f"{recipe[1]['image_size']} px (the recipe, about 35 minutes on 2 cores). Far fewer steps give "
+                    "a model below its registration",
+                ),
+                SpinBox(
+                    name="slab",
+                    label="slab (slices)",
+                    min=1,
+                    max=256,
+                    value=recipe[1]["slab"],
+                    tooltip="consecutive slices the 3D decoders see per step",
+                ),
+                SpinBox(
+                    name="image_size",
+                    label="slice size (px)",
+                    min=16,
+                    max=1024,
+                    step=16,
+                    value=quick["cotrain"]["image_size"],
+                    tooltip=f"encoder input per slice: {budget}; about the working grid's slice width (2 mm brain "
+                    f"slices are about 112 px: the recipe's {recipe[1]['image_size']})",
+                ),
                 ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
                 FileEdit(
                     name="out",
@@ -80,7 +119,7 @@ class CotrainWidget(TrainingPanel):
         return any(p.exists() for p in self.paths())
 
     def job(self, resume: bool) -> Callable[[], Iterator]:
-        from ..api import working_grid
+        from ..api import QUICK, working_grid
 
         f = self.form
         if f.atlas.value is None or f.atlas_labels.value is None:
@@ -98,13 +137,14 @@ class CotrainWidget(TrainingPanel):
             )
         device, encoder_path = f.device.value, f.encoder.value
         reg = dict(steps=f.registration_steps.value, device=device, **self.registration_settings)
-        cot = dict(
-            steps=f.cotrain_steps.value,
-            slab=f.slab.value,
-            image_size=f.image_size.value,
-            device=device,
+        cot = {
+            **QUICK["cotrain"],  # constant rates, as the quick budget was measured
+            "steps": f.cotrain_steps.value,
+            "slab": f.slab.value,
+            "image_size": f.image_size.value,
+            "device": device,
             **self.cotrain_settings,
-        )
+        }
         self.grid = working_grid(atlas, reg.get("spacing", 2.0))
         save_settings(
             **{

@@ -14,6 +14,7 @@ from .jobs import distillation
 from .layers import layer_choices, to_volume, upsert
 from .runner import TrainingPanel
 from .settings import load_settings, path_or_none, save_settings
+from .torch_import import import_torch_stack
 
 TEACHERS = [
     ("LiteMedSAM (bundled, offline)", "litemedsam"),
@@ -36,7 +37,10 @@ class DistillWidget(TrainingPanel):
     in_subprocess = True  # its medical stage runs ~15% slower in a worker thread (see api.in_subprocess)
 
     def __init__(self, napari_viewer) -> None:
-        s = load_settings()
+        from ..api import defaults
+
+        import_torch_stack()  # before reading the defaults: the config classes import torch
+        s, d = load_settings(), defaults("distill")
         self.use_shipped = PushButton(text="Use the shipped encoder (default)")
         form = Container(
             widgets=[
@@ -65,9 +69,30 @@ class DistillWidget(TrainingPanel):
                     nullable=True,
                     value=s.get("dskd.volume_folder"),
                 ),
-                SpinBox(name="natural_steps", label="natural steps", min=0, max=10**6, value=600),
-                SpinBox(name="medical_steps", label="medical steps", min=0, max=10**6, value=600),
-                SpinBox(name="batch_size", label="batch size", min=1, max=1024, value=8),
+                SpinBox(
+                    name="natural_steps",
+                    label="natural steps",
+                    min=0,
+                    max=10**6,
+                    value=d["natural_steps"],
+                    tooltip="stage 1: steps on photographs (general knowledge); 0 skips the stage",
+                ),
+                SpinBox(
+                    name="medical_steps",
+                    label="medical steps",
+                    min=0,
+                    max=10**6,
+                    value=d["medical_steps"],
+                    tooltip="stage 2: steps on slices of the unlabelled volumes; 0 skips the stage",
+                ),
+                SpinBox(
+                    name="batch_size",
+                    label="batch size",
+                    min=1,
+                    max=1024,
+                    value=d["batch_size"],
+                    tooltip="slices per step",
+                ),
                 ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
                 FileEdit(
                     name="cache_dir",

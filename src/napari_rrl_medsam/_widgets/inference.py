@@ -24,6 +24,8 @@ class InferenceWidget(QWidget, FollowsLayers):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        from ..api import PRIOR_WEIGHT, REFINE_STEPS
+
         import_torch_stack()
         self.viewer = napari_viewer
         s = load_settings()
@@ -42,7 +44,7 @@ class InferenceWidget(QWidget, FollowsLayers):
                     label="refine steps",
                     min=0,
                     max=1000,
-                    value=5,
+                    value=REFINE_STEPS,
                     tooltip="instance optimisation on this pair: slower, more accurate",
                 ),
                 PushButton(name="register", text="Register"),
@@ -51,7 +53,7 @@ class InferenceWidget(QWidget, FollowsLayers):
                     text="registration prior",
                     value=False,
                     tooltip="Segment also registers the atlas above and fuses its labels with the network's "
-                    "(weight 0.3): more accurate, slower",
+                    f"(weight {PRIOR_WEIGHT}): more accurate, slower",
                 ),
                 CheckBox(
                     name="mirror",
@@ -166,11 +168,10 @@ class InferenceWidget(QWidget, FollowsLayers):
         steps = self.form.refine_steps.value
 
         def work():
-            from ..api import FREESURFER_LEFT_RIGHT, register, segment
+            from ..api import FREESURFER_LEFT_RIGHT, segment
 
-            model = self._load_model()
-            warped = register(model, atlas, target, steps).warped_labels if atlas is not None else None
-            return segment(model, target, prior=warped, mirror=FREESURFER_LEFT_RIGHT if mirror else None)
+            pairs = FREESURFER_LEFT_RIGHT if mirror else None
+            return segment(self._load_model(), target, mirror=pairs, atlas=atlas, refine_steps=steps)
 
         def done(result) -> None:
             upsert(self.viewer, *like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels"))

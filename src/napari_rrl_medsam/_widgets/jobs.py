@@ -7,18 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def registration_dice(checkpoint: Path, atlas, atlas_labels, image, truth, device: str) -> float:
-    """Mean Dice of the warped atlas labels on the validation pair, from the registration checkpoint just
-    saved (the registration engine reports no validation metric; the co-training engine does). The network
-    alone, without refinement: this follows its training."""
-    from ..api import evaluate, load_model, register, resample
-
-    pred = register(load_model(checkpoint, device), (atlas, atlas_labels), image, refine_steps=0).warped_labels
-    if not pred.grid.same_as(truth.grid):
-        pred = resample(pred, truth.grid)
-    return evaluate(pred, truth, hd95=False).mean_dice
-
-
 def one_shot_training(
     atlas,
     atlas_labels,
@@ -39,27 +27,16 @@ def one_shot_training(
     general = load_encoder(encoder)
     done = registration_out.exists() and int(load_checkpoint(registration_out)["step"]) >= registration["steps"]
     if not done:
-        events = registration_trainer(
+        yield from registration_trainer(
             atlas=atlas,
             atlas_labels=atlas_labels,
             unlabelled=unlabelled,
             encoder=general,
             out=registration_out,
             resume=resume,
+            validation=[validation] if validation is not None else [],
             **registration,
         )
-        try:
-            for event in events:
-                if validation is not None and event.checkpoint is not None and event.losses:
-                    event.metrics = {
-                        **event.metrics,
-                        "val_dice_registration": registration_dice(
-                            event.checkpoint, atlas, atlas_labels, *validation, registration.get("device", "auto")
-                        ),
-                    }
-                yield event
-        finally:
-            events.close()
     yield from cotrainer(
         atlas=atlas,
         atlas_labels=atlas_labels,

@@ -23,6 +23,9 @@ from .volume import Grid, Volume
 from .warp import Field, label_shares, resample_linear, source_coordinates, warp
 
 KIND = "registration"
+# instance optimisation steps per pair, wherever a face registers without being told: +0.04 mean Dice over the
+# network alone for about 1.5 s per brain (docs/benchmarks.md, "ours + 5 refinement steps")
+REFINE_STEPS = 5
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
 # MONAI's DiffusionLoss indexes with a list; torch warns about a future change that has not come (torch 2.14).
@@ -36,7 +39,6 @@ class RegistrationResult:
     field: Field  # on the working grid, mm, world axes: target point p -> atlas point p + u(p)
     warped_image: Volume
     warped_labels: Volume | None
-    pseudo_labels: np.ndarray | None  # the warped atlas labels on the working grid (for training)
     folding: float  # share of working-grid voxels with a non-positive Jacobian determinant
 
     def displacement_magnitude(self) -> Volume:
@@ -114,6 +116,7 @@ class RegistrationModel:
         self.net, self.encoder, self.config = net.eval(), encoder, config
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
         self.state = state  # the checkpoint without optimiser: embedded in co-training checkpoints
+        self.source = "a registration model"  # its checkpoint file, once loaded from one
         self._atlas_features = (None, None)
         self._fields: dict[tuple, Field] = {}  # pseudo-label fields already computed (co-training reruns, ablations)
 
@@ -123,7 +126,9 @@ class RegistrationModel:
 
         state = load_checkpoint(path, KIND)
         with reading(path):
-            return cls.from_state(state, device)
+            model = cls.from_state(state, device)
+        model.source = str(Path(path).resolve())
+        return model
 
     @classmethod
     def from_state(cls, state: dict, device: str = "auto") -> RegistrationModel:
@@ -164,7 +169,7 @@ class RegistrationModel:
             self._atlas_features = (key, self.features(a))
         return grid, a, t, (a, t, self._atlas_features[1], self.features(t))
 
-    def field(self, atlas: Volume, target: Volume, refine_steps: int = 0) -> Field:
+    def field(self, atlas: Volume, target: Volume, refine_steps: int = REFINE_STEPS) -> Field:
         """The atlas-to-target displacement on the working grid (world mm)."""
         import torch
 
@@ -188,7 +193,7 @@ class RegistrationModel:
         atlas: Volume,
         atlas_labels: Volume,
         target: Volume,
-        refine_steps: int = 0,
+        refine_steps: int = REFINE_STEPS,
         classes: Sequence[int] | None = None,
     ) -> np.ndarray:
         """The warped atlas labels on the working grid only (what co-training needs; no native-grid warps).
@@ -219,19 +224,16 @@ class RegistrationModel:
         return warp(atlas_labels, self._fields[key], self.grid).array
 
     def register(
-        self, atlas: Volume, atlas_labels: Volume | None, target: Volume, refine_steps: int = 0
+        self, atlas: Volume, atlas_labels: Volume | None, target: Volume, refine_steps: int = REFINE_STEPS
     ) -> RegistrationResult:
         """Warp the atlas (and its labels) onto `target`; `refine_steps` > 0 adds instance optimisation."""
         if atlas_labels is not None:  # whatever fills this slot is a label map (nearest warps), checked
             atlas_labels = check_atlas(atlas, atlas_labels)
         field = self.field(atlas, target, refine_steps)
         coords = source_coordinates(field, atlas.grid, target.grid)  # shared by the image and its labels
-        warped_labels = pseudo = None
-        if atlas_labels is not None:
-            warped_labels = warp(atlas_labels, field, target.grid, coords=coords)
-            pseudo = warp(atlas_labels, field, field.grid).array
+        warped_labels = None if atlas_labels is None else warp(atlas_labels, field, target.grid, coords=coords)
         return RegistrationResult(
-            field, warp(atlas, field, target.grid, coords=coords), warped_labels, pseudo, field.folding_fraction()
+            field, warp(atlas, field, target.grid, coords=coords), warped_labels, field.folding_fraction()
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .volume import Grid, Volume
 from .warp import argmax_resampled
 
 KIND = "rrl-medsam"
+# the registration prior's weight w in (1 - w) p_k + w [prior == k], wherever a face fuses one without being told
+# (+0.012 mean Dice on the OASIS-like validation set at 0.3; docs/benchmarks.md)
+PRIOR_WEIGHT = 0.3
 
 
 @dataclass
@@ -26,6 +30,7 @@ class SegmentationResult:
     labels: Volume  # final (medical branch) labels on the input's native grid
     auto_prompt: Volume  # the general branch's coarse mask M_g, same grid
     working_labels: np.ndarray  # final labels on the working grid
+    registration: Any = None  # the `RegistrationResult` whose labels were the prior, when `api.segment` made one
 
 
 def to_square(x, size: int):
@@ -175,37 +180,38 @@ class SegmentationModel:
     @classmethod
     def load(cls, path, device: str = "auto") -> SegmentationModel:
         from .checkpoint import load_checkpoint, reading
+
+        state = load_checkpoint(path, KIND)
+        with reading(path):
+            model = cls.from_state(state, device)
+        model.source = str(Path(path).resolve())
+        return model
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "auto") -> SegmentationModel:
+        """The model a co-training checkpoint's contents (`load_checkpoint`) describe, on `device`."""
         from .device import resolve_device
         from .models.encoder import EncoderConfig
         from .models.segmentation import SegmentationSpec, build_segmentation
         from .registration import RegistrationModel
 
-        state = load_checkpoint(path, KIND)
         dev = resolve_device(device)
-        with reading(path):
-            config = SegmentationSpec.from_dict(state["config"])
-            parts = build_segmentation(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
-            for name, module in parts.items():
-                module.load_state_dict(state["parts"][name])
-                module.to(dev).eval()
-            grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
-            model = cls(
-                parts,
-                config,
-                list(state["classes"]),
-                grid,
-                RegistrationModel.from_state(state["registration"], device),
-                dict(state["teacher"]),
-                dev,
-            )
-        model.source = str(Path(path).resolve())
-        return model
+        config = SegmentationSpec.from_dict(state["config"])
+        parts = build_segmentation(config, EncoderConfig.from_dict(state["encoder_config"]), len(state["classes"]))
+        for name, module in parts.items():
+            module.load_state_dict(state["parts"][name])
+            module.to(dev).eval()
+        grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
+        registration = RegistrationModel.from_state(state["registration"], device)
+        return cls(parts, config, list(state["classes"]), grid, registration, dict(state["teacher"]), dev)
 
     def register(self, *args, **kwargs):
         """The co-trained model's registration (see `RegistrationModel.register`)."""
         return self.registration.register(*args, **kwargs)
 
-    def working_labels(self, volume: Volume, prior: np.ndarray | None = None, prior_weight: float = 0.3) -> np.ndarray:
+    def working_labels(
+        self, volume: Volume, prior: np.ndarray | None = None, prior_weight: float = PRIOR_WEIGHT
+    ) -> np.ndarray:
         """Final label values of `volume` on the working grid (no native-grid resampling).
 
         Args:
@@ -241,7 +247,7 @@ class SegmentationModel:
         self,
         volume: Volume,
         prior: Volume | None = None,
-        prior_weight: float = 0.3,
+        prior_weight: float = PRIOR_WEIGHT,
         mirror: Sequence[tuple[int, int]] | None = None,
     ) -> SegmentationResult:
         """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.

@@ -28,7 +28,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig
 from ..models.segmentation import SegmentationSpec, build_segmentation
-from ..registration import intensities
+from ..registration import REFINE_STEPS, intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
@@ -42,7 +42,7 @@ from .events import Progress, check_finite, due, initialised_settings, resumed_s
 class CotrainConfig(SegmentationSpec):
     """A segmentation model's spec (`SegmentationSpec`: decoders, slab, slice size) and how it is co-trained."""
 
-    steps: int = 300
+    steps: int = 1500  # the recipe's (training/cotrain.json); the quick budget (api.QUICK) runs 600 at 96 px
     lr: float = 1e-2  # decoders: at 1e-3 they took hundreds of steps to predict any small structure
     encoder_lr: float = 5e-4
     lr_schedule: str = "poly"  # both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay), or "constant"
@@ -61,7 +61,7 @@ class CotrainConfig(SegmentationSpec):
     # `warp.label_shares`) instead of one nearest label; synthetic pairs and fused self-training labels stay nearest
     label_shares: bool = False
     consistency_weight: float = 0.0
-    refine_steps: int = 0  # instance optimisation when computing pseudo labels
+    refine_steps: int = REFINE_STEPS  # instance optimisation when computing pseudo labels
     # with a `pseudo_model` (a co-trained model: a self-training round), the registration's share of the fused
     # pseudo labels, (1 - w) p_model + w [registration == k]; below 0.5, else the registration always wins
     pseudo_prior_weight: float = 0.3

@@ -25,7 +25,7 @@ from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import LightEncoder
 from ..models.registration import RegistrationSpec, build_registration
-from ..registration import KIND, encoder_features, intensities, registration_losses, warp_layer
+from ..registration import KIND, RegistrationModel, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
 from ..task import check_atlas, check_pair
 from ..volume import Volume
@@ -42,6 +42,7 @@ class RegistrationTrainConfig(RegistrationSpec):
     augment: bool = True
     checkpoint_every: int = 50
     preview_every: int = 10
+    validate_every: int = 50  # validation Dice (the network alone, native grid) every so many steps, when given
     seed: int = 0
     device: str = "auto"
 
@@ -66,8 +67,11 @@ def registration_engine(
     resume: bool = False,
     segmentations: Sequence[Volume | None] = (),
     init: str | Path | None = None,
+    validation: Sequence[tuple[Volume, Volume]] = (),
 ) -> Iterator[Progress]:
     """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one.
+    `validation`: labelled (image, labels) volumes whose Dice (`validation_dice`) the events' metrics report every
+    `validate_every` steps, as "val_dice_registration".
     `init`: a registration checkpoint to start from (fine-tuning: its network, encoder and working grid, this
     run's training settings such as `dice_weight`, a new optimiser)."""
     import torch
@@ -172,17 +176,36 @@ def registration_engine(
                         "warped_atlas": warp_image(a, d)[0, 0].cpu().numpy(),
                         "pseudo_labels": warp_labels(labels_work, d)[0, 0].cpu().numpy().astype(np.int32),
                     }
+            metrics = {}
+            if validation and config.validate_every and due(step, config.validate_every, config.steps):
+                model = RegistrationModel(net, medical, config, label_values, grid, {}, device, {})
+                metrics = {"val_dice_registration": validation_dice(model, atlas, atlas_labels, validation)}
+                net.train()
             yield Progress(
                 "registration",
                 step,
                 config.steps,
                 {"loss": float(loss.detach()), **terms},
+                metrics,
                 preview=preview,
                 checkpoint=path,
             )
     finally:
         if step != saved_step:
             save()
+
+
+def validation_dice(model: RegistrationModel, atlas: Volume, atlas_labels: Volume, validation) -> float:
+    """Mean Dice of the atlas labels warped by `model` (the network alone, no refinement) onto each labelled
+    (image, labels) pair, on the labels' grid, over the structures of those labels."""
+    from ..metrics import evaluate
+
+    scores = []
+    for image, truth in validation:
+        warped = model.register(atlas, atlas_labels, image, refine_steps=0).warped_labels
+        warped = warped if warped.grid.same_as(truth.grid) else resample(warped, truth.grid)
+        scores.append(evaluate(warped, truth, hd95=False).mean_dice)
+    return float(np.mean(scores))
 
 
 def _one_hot(labels: np.ndarray, values: list[int]):
