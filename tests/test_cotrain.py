@@ -264,6 +264,12 @@ def test_api_and_cli_faces(setup, capsys):
     )
     warped = api.register(model, (atlas, atlas_labels), targets[0], refine_steps=0).warped_labels
     assert np.array_equal(api.load_volume(tmp / "fused" / "t0_labels.nii.gz").array, warped.array)
+    # api.segment(atlas=) is that registration and fusion in one call; its registration comes with the result
+    fused = api.segment(model, targets[0], atlas=(atlas, atlas_labels), refine_steps=0, prior_weight=0.3)
+    assert np.array_equal(fused.registration.warped_labels.array, warped.array)
+    assert np.array_equal(fused.labels.array, api.segment(model, targets[0], prior=warped).labels.array)
+    with pytest.raises(InputError, match="not both"):
+        api.segment(model, targets[0], prior=warped, atlas=(atlas, atlas_labels))
     capsys.readouterr()
     assert (
         main(["segment", str(folder), "--model", str(out), "--out", str(tmp / "x"), "--atlas-image", "a.nii.gz"]) == 2

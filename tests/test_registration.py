@@ -242,3 +242,28 @@ def test_dice_coupling_pulls_the_atlas_labels_onto_a_given_segmentation(tmp_path
     assert dices[1.0] > before + 0.05 and dices[1.0] > dices[0.0] + 0.05
     with pytest.raises(InputError, match="one segmentation per unlabelled volume"):
         next(registration_engine(atlas, atlas_labels, [flat], tmp_path / "x.pt", config=config(dice_weight=1.0)))
+
+
+def test_validation_dice_is_reported_by_the_engine_and_is_that_of_the_saved_model(tmp_path, monkeypatch):
+    from napari_rrl_medsam import api
+    from napari_rrl_medsam.core import checkpoint
+
+    atlas, atlas_labels = phantom()
+    target, target_labels = phantom(shift=2.0)
+    config_ = config(steps=4, validate_every=2)
+    events = list(
+        registration_engine(
+            atlas, atlas_labels, [target], tmp_path / "r.pt", config=config_, validation=[(target, target_labels)]
+        )
+    )
+    assert [bool(e.metrics) for e in events] == [False, True, False, True]
+    reads = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: reads.append(a) or real(*a, **k))
+    model = api.load_model(tmp_path / "r.pt", device="cpu")
+    assert len(reads) == 1 and model.source == str((tmp_path / "r.pt").resolve())  # the file is read once
+    warped = model.register(atlas, atlas_labels, target, refine_steps=0).warped_labels
+    expected = api.evaluate(warped, target_labels, hd95=False).mean_dice
+    assert events[-1].metrics["val_dice_registration"] == pytest.approx(expected, abs=1e-6)
+    none = list(registration_engine(atlas, atlas_labels, [target], tmp_path / "n.pt", config=config_))
+    assert not any(e.metrics for e in none)

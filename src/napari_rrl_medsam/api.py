@@ -69,6 +69,7 @@ __all__ = [
     "segment",
     "set_cache_dir",
     "to_working",
+    "train_one_shot",
     "train_registration",
     "volume_files",
     "working_grid",
@@ -473,6 +474,87 @@ def cotrain(
         progress,
     )
     return Path(out)
+
+
+def train_one_shot(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    atlas=None,
+    atlas_labels=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "rrl-medsam-run",
+    resume: bool = False,
+    validation: Sequence | bool = True,
+    registration: dict | None = None,
+    cotrain: dict | None = None,
+    progress: bool = True,
+    events: bool = False,
+):
+    """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels.
+
+    Args:
+        task: a one-shot task (dataset.json, folder or `OneShotTask`), or None with `atlas`, `atlas_labels` and
+            `unlabelled` (volumes or paths).
+        encoder: the general encoder (path or module) both stages start from; None: the shipped one.
+        out: a folder: `registration.pt` (not retrained when complete) and `rrl_medsam.pt` are written there.
+        resume: continue the checkpoints found in `out`.
+        validation: labelled (image, labels) pairs whose Dice both stages report; True: the task's evaluation
+            volumes (none without a task).
+        registration: `RegistrationTrainConfig` settings (default: the recipe; `QUICK["registration"]` for a
+            quick run).
+        cotrain: `CotrainConfig` settings (likewise `QUICK["cotrain"]`).
+        progress: progress bars (when the function drives the training itself).
+        events: return the `Progress` event generator instead (for widgets; close it to stop).
+
+    Returns:
+        (registration checkpoint, co-trained checkpoint) paths, or the event generator with `events`.
+    """
+    stream = _one_shot_events(
+        task, atlas, atlas_labels, unlabelled, encoder, Path(out), resume, validation, registration or {}, cotrain or {}
+    )
+    if events:
+        return stream
+    from .core.engines.events import run
+
+    run(stream, progress)
+    return Path(out) / "registration.pt", Path(out) / "rrl_medsam.pt"
+
+
+def _one_shot_events(task, atlas, atlas_labels, unlabelled, encoder, out, resume, validation, registration, cotrain):
+    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), then co-training."""
+    if isinstance(task, (str, Path)):
+        task = load_task(task, check=False)
+    image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
+    if validation is True:
+        validation = [case.load() for case in task.evaluation] if task is not None else []
+    validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
+    out.mkdir(parents=True, exist_ok=True)
+    general = encoder if hasattr(encoder, "features") else load_encoder(encoder)
+    reg_path, model_path = out / "registration.pt", out / "rrl_medsam.pt"
+    steps = registration.get("steps", defaults("registration")["steps"])
+    if not (reg_path.exists() and int(load_checkpoint(reg_path)["step"]) >= steps):
+        yield from registration_trainer(
+            atlas=image,
+            atlas_labels=labels,
+            unlabelled=targets,
+            encoder=general,
+            out=reg_path,
+            resume=resume,
+            validation=validation,
+            **registration,
+        )
+    yield from cotrainer(
+        atlas=image,
+        atlas_labels=labels,
+        unlabelled=targets,
+        registration=reg_path,
+        encoder=general,
+        out=model_path,
+        resume=resume,
+        validation=validation,
+        **cotrain,
+    )
 
 
 def segment(

@@ -57,7 +57,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         PRIOR_WEIGHT,
         QUICK,
         check_output_folder,
-        cotrain,
         evaluate,
         load_model,
         load_volume,
@@ -66,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sample_task,
         save_volume,
         segment,
-        train_registration,
+        train_one_shot,
     )
     from .data.sample import held_back_labels
 
@@ -87,25 +86,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         truth = labels if labels is not None else load_volume(held_back_labels(case.id), kind="labels")
         targets.append((case, image, truth))
         print(_geometry_row(case.id, image))
-    settings = {"device": args.device}
-    print(f"\n[1/3] registration network: {args.registration_steps} steps (shipped general encoder's features)")
-    reg_path = train_registration(
-        task, out=out / "registration.pt", resume=args.overwrite, steps=args.registration_steps, **settings
-    )
-    print(f"[2/3] co-training (general + medical branches, mutual EMA, auto-prompt): {args.cotrain_steps} steps")
     quick = {**QUICK["cotrain"], "steps": args.cotrain_steps, "image_size": args.image_size}
-    if args.slab is not None:
-        quick["slab"] = args.slab
-    model_path = cotrain(
-        task,
-        registration=reg_path,
-        out=out / "rrl_medsam.pt",
-        resume=args.overwrite,
-        refine_steps=args.refine_steps,
-        **quick,
-        **settings,
+    quick.update({"slab": args.slab} if args.slab is not None else {})
+    print(
+        f"\n[1/2] training: the registration network, {args.registration_steps} steps (shipped general encoder's "
+        f"features), then co-training (general + medical branches, mutual EMA, auto-prompt), {args.cotrain_steps} steps"
     )
-    print("[3/3] segmentation")
+    _, model_path = train_one_shot(
+        task,
+        out=out,
+        resume=args.overwrite,
+        registration={"steps": args.registration_steps, "device": args.device},
+        cotrain={**quick, "refine_steps": args.refine_steps, "device": args.device},
+    )
+    print("[2/2] segmentation")
     model = load_model(model_path, args.device)  # it holds the registration it was trained with
     rows = []
     for case, image, truth in targets:

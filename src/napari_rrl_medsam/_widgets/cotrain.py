@@ -130,7 +130,7 @@ class CotrainWidget(TrainingPanel):
         if (f.val_image.value is None) != (f.val_labels.value is None):
             raise ValueError("validation needs both an image and its labels layer (or neither).")
         validation = (to_volume(f.val_image.value), to_volume(f.val_labels.value)) if f.val_image.value else None
-        reg_path, model_path = self.paths()
+        reg_path = self.paths()[0]
         if not resume and self.resumable():
             raise ValueError(
                 f"{reg_path.parent} already holds a run: press Resume to continue it, or choose another output folder."
@@ -161,8 +161,7 @@ class CotrainWidget(TrainingPanel):
             unlabelled,
             validation,
             encoder_path,
-            reg_path,
-            model_path,
+            reg_path.parent,
             resume,
             reg,
             cot,

@@ -13,40 +13,26 @@ def one_shot_training(
     unlabelled: list,
     validation,
     encoder: Path | None,
-    registration_out: Path,
-    model_out: Path,
+    out: Path,
     resume: bool,
     registration: dict,
     cotrain: dict,
 ) -> Iterator:
-    """Registration network (skipped when its checkpoint is complete), then co-training: one event stream.
-    `validation`: an (image, labels) pair or None; `registration` / `cotrain`: engine settings."""
-    from ..api import cotrainer, load_checkpoint, load_encoder, registration_trainer
+    """`api.train_one_shot`'s events: registration (skipped when its checkpoint in `out` is complete), then
+    co-training. `validation`: an (image, labels) pair or None; `registration` / `cotrain`: engine settings."""
+    from ..api import train_one_shot
 
-    registration_out.parent.mkdir(parents=True, exist_ok=True)
-    general = load_encoder(encoder)
-    done = registration_out.exists() and int(load_checkpoint(registration_out)["step"]) >= registration["steps"]
-    if not done:
-        yield from registration_trainer(
-            atlas=atlas,
-            atlas_labels=atlas_labels,
-            unlabelled=unlabelled,
-            encoder=general,
-            out=registration_out,
-            resume=resume,
-            validation=[validation] if validation is not None else [],
-            **registration,
-        )
-    yield from cotrainer(
+    yield from train_one_shot(
         atlas=atlas,
         atlas_labels=atlas_labels,
         unlabelled=unlabelled,
-        registration=registration_out,
-        encoder=general,
-        out=model_out,
+        encoder=encoder,
+        out=out,
         resume=resume,
         validation=[validation] if validation is not None else [],
-        **cotrain,
+        registration=registration,
+        cotrain=cotrain,
+        events=True,
     )
 
 
