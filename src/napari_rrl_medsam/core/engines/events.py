@@ -94,7 +94,7 @@ def run(events, progress: bool = True) -> Progress | None:
             if last.stage != stage:
                 if bar is not None:
                     bar.close()
-                stage = last.stage
+                stage, metrics = last.stage, {}  # a stage shows its own metrics only
                 training = bool(last.losses)  # training steps count one by one; preparation in chunks
                 bar = tqdm(
                     total=last.total,
