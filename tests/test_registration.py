@@ -267,3 +267,6 @@ def test_validation_dice_is_reported_by_the_engine_and_is_that_of_the_saved_mode
     assert events[-1].metrics["val_dice_registration"] == pytest.approx(expected, abs=1e-6)
     none = list(registration_engine(atlas, atlas_labels, [target], tmp_path / "n.pt", config=config_))
     assert not any(e.metrics for e in none)
+    checkpoint.save_checkpoint({"kind": "distill", "version": 1, "step": 1}, tmp_path / "encoder.pt")
+    with pytest.raises(InputError, match="not a model"):
+        api.load_model(tmp_path / "encoder.pt")

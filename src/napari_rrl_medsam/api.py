@@ -334,23 +334,22 @@ def load_model(path: str | Path, device: str = "auto"):
         path: a registration or co-training checkpoint (read once).
         device: "auto", "cpu", "cuda", ...
     """
-    from .core.checkpoint import load_checkpoint, reading
+    from .core.checkpoint import model_from_checkpoint
     from .core.registration import KIND as REGISTRATION
     from .core.registration import RegistrationModel
     from .core.segmentation import KIND as SEGMENTATION
     from .core.segmentation import SegmentationModel
 
-    state = load_checkpoint(path)
-    models = {REGISTRATION: RegistrationModel, SEGMENTATION: SegmentationModel}
-    if state["kind"] not in models:
-        raise InputError(
-            f"{path} is a {state['kind']!r} checkpoint, not a model: distillation checkpoints are encoders "
-            "(api.load_encoder)."
-        )
-    with reading(path):
-        model = models[state["kind"]].from_state(state, device)
-    model.source = str(Path(path).resolve())
-    return model
+    def build(state: dict):
+        models = {REGISTRATION: RegistrationModel, SEGMENTATION: SegmentationModel}
+        if state["kind"] not in models:
+            raise InputError(
+                f"{path} is a {state['kind']!r} checkpoint, not a model: distillation checkpoints are encoders "
+                "(api.load_encoder)."
+            )
+        return models[state["kind"]].from_state(state, device)
+
+    return model_from_checkpoint(path, None, build)
 
 
 def register(model, atlas, volume: Volume | str | Path, refine_steps: int = REFINE_STEPS):

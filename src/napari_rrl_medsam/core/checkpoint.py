@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ def reading(path: str | Path) -> Iterator[None]:
     """
     try:
         yield
+    except InputError:
+        raise  # already says what is wrong and what to do
     except KeyError as exc:
         raise InputError(
             f"{path} lacks the entry {exc}: it is incomplete or was not written by this version of "
@@ -172,3 +174,18 @@ def resume_state(path: str | Path, kind: str, resume: bool) -> dict[str, Any] | 
     if not resume:
         raise InputError(f"{path} exists; resume from it (resume=True, CLI --resume) or choose another path.")
     return load_checkpoint(path, kind)
+
+
+def model_from_checkpoint(path: str | Path, kind: str | None, build: Callable[[dict], Any]) -> Any:
+    """A model built from a checkpoint read once: `build(state)` under `reading`, its `source` set to the file.
+
+    Args:
+        path: the checkpoint file.
+        kind: the kind it must be, or None for any (`build` then checks).
+        build: makes the model from the checkpoint's contents, e.g. `RegistrationModel.from_state`.
+    """
+    state = load_checkpoint(path, kind)
+    with reading(path):
+        model = build(state)
+    model.source = str(Path(path).resolve())
+    return model

@@ -122,13 +122,9 @@ class RegistrationModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> RegistrationModel:
-        from .checkpoint import load_checkpoint, reading
+        from .checkpoint import model_from_checkpoint
 
-        state = load_checkpoint(path, KIND)
-        with reading(path):
-            model = cls.from_state(state, device)
-        model.source = str(Path(path).resolve())
-        return model
+        return model_from_checkpoint(path, KIND, lambda state: cls.from_state(state, device))
 
     @classmethod
     def from_state(cls, state: dict, device: str = "auto") -> RegistrationModel:

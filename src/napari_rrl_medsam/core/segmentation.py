@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,13 +178,9 @@ class SegmentationModel:
 
     @classmethod
     def load(cls, path, device: str = "auto") -> SegmentationModel:
-        from .checkpoint import load_checkpoint, reading
+        from .checkpoint import model_from_checkpoint
 
-        state = load_checkpoint(path, KIND)
-        with reading(path):
-            model = cls.from_state(state, device)
-        model.source = str(Path(path).resolve())
-        return model
+        return model_from_checkpoint(path, KIND, lambda state: cls.from_state(state, device))
 
     @classmethod
     def from_state(cls, state: dict, device: str = "auto") -> SegmentationModel:
