@@ -232,6 +232,13 @@ def _volume(v: Volume | str | Path, kind: str = "image") -> Volume:
     return v if isinstance(v, Volume) else load_volume(v, kind=kind)
 
 
+def _validation_pairs(task, validation: Sequence | bool) -> list[tuple[Volume, Volume]]:
+    """Labelled (image, labels) volumes from pairs of volumes or paths; True: the task's evaluation volumes."""
+    if validation is True:
+        validation = [case.load() for case in task.evaluation] if isinstance(task, OneShotTask) else []
+    return [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
+
+
 def _atlas_and_targets(task, atlas, atlas_labels, unlabelled):
     """(atlas image, atlas labels, unlabelled volumes) from a task / task path, or explicit volumes or paths."""
     from .core.task import check_labels
@@ -256,13 +263,14 @@ def registration_trainer(
     resume: bool = False,
     segmentations: Sequence = (),
     init: str | Path | None = None,
-    validation: Sequence = (),
+    validation: Sequence | bool = (),
     **settings,
 ) -> Iterator:
     """Registration training as a generator of `Progress` events (with previews); close it to stop.
 
-    `validation`: labelled (image, labels) pairs (volumes or paths) whose Dice the events' metrics report every
-    `validate_every` steps ("val_dice_registration"; each costs a registration of every pair).
+    `validation`: labelled (image, labels) pairs (volumes or paths; True: the task's evaluation volumes) whose Dice
+    the events' metrics report every `validate_every` steps ("val_dice_registration"; each costs a registration of
+    every pair).
     `segmentations` (with `dice_weight` > 0): a label map (volume or path, or None) per unlabelled volume,
     in the same order, for Dice coupling, e.g. segmentations by a co-trained model. `init`: a registration
     checkpoint to fine-tune (its weights, these settings, a new run written to `out`)."""
@@ -276,11 +284,13 @@ def registration_trainer(
         raise InputError(
             f"{exc}; registration settings are: {', '.join(f.name for f in fields(RegistrationTrainConfig))}"
         ) from exc
+    if isinstance(task, (str, Path)):
+        task = load_task(task, check=False)  # once: for the training volumes and the validation volumes
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
     if config.use_features and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     segmentations = [None if s is None else _volume(s, "labels") for s in segmentations]
-    validation = [(_volume(i), _volume(lab, "labels")) for i, lab in validation]
+    validation = _validation_pairs(task, validation)
     return registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init, validation)
 
 
@@ -412,9 +422,7 @@ def cotrainer(
             raise InputError("pseudo_model must be a co-trained model (api.cotrain), not a registration model.")
     if config.use_dskd and init is None and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
-    if validation is True:
-        validation = [case.load() for case in task.evaluation] if task is not None else []
-    validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
+    validation = _validation_pairs(task, validation)
     return cotrain_engine(
         image,
         labels,
@@ -525,9 +533,7 @@ def _one_shot_events(task, atlas, atlas_labels, unlabelled, encoder, out, resume
     if isinstance(task, (str, Path)):
         task = load_task(task, check=False)
     image, labels, targets = _atlas_and_targets(task, atlas, atlas_labels, unlabelled)
-    if validation is True:
-        validation = [case.load() for case in task.evaluation] if task is not None else []
-    validation = [(_volume(i), _volume(lab, "labels")) for i, lab in (validation or [])]
+    validation = _validation_pairs(task, validation)
     out.mkdir(parents=True, exist_ok=True)
     general = encoder if hasattr(encoder, "features") else load_encoder(encoder)
     reg_path, model_path = out / "registration.pt", out / "rrl_medsam.pt"
