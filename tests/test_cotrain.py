@@ -129,7 +129,7 @@ def test_ablation_switches_remove_their_component(setup, monkeypatch):
     from napari_rrl_medsam.core.engines import cotrain
 
     calls = []
-    monkeypatch.setattr("napari_rrl_medsam.core.models.segmentation.mutual_ema", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("napari_rrl_medsam.core.engines.cotrain.mutual_ema", lambda *a, **k: calls.append(1))
     list(
         cotrain_engine(
             atlas, atlas_labels, targets, registration, tmp / "c.pt", encoder, cfg(steps=2, use_mutual_ema=False)

@@ -28,3 +28,15 @@ def intensity_augmentation():
             ScaleIntensityRange(0.0, 1.0, 0.0, 1.0, clip=True),
         ]
     )
+
+
+def random_gamma(x, gen):
+    """`x` (intensities in [0, 1]) raised to a random gamma, exp(U(-0.3, 0.3)), drawn from the generator `gen`.
+
+    Args:
+        x: an image tensor.
+        gen: the step's `torch.Generator`.
+    """
+    import torch
+
+    return x.clamp(0, 1) ** float(torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)))

@@ -135,7 +135,7 @@ class RegistrationModel:
         config = RegistrationSpec.from_dict(state["config"])
         net, encoder = build_registration(config, state)
         dev = resolve_device(device)
-        grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
+        grid = Grid.from_dict(state["grid"])
         return cls(
             net.to(dev),
             encoder.to(dev) if encoder is not None else None,

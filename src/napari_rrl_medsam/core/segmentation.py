@@ -196,7 +196,7 @@ class SegmentationModel:
         for name, module in parts.items():
             module.load_state_dict(state["parts"][name])
             module.to(dev).eval()
-        grid = Grid(tuple(state["grid"]["shape"]), np.array(state["grid"]["affine"]))
+        grid = Grid.from_dict(state["grid"])
         registration = RegistrationModel.from_state(state["registration"], device)
         return cls(parts, config, list(state["classes"]), grid, registration, dict(state["teacher"]), dev)
 

@@ -68,6 +68,19 @@ def check_labels(labels: Volume) -> Volume:
     return labels.with_array(array, kind="labels")
 
 
+def label_indices(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Label values -> class indices (int64): `classes[i]` becomes i; values not in `classes` become 0.
+
+    Args:
+        labels: an integer label map.
+        classes: the label values in class-index order (background, 0, first).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    lut = np.zeros(max(int(labels.max(initial=0)), max(classes)) + 1, np.int64)
+    lut[list(classes)] = np.arange(len(classes))
+    return lut[labels]
+
+
 def check_atlas(image: Volume, labels: Volume) -> Volume:
     """The atlas's label map, validated and checked to sit on the atlas image's grid."""
     check_pair(image.grid, labels.grid, "atlas image")

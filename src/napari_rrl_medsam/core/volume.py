@@ -57,6 +57,19 @@ class Grid:
         """True when both grids have the same shape and (to `atol` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
+    def to_dict(self) -> dict:
+        """The grid as plain lists (how checkpoints store it)."""
+        return {"shape": list(self.shape), "affine": np.asarray(self.affine).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Grid:
+        """A grid from `to_dict`'s form.
+
+        Args:
+            d: {"shape": [X, Y, Z], "affine": 4 x 4 nested lists}.
+        """
+        return cls(tuple(d["shape"]), np.array(d["affine"]))
+
 
 @dataclass(frozen=True, eq=False)
 class Volume:

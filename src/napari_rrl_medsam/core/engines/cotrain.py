@@ -14,28 +14,27 @@ previews: the current volume's pseudo labels and auto-prompt mask.
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..augment import intensity_augmentation
-from ..checkpoint import check_same_task, load_checkpoint, resume_state, save_checkpoint
+from ..augment import intensity_augmentation, random_gamma
+from ..checkpoint import check_same_task
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import EncoderConfig
-from ..models.segmentation import SegmentationSpec, build_segmentation
+from ..models.segmentation import SegmentationSpec, build_segmentation, mutual_ema
 from ..registration import REFINE_STEPS, intensities
 from ..resample import resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
-from ..task import check_atlas
+from ..task import check_atlas, label_indices
 from ..volume import Volume
 from ..warp import label_shares
-from .events import Progress, check_finite, due, initialised_settings, resumed_settings
+from .events import Progress
+from .loop import Hook, Loop, StepOutput, starting_point
 
 
 @dataclass
@@ -139,7 +138,7 @@ def _check_pseudo_model(model, state: dict | None, checkpoint: Path, grid, class
     source = None if model is None else str(getattr(model, "source", "a co-trained model"))
     if model is not None:
         check_same_task(
-            {"grid": {"shape": list(model.grid.shape), "affine": model.grid.affine.tolist()}, "classes": model.classes},
+            {"grid": model.grid.to_dict(), "classes": model.classes},
             source,
             grid,
             classes,
@@ -155,6 +154,15 @@ def _check_pseudo_model(model, state: dict | None, checkpoint: Path, grid, class
     return source
 
 
+def _check_config(config: CotrainConfig) -> None:
+    """Settings that are not one of their choices, each a clear error."""
+    if config.lr_schedule not in ("constant", "poly"):
+        raise InputError(f"lr_schedule must be 'constant' or 'poly', not {config.lr_schedule!r}.")
+    if config.norm_statistics not in ("slab", "running"):
+        raise InputError(f"norm_statistics must be 'slab' or 'running', not {config.norm_statistics!r}.")
+    _check_mix(config)
+
+
 def cotrain_engine(
     atlas: Volume,
     atlas_labels: Volume,
@@ -168,54 +176,81 @@ def cotrain_engine(
     init: str | Path | None = None,
     pseudo_model=None,
 ) -> Iterator[Progress]:
-    """Co-train both branches; `registration` is a `RegistrationModel`, `encoder` the distilled E_g;
-    `validation`: labelled (image, labels) volumes whose Dice is reported in the events' metrics; `init`: a
-    co-trained checkpoint to start from (fine-tuning: its weights and architecture, this run's training settings,
-    a new optimiser; e.g. with a fine-tuned registration's pseudo labels); `pseudo_model`: a co-trained
-    `SegmentationModel` whose predictions, fused with the registration's (`pseudo_prior_weight`), become the
-    pseudo labels (a self-training round)."""
-    import torch
-    from monai.losses import DiceCELoss
+    """Co-train both branches, yielding `Progress` events; writes `checkpoint` (also on stop).
 
-    from ..models.segmentation import mutual_ema, slab_features
+    Args:
+        atlas, atlas_labels: the labelled volume.
+        unlabelled: the unlabelled volumes.
+        registration: the trained `RegistrationModel` that makes the pseudo labels.
+        checkpoint: the run's checkpoint file.
+        encoder: the distilled general encoder E_g starts from (with `use_dskd`).
+        config: the settings (default: the recipe).
+        resume: continue `checkpoint`.
+        validation: labelled (image, labels) volumes whose Dice is reported in the events' metrics.
+        init: a co-trained checkpoint to start from (fine-tuning: its weights and architecture, this run's training
+            settings, a new optimiser; e.g. with a fine-tuned registration's pseudo labels).
+        pseudo_model: a co-trained `SegmentationModel` whose predictions, fused with the registration's
+            (`pseudo_prior_weight`), become the pseudo labels (a self-training round).
+    """
 
-    config = copy.deepcopy(config) if config is not None else CotrainConfig()
-    if config.lr_schedule not in ("constant", "poly"):
-        raise InputError(f"lr_schedule must be 'constant' or 'poly', not {config.lr_schedule!r}.")
-    if config.norm_statistics not in ("slab", "running"):
-        raise InputError(f"norm_statistics must be 'slab' or 'running', not {config.norm_statistics!r}.")
-    _check_mix(config)
-    checkpoint = Path(checkpoint)
+    _check_config(config := config or CotrainConfig())
     atlas_labels = check_atlas(atlas, atlas_labels)
     if not unlabelled:
         raise InputError("co-training needs at least one unlabelled volume.")
-    state = resume_state(checkpoint, KIND, resume)
-    start = state  # the weights this run starts from: its own checkpoint, else `init`'s, else new ones
-    if state is not None:
-        config = CotrainConfig.from_dict(resumed_settings(state["config"], config))
-    elif init is not None:
-        start = load_checkpoint(init, KIND)
-        config = CotrainConfig.from_dict(initialised_settings(start["config"], config, ARCHITECTURE))
-    if encoder is None and config.use_dskd and start is None:
+    start = starting_point(checkpoint, KIND, resume, config, init, ARCHITECTURE)
+    config = start.config
+    if encoder is None and config.use_dskd and start.weights is None:
         raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")
-    device = resolve_device(config.device)
-    grid = registration.grid
+    device, grid = resolve_device(config.device), registration.grid
     classes = [0] + [int(v) for v in np.unique(atlas_labels.array) if v != 0]
-    lut = np.zeros(int(max(classes)) + 1, np.int64)
-    lut[classes] = np.arange(len(classes))
-    values = np.array(classes)  # class index -> label value
-    if start is not None:
-        check_same_task(start, checkpoint if state is not None else init, grid, classes)
-    pseudo_source = _check_pseudo_model(pseudo_model, state, checkpoint, grid, classes)
+    if start.weights is not None:
+        check_same_task(start.weights, checkpoint if start.state is not None else init, grid, classes)
+    pseudo_source = _check_pseudo_model(pseudo_model, start.state, checkpoint, grid, classes)
+    data = yield from _training_data(atlas, atlas_labels, unlabelled, registration, pseudo_model, config, classes)
+    data.synthetic = yield from _synthetic_pairs(atlas, unlabelled, registration, data, config, device)
+    validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
+    parts, encoder_config = _parts(config, start, encoder, len(classes), device)
+    teacher = start.weights["teacher"] if start.weights is not None else getattr(encoder, "teacher", {}) or {}
+    task = {"encoder_config": encoder_config.to_dict(), "classes": classes, "teacher": teacher,
+            "grid": grid.to_dict(), "registration": registration.state, "pseudo_model": pseudo_source}  # fmt: skip
+    step = _CotrainStep(parts, data, config, device, task)
+    hooks = [
+        Hook(config.preview_every, step.preview, "preview"),
+        Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
+    ]
+    loop = Loop("co-training", "co-training", config, step, _optimiser(parts, config), checkpoint, KIND, start,
+                step.contents, hooks=hooks, rates=_poly_rates(config), after_step=step.exchange)  # fmt: skip
+    yield from loop.run(modules=list(parts.values()))
 
-    images, targets = [intensities(atlas, grid)[0, 0]], [torch.from_numpy(lut[resample(atlas_labels, grid).array])]
+
+@dataclass
+class _Data:
+    """The training volumes on the working grid: `images[0]` the atlas, then the unlabelled ones; `targets` their
+    class-index maps (true, then pseudo labels); `shares` class shares (`label_shares`) or None; `ranges` the
+    slices with anatomy; `values` class index -> label value; `synthetic` the exact pair generator or None."""
+
+    images: list
+    targets: list
+    shares: list
+    ranges: list
+    values: np.ndarray
+    synthetic: SyntheticPairs | None = None
+
+
+def _training_data(atlas, atlas_labels, unlabelled, registration, pseudo_model, config, classes):
+    """`_Data` from the registration's pseudo labels (fused with `pseudo_model`'s), an event per volume."""
+    import torch
+
+    grid = registration.grid
+    images = [intensities(atlas, grid)[0, 0]]
+    targets = [torch.from_numpy(label_indices(resample(atlas_labels, grid).array, classes))]
     shares = [torch.from_numpy(label_shares(atlas_labels, classes, grid)) if config.label_shares else None]
     for i, volume in enumerate(unlabelled):
         pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
         if pseudo_model is not None:
             pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
         images.append(intensities(volume, grid)[0, 0])
-        targets.append(torch.from_numpy(lut[pseudo]))
+        targets.append(torch.from_numpy(label_indices(pseudo, classes)))
         share = config.label_shares and pseudo_model is None
         shares.append(
             torch.from_numpy(registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps, classes))
@@ -229,175 +264,169 @@ def cotrain_engine(
             message="pseudo labels (registration and model)" if pseudo_model else "registration pseudo labels",
             preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo},
         )
-
-    synthetic = None
-    if config.synthetic_probability > 0:
-        velocities = []
-        for i, volume in enumerate(unlabelled):
-            velocities.append(registration.velocity(atlas, volume))
-            yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
-        synthetic = SyntheticPairs(
-            images[0].to(device),
-            targets[0].to(device),
-            [v.to(device) for v in velocities],
-            [u.to(device) for u in images[1:]],
-            registration.net.config.scaling_and_squaring_steps,
-            config.appearance,
-            config.field_mode,
-            config.synthetic_beta,
-        )
-    augment = intensity_augmentation() if config.intensity_augment else None
-    validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
-    encoder_config = (
-        EncoderConfig.from_dict(start["encoder_config"])
-        if start is not None
-        else encoder.config
-        if encoder is not None
-        else EncoderConfig()
-    )
-    parts = build_parts(config, encoder_config, len(classes), encoder.state_dict() if encoder is not None else None)
-    if start is not None:
-        for name, module in parts.items():
-            module.load_state_dict(start["parts"][name])
-    for module in parts.values():
-        module.to(device).train()
-    encoders = [p for n in ("general", "medical") for p in parts[n].parameters()]
-    decoders = [p for n in ("decoder_g", "ap") for p in parts[n].parameters()]
-    optimiser = torch.optim.AdamW(
-        [{"params": encoders, "lr": config.encoder_lr}, {"params": decoders, "lr": config.lr}], weight_decay=1e-4
-    )
-    step = 0
-    if state is not None:
-        optimiser.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    shares_loss = DiceCELoss(softmax=True)  # the targets are class shares already
-    # slabs are drawn among the slices that hold some anatomy
-    ranges = []
+    ranges = []  # slabs are drawn among the slices that hold some anatomy
     for y in targets:
         z = np.nonzero(y.numpy().reshape(-1, y.shape[2]).any(0))[0]
         ranges.append((int(z.min()), int(z.max())) if z.size else (0, y.shape[2] - 1))
-    saved_step = step if state is not None else -1
-    elapsed = float(state.get("elapsed", 0.0)) if state is not None else 0.0  # seconds of training, all runs
-    teacher = getattr(encoder, "teacher", {}) if encoder is not None else {}
-    if start is not None:
-        teacher = start["teacher"]
-    origin = str(init) if state is None and init is not None else (state or {}).get("initialised_from")
+    return _Data(images, targets, shares, ranges, np.array(classes))
 
-    def save() -> Path:
-        return save_checkpoint(
-            {
-                "kind": KIND,
-                "version": 1,
-                "step": step,
-                "complete": step >= config.steps,
-                "config": config.to_dict(),
-                "encoder_config": encoder_config.to_dict(),
-                "parts": {n: m.state_dict() for n, m in parts.items()},
-                "optimizer": optimiser.state_dict(),
-                "classes": classes,
-                "teacher": teacher,
-                "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
-                "registration": registration.state,
-                "elapsed": elapsed,
-                "initialised_from": origin,
-                "pseudo_model": pseudo_source,
-            },
-            checkpoint,
-        )
 
-    try:
-        while step < config.steps:
-            started = time.perf_counter()
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            draw = float(torch.rand(1, generator=gen))
-            kind = (
-                "atlas"
-                if draw < config.atlas_probability
-                else "synthetic"
-                if draw < config.atlas_probability + config.synthetic_probability
-                else "pseudo"
-            )
-            i = 0 if kind == "atlas" else 1 + int(torch.randint(len(unlabelled), (1,), generator=gen))
-            lo, hi = ranges[0 if kind == "synthetic" else i]  # a synthetic pair is the atlas, deformed
-            start = lo + int(torch.randint(max(hi - lo - config.slab + 2, 1), (1,), generator=gen))
-            start = min(start, images[i].shape[2] - config.slab) if images[i].shape[2] >= config.slab else 0
-            if kind == "synthetic":
-                x, y = (
-                    t.movedim(2, 0)
-                    for t in synthetic.sample(
-                        np.random.default_rng([config.seed, step]), start, min(config.slab, images[0].shape[2])
-                    )
-                )
-            else:
-                x = images[i][:, :, start : start + config.slab].movedim(2, 0)  # (K, X, Y)
-                y = targets[i][:, :, start : start + config.slab].movedim(2, 0)
-            if config.augment:
-                x = x.clamp(0, 1) ** float(torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)))
-            if augment is not None:
-                augment.set_random_state(seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
-                x = augment(x[None])[0]
-                x = x.as_tensor() if hasattr(x, "as_tensor") else x  # MONAI's MetaTensor -> a plain tensor
-            xs = to_square(x, config.image_size).to(device)
-            share = shares[i] if kind != "synthetic" else None
-            if share is not None:  # (C, X, Y, Z) -> (1, C, K, S, S)
-                y = share[..., start : start + config.slab].movedim(3, 1)
-                ys, loss_fn_now = shares_to_square(y, config.image_size)[None].to(device), shares_loss
-            else:
-                ys, loss_fn_now = labels_to_square(y, config.image_size)[None, None].to(device), loss_fn
-            logits_g = parts["decoder_g"](slab_features(parts["general"], xs))
-            probs_g = torch.softmax(logits_g, 1)
-            logits_m = parts["ap"](slab_features(parts["medical"], xs), probs_g.detach() if config.use_prompt else None)
-            loss_g, loss_m = loss_fn_now(logits_g, ys), loss_fn_now(logits_m, ys)
-            loss = (loss_g + loss_m) * (config.pseudo_weight if kind == "pseudo" else 1.0)
-            losses = {"general": float(loss_g.detach()), "medical": float(loss_m.detach())}
-            if config.consistency_weight > 0:
-                cons = torch.mean((torch.softmax(logits_m, 1) - probs_g) ** 2)
-                loss = loss + config.consistency_weight * cons
-                losses["consistency"] = float(cons.detach())
-            check_finite(loss, "co-training", step + 1)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.lr_schedule == "poly":
-                decay = (1 - step / config.steps) ** 0.9
-                for group, base in zip(optimiser.param_groups, (config.encoder_lr, config.lr)):
-                    group["lr"] = base * decay
-            optimiser.step()
-            if config.use_mutual_ema:
-                mutual_ema(parts["general"], parts["medical"], config.ema_alpha)
-            step += 1
-            elapsed += time.perf_counter() - started
-            path = None
-            if due(step, config.checkpoint_every, config.steps):
-                path, saved_step = save(), step
-            preview, metrics = None, {}
-            show = config.preview_every and due(step, config.preview_every, config.steps)
-            check = validation and config.validate_every and due(step, config.validate_every, config.steps)
-            if show or check:
-                for module in parts.values():
-                    module.eval()  # predict as inference does (running batch-norm statistics untouched)
-                if show:
-                    probs = predict_probabilities(parts, images[i].to(device), config)
-                    preview = {
-                        "case": i,
-                        "target": images[i].numpy(),
-                        "pseudo_labels": values[targets[i].numpy()],
-                        "auto_prompt": values[torch.argmax(probs[0], 0).cpu().numpy()],
-                        "segmentation": values[torch.argmax(probs[1], 0).cpu().numpy()],
-                    }
-                if check:
-                    metrics = validation_dice(parts, validation, values, config, device)
-                for module in parts.values():
-                    module.train()
-            yield Progress(
-                "co-training",
-                step,
-                config.steps,
-                {"loss": float(loss.detach()), **losses},
-                metrics,
-                preview=preview,
-                checkpoint=path,
-            )
-    finally:
-        if step != saved_step:
-            save()
+def _synthetic_pairs(atlas, unlabelled, registration, data: _Data, config: CotrainConfig, device):
+    """The exact synthetic pair generator (None when `synthetic_probability` is 0), an event per field."""
+    if config.synthetic_probability <= 0:
+        return None
+    velocities = []
+    for i, volume in enumerate(unlabelled):
+        velocities.append(registration.velocity(atlas, volume))
+        yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
+    return SyntheticPairs(
+        data.images[0].to(device),
+        data.targets[0].to(device),
+        [v.to(device) for v in velocities],
+        [u.to(device) for u in data.images[1:]],
+        registration.net.config.scaling_and_squaring_steps,
+        config.appearance,
+        config.field_mode,
+        config.synthetic_beta,
+    )
+
+
+def _parts(config: CotrainConfig, start, encoder, n_classes: int, device):
+    """The four parts on `device` in training mode (the start's weights, else new ones) and the encoders' config."""
+    if start.weights is not None:
+        encoder_config = EncoderConfig.from_dict(start.weights["encoder_config"])
+    else:
+        encoder_config = encoder.config if encoder is not None else EncoderConfig()
+    parts = build_parts(config, encoder_config, n_classes, encoder.state_dict() if encoder is not None else None)
+    for name, module in parts.items():
+        if start.weights is not None:
+            module.load_state_dict(start.weights["parts"][name])
+        module.to(device).train()
+    return parts, encoder_config
+
+
+def _optimiser(parts: dict, config: CotrainConfig):
+    """AdamW: the encoders at `encoder_lr`, the decoders at `lr` (in that group order)."""
+    import torch
+
+    encoders = [p for n in ("general", "medical") for p in parts[n].parameters()]
+    decoders = [p for n in ("decoder_g", "ap") for p in parts[n].parameters()]
+    groups = [{"params": encoders, "lr": config.encoder_lr}, {"params": decoders, "lr": config.lr}]
+    return torch.optim.AdamW(groups, weight_decay=1e-4)
+
+
+def _poly_rates(config: CotrainConfig):
+    """Both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay); None with constant rates."""
+    if config.lr_schedule != "poly":
+        return None
+
+    def rates(step: int) -> tuple[float, float]:
+        decay = (1 - step / config.steps) ** 0.9
+        return config.encoder_lr * decay, config.lr * decay
+
+    return rates
+
+
+class _CotrainStep:
+    """One step on a slab of one pair (the atlas, an exact synthetic pair or an unlabelled volume with its pseudo
+    labels): both branches' Dice + CE, the medical branch prompted by the general one's mask; and its preview."""
+
+    def __init__(self, parts: dict, data: _Data, config: CotrainConfig, device, task: dict) -> None:
+        from monai.losses import DiceCELoss
+
+        self.parts, self.data, self.config, self.device = parts, data, config, device
+        self.task = task  # the checkpoint's entries that do not change
+        self.labels_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.shares_loss = DiceCELoss(softmax=True)  # the targets are class shares already
+        self.augment = intensity_augmentation() if config.intensity_augment else None
+
+    def _kind(self, gen) -> tuple[str, int]:
+        """What this step trains on: ("atlas" | "synthetic" | "pseudo", the volume's index in `data.images`)."""
+        import torch
+
+        c = self.config
+        draw = float(torch.rand(1, generator=gen))
+        synthetic = c.atlas_probability + c.synthetic_probability
+        kind = "atlas" if draw < c.atlas_probability else "synthetic" if draw < synthetic else "pseudo"
+        i = 0 if kind == "atlas" else 1 + int(torch.randint(len(self.data.images) - 1, (1,), generator=gen))
+        return kind, i
+
+    def _slab(self, index: int, gen):
+        """(kind, volume index, (K, X, Y) image slab, its target: (K, X, Y) class indices or (C, K, X, Y) shares)."""
+        import torch
+
+        kind, i = self._kind(gen)
+        d, slab = self.data, self.config.slab
+        lo, hi = d.ranges[0 if kind == "synthetic" else i]  # a synthetic pair is the atlas, deformed
+        start = lo + int(torch.randint(max(hi - lo - slab + 2, 1), (1,), generator=gen))
+        start = min(start, d.images[i].shape[2] - slab) if d.images[i].shape[2] >= slab else 0
+        if kind == "synthetic":
+            rng = np.random.default_rng([self.config.seed, index])
+            x, y = (t.movedim(2, 0) for t in d.synthetic.sample(rng, start, min(slab, d.images[0].shape[2])))
+            return kind, i, x, y
+        x = d.images[i][:, :, start : start + slab].movedim(2, 0)
+        share = d.shares[i]
+        y = share[..., start : start + slab].movedim(3, 1) if share is not None else None
+        return kind, i, x, y if y is not None else d.targets[i][:, :, start : start + slab].movedim(2, 0)
+
+    def _augmented(self, x, gen):
+        import torch
+
+        if self.config.augment:
+            x = random_gamma(x, gen)
+        if self.augment is not None:
+            self.augment.set_random_state(seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
+            x = self.augment(x[None])[0]
+            x = x.as_tensor() if hasattr(x, "as_tensor") else x  # MONAI's MetaTensor -> a plain tensor
+        return x
+
+    def __call__(self, index: int, gen) -> StepOutput:
+        import torch
+
+        from ..models.segmentation import slab_features
+
+        kind, i, x, y = self._slab(index, gen)
+        c, parts = self.config, self.parts
+        xs = to_square(self._augmented(x, gen), c.image_size).to(self.device)
+        if y.dim() == 4:  # class shares, (C, K, X, Y) -> (1, C, K, S, S)
+            ys, loss_fn = shares_to_square(y, c.image_size)[None].to(self.device), self.shares_loss
+        else:
+            ys, loss_fn = labels_to_square(y, c.image_size)[None, None].to(self.device), self.labels_loss
+        logits_g = parts["decoder_g"](slab_features(parts["general"], xs))
+        probs_g = torch.softmax(logits_g, 1)
+        logits_m = parts["ap"](slab_features(parts["medical"], xs), probs_g.detach() if c.use_prompt else None)
+        loss_g, loss_m = loss_fn(logits_g, ys), loss_fn(logits_m, ys)
+        loss = (loss_g + loss_m) * (c.pseudo_weight if kind == "pseudo" else 1.0)
+        terms = {"general": float(loss_g.detach()), "medical": float(loss_m.detach())}
+        if c.consistency_weight > 0:
+            consistency = torch.mean((torch.softmax(logits_m, 1) - probs_g) ** 2)
+            loss = loss + c.consistency_weight * consistency
+            terms["consistency"] = float(consistency.detach())
+        return StepOutput(loss, terms, context=i)
+
+    def contents(self) -> dict:
+        """The checkpoint's weights and task."""
+        return {**self.task, "parts": {n: m.state_dict() for n, m in self.parts.items()}}
+
+    def exchange(self) -> None:
+        """Mutual EMA between the two encoders after an optimiser step (when on)."""
+        if self.config.use_mutual_ema:
+            mutual_ema(self.parts["general"], self.parts["medical"], self.config.ema_alpha)
+
+    def validate(self, validation) -> dict:
+        """Both branches' validation Dice on working-grid (image, labels) pairs (`validation_dice`)."""
+        return validation_dice(self.parts, validation, self.data.values, self.config, self.device)
+
+    def preview(self, out: StepOutput) -> dict:
+        """The step's volume with its pseudo labels and both branches' predictions (modules in evaluation mode)."""
+        import torch
+
+        i, d = out.context, self.data
+        probs = predict_probabilities(self.parts, d.images[i].to(self.device), self.config)
+        return {
+            "case": i,
+            "target": d.images[i].numpy(),
+            "pseudo_labels": d.values[d.targets[i].numpy()],
+            "auto_prompt": d.values[torch.argmax(probs[0], 0).cpu().numpy()],
+            "segmentation": d.values[torch.argmax(probs[1], 0).cpu().numpy()],
+        }

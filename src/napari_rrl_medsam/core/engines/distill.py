@@ -16,6 +16,7 @@ rate and the batches are functions of the step, so a resumed run follows the sam
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -29,7 +30,8 @@ from ..errors import InputError
 from ..models.encoder import EncoderConfig, LightEncoder
 from ..settings import check_settings
 from ..volume import Volume
-from .events import Progress, check_finite
+from .events import Progress
+from .loop import Loop, Start, StepOutput
 
 KIND = "distill"
 
@@ -120,25 +122,22 @@ def distill_engine(
     resume: bool = False,
     cache=None,
 ) -> Iterator[Progress]:
-    """Distil `teacher` into a `LightEncoder`; yields `Progress`; writes `checkpoint` (also on stop).
+    """Distil `teacher` into a `LightEncoder`, yielding `Progress` events; writes `checkpoint` (also on stop).
 
-    `natural` and `medical` are (N, 3, S, S) float tensors in [0, 1] (either may be None when its
-    stage has 0 steps).
+    Args:
+        teacher: a `Teacher`.
+        natural, medical: (N, 3, S, S) float tensors in [0, 1] (either may be None when its stage has 0 steps).
+        checkpoint: the run's checkpoint file.
+        config: the settings (a resumed run keeps its checkpoint's encoder architecture, these settings otherwise).
+        resume: continue `checkpoint`.
+        cache: the teacher embedding cache (default: the user cache folder).
     """
     import torch
 
     from ..cache import EmbeddingCache
 
-    config = config or DistillConfig()
-    checkpoint = Path(checkpoint)
-    cache = cache or EmbeddingCache()
-    for data in (natural, medical):
-        if data is not None and data.shape[-1] != 4 * teacher.embed_size:
-            raise InputError(
-                f"the student sees {data.shape[-1]} px images but its stride-4 embedding must match the "
-                f"teacher's {teacher.embed_size} x {teacher.embed_size} grid: use image_size="
-                f"{4 * teacher.embed_size}."
-            )
+    config = copy.deepcopy(config or DistillConfig())
+    _check_inputs(teacher, natural, medical, config)
     state = resume_state(checkpoint, KIND, resume)
     if state is not None:
         if state["teacher"]["id"] != teacher.id:
@@ -147,74 +146,86 @@ def distill_engine(
                 "resume with the same teacher or start a new checkpoint."
             )
         config.encoder = EncoderConfig.from_dict(state["encoder_config"])
-    stages = [("natural", natural, config.natural_steps), ("medical", medical, config.medical_steps)]
-    for name, data, steps in stages:
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    student = LightEncoder(config.encoder).to(device)
+    if state is not None:
+        student.load_state_dict(state["encoder"])
+    teacher = teacher.to(device)
+    step = _DistillStep(student, natural, medical, config, int(state["step"]) if state is not None else 0)
+    step.targets = yield from step.teacher_targets(teacher, cache or EmbeddingCache())
+    optimiser = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loop = Loop("distillation", "natural", config, step, optimiser, checkpoint, KIND, Start(state, state, config, None),
+                lambda: _weights(student, teacher), total=step.bounds[2], milestones=step.bounds[1:],
+                rates=step.rates, amp=device.type == "cuda")  # fmt: skip
+    yield from loop.run()
+
+
+def _check_inputs(teacher, natural, medical, config: DistillConfig) -> None:
+    """Images the teacher's grid fits, and images for each stage with steps; each a clear error."""
+    for data in (natural, medical):
+        if data is not None and data.shape[-1] != 4 * teacher.embed_size:
+            raise InputError(
+                f"the student sees {data.shape[-1]} px images but its stride-4 embedding must match the "
+                f"teacher's {teacher.embed_size} x {teacher.embed_size} grid: use image_size="
+                f"{4 * teacher.embed_size}."
+            )
+    for name, data, steps in (("natural", natural, config.natural_steps), ("medical", medical, config.medical_steps)):
         if steps > 0 and (data is None or len(data) == 0):
             raise InputError(
                 f"the {name} stage has {steps} steps but no {name} images; give some or set its steps to 0."
             )
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    student = LightEncoder(config.encoder).to(device)
-    optimiser = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = 0
-    if state is not None:
-        student.load_state_dict(state["encoder"])
-        optimiser.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-    bounds = [0, config.natural_steps, config.natural_steps + config.medical_steps]
-    total = bounds[-1]
-    teacher = teacher.to(device)
-    targets = {}
-    replay = int(round(config.replay * config.batch_size)) if natural is not None and config.medical_steps else 0
-    for i, (name, data, steps) in enumerate(stages):
-        if (steps > 0 and step < bounds[i + 1]) or (name == "natural" and replay and step < bounds[2]):
-            targets[name] = yield from teacher_embeddings(teacher, data, cache, config.teacher_batch, f"{name} images")
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    saved_step = step if state is not None else -1
 
-    def save() -> Path:
-        return save_checkpoint(
-            checkpoint_state(student, optimiser, step, config, teacher, complete=step >= total), checkpoint
+
+class _DistillStep:
+    """One step: a batch of one stage's images (stage 2 with a `replay` share of photographs), the student's
+    embeddings against the teacher's (MSE + cosine), the stage's cosine learning rate."""
+
+    def __init__(self, student, natural, medical, config: DistillConfig, step: int) -> None:
+        self.student, self.config = student, config
+        self.data = {"natural": natural, "medical": medical}
+        self.bounds = [0, config.natural_steps, config.natural_steps + config.medical_steps]
+        self.replay = (
+            int(round(config.replay * config.batch_size)) if natural is not None and config.medical_steps else 0
         )
+        self.start, self.targets = step, {}
 
-    try:
-        while step < total:
-            i = 0 if step < bounds[1] else 1
-            student.train()
-            if i == 1 and config.freeze_norm and config.natural_steps > 0:
-                freeze_batch_norm(student)
-            name, data, _ = stages[i]
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            n_replay = replay if name == "medical" else 0
-            idx = torch.randint(len(data), (config.batch_size - n_replay,), generator=gen)
-            x, y = data[idx], targets[name][idx]
-            if n_replay:
-                rep = torch.randint(len(natural), (n_replay,), generator=gen)
-                x, y = torch.cat([x, natural[rep]]), torch.cat([y, targets["natural"][rep]])
-            x, y = x.to(device), y.to(device).float()
-            if config.augment:
-                x = _augment(x, gen)
-            for group in optimiser.param_groups:
-                group["lr"] = _lr(config, step, bounds[i], bounds[i + 1] - bounds[i])
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                pred = student(x)
-            loss, parts = distill_loss(pred.float(), y, config.cosine_weight)
-            if not use_amp:  # under mixed precision the grad scaler skips overflowing steps itself
-                check_finite(loss, "distillation", step + 1)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            step += 1
-            path = None
-            if step % config.checkpoint_every == 0 or step in bounds[1:]:
-                path, saved_step = save(), step
-            yield Progress(name, step, total, {"loss": float(loss.detach()), **parts}, checkpoint=path)
-    finally:
-        if step != saved_step:
-            save()
+    def teacher_targets(self, teacher, cache):
+        """The teacher's embeddings of the images the remaining steps draw from, an event per batch."""
+        targets = {}
+        for i, name in enumerate(("natural", "medical")):
+            steps = self.bounds[i + 1] - self.bounds[i]
+            remaining = steps > 0 and self.start < self.bounds[i + 1]
+            if remaining or (name == "natural" and self.replay and self.start < self.bounds[2]):
+                batch = self.config.teacher_batch
+                targets[name] = yield from teacher_embeddings(teacher, self.data[name], cache, batch, f"{name} images")
+        return targets
+
+    def rates(self, step: int) -> list[float]:
+        i = 0 if step < self.bounds[1] else 1
+        return [_lr(self.config, step, self.bounds[i], self.bounds[i + 1] - self.bounds[i])]
+
+    def __call__(self, index: int, gen) -> StepOutput:
+        import torch
+
+        config, name = self.config, "natural" if index < self.bounds[1] else "medical"
+        self.student.train()
+        if name == "medical" and config.freeze_norm and config.natural_steps > 0:
+            freeze_batch_norm(self.student)
+        data, n_replay = self.data[name], self.replay if name == "medical" else 0
+        idx = torch.randint(len(data), (config.batch_size - n_replay,), generator=gen)
+        x, y = data[idx], self.targets[name][idx]
+        if n_replay:
+            rep = torch.randint(len(self.data["natural"]), (n_replay,), generator=gen)
+            x, y = torch.cat([x, self.data["natural"][rep]]), torch.cat([y, self.targets["natural"][rep]])
+        device = next(self.student.parameters()).device
+        x, y = x.to(device), y.to(device).float()
+        if config.augment:
+            x = _augment(x, gen)
+        pred = self.student(x)
+        with torch.autocast(device.type, enabled=False):
+            loss, terms = distill_loss(pred.float(), y, config.cosine_weight)
+        return StepOutput(loss, terms, stage=name)
 
 
 def freeze_batch_norm(module) -> None:
@@ -226,16 +237,11 @@ def freeze_batch_norm(module) -> None:
             m.eval()
 
 
-def checkpoint_state(student, optimiser, step: int, config: DistillConfig, teacher, complete: bool) -> dict:
+def _weights(student, teacher) -> dict:
+    """A distillation checkpoint's weights and the teacher they were distilled from."""
     return {
-        "kind": KIND,
-        "version": 1,
-        "step": step,
-        "complete": complete,
-        "config": config.to_dict(),
         "encoder_config": student.config.to_dict(),
         "encoder": student.state_dict(),
-        "optimizer": optimiser.state_dict() if optimiser is not None else {},
         "teacher": {
             "name": teacher.name,
             "id": teacher.id,

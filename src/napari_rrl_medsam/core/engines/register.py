@@ -13,23 +13,25 @@ the warped atlas and its pseudo labels. Stop/crash -> checkpoint; `resume=True` 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..checkpoint import check_same_task, load_checkpoint, resume_state, save_checkpoint
+from ..augment import random_gamma
+from ..checkpoint import check_same_task
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import LightEncoder
 from ..models.registration import RegistrationSpec, build_registration
 from ..registration import KIND, RegistrationModel, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
-from ..task import check_atlas, check_pair
-from ..volume import Volume
-from .events import Progress, check_finite, due, initialised_settings, resumed_settings
+from ..task import check_atlas, check_pair, label_indices
+from ..volume import Grid, Volume
+from .events import Progress
+from .loop import Hook, Loop, StepOutput, starting_point
 
 
 @dataclass
@@ -51,10 +53,20 @@ class RegistrationTrainConfig(RegistrationSpec):
 ARCHITECTURE = ("spacing", "axis", "feature_level", "feature_size", "use_features", "network")
 
 
-def _gamma(x, gen):
-    import torch
+@dataclass
+class _Pairs:
+    """The atlas and the unlabelled volumes on the working grid, with their encoder features and the atlas's labels
+    (as a working-grid map for previews and one-hot for Dice coupling)."""
 
-    return x.clamp(0, 1) ** torch.exp(torch.empty(1).uniform_(-0.3, 0.3, generator=gen)).item()
+    atlas: Any
+    targets: list
+    atlas_features: Any
+    target_features: list
+    labels: Any
+    coupled: list | None  # per target: its segmentation one-hot, or None (Dice coupling)
+    atlas_onehot: Any
+    grid: Grid
+    values: list[int]  # the atlas's label values
 
 
 def registration_engine(
@@ -69,130 +81,127 @@ def registration_engine(
     init: str | Path | None = None,
     validation: Sequence[tuple[Volume, Volume]] = (),
 ) -> Iterator[Progress]:
-    """`segmentations`: for Dice coupling, a label map per target (on its image's grid) or None to skip one.
-    `validation`: labelled (image, labels) volumes whose Dice (`validation_dice`) the events' metrics report every
-    `validate_every` steps, as "val_dice_registration".
-    `init`: a registration checkpoint to start from (fine-tuning: its network, encoder and working grid, this
-    run's training settings such as `dice_weight`, a new optimiser)."""
+    """Train the registration network atlas -> `targets`, yielding `Progress` events; writes `checkpoint`.
+
+    Args:
+        atlas, atlas_labels: the labelled volume.
+        targets: the unlabelled volumes.
+        checkpoint: the run's checkpoint file (also written on stop).
+        encoder: the distilled encoder the medical encoder starts from (with `use_features`).
+        config: the settings (default: the recipe).
+        resume: continue `checkpoint`.
+        segmentations: for Dice coupling, a label map per target (on its image's grid) or None to skip one.
+        init: a registration checkpoint to start from (fine-tuning: its network, encoder and working grid, this
+            run's training settings such as `dice_weight`, a new optimiser).
+        validation: labelled (image, labels) volumes whose Dice (`validation_dice`) the events' metrics report
+            every `validate_every` steps, as "val_dice_registration".
+    """
     import torch
 
-    config = copy.deepcopy(config) if config is not None else RegistrationTrainConfig()
-    checkpoint = Path(checkpoint)
     if not targets:
         raise InputError("registration training needs at least one unlabelled volume.")
     atlas_labels = check_atlas(atlas, atlas_labels)
-    state = resume_state(checkpoint, KIND, resume)
-    start = state  # the weights this run starts from: its own checkpoint, else `init`'s, else new ones
-    if state is not None:
-        config = RegistrationTrainConfig.from_dict(resumed_settings(state["config"], config))
-    elif init is not None:
-        start = load_checkpoint(init, KIND)
-        config = RegistrationTrainConfig.from_dict(initialised_settings(start["config"], config, ARCHITECTURE))
-    device = resolve_device(config.device)
+    start = starting_point(checkpoint, KIND, resume, config or RegistrationTrainConfig(), init, ARCHITECTURE)
+    config, device = start.config, resolve_device(start.config.device)
     torch.manual_seed(config.seed)
-    net, medical = build_registration(config, start, encoder)
+    net, medical = build_registration(config, start.weights, encoder)
     net, medical = net.to(device), medical.to(device) if medical is not None else None
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
-    step = 0
-    if state is not None:
-        optimiser.load_state_dict(state["optimizer"])
-        step = int(state["step"])
     grid = working_grid(atlas, config.spacing)
+    label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    if start.weights is not None:
+        check_same_task(start.weights, checkpoint if start.state is not None else init, grid, label_values)
+    pairs = yield from _prepare(atlas, atlas_labels, targets, segmentations, medical, config, grid, device)
+    step = _RegistrationStep(net, medical, pairs, config, device)
+    hooks = [
+        Hook(config.preview_every, step.preview, "preview"),
+        Hook(config.validate_every if validation else 0, lambda _: step.validate(atlas, atlas_labels, validation)),
+    ]
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    name = "registration training"
+    loop = Loop(name, "registration", config, step, optimiser, checkpoint, KIND, start, step.contents, hooks=hooks)
+    yield from loop.run(modules=[net])
+
+
+def _prepare(atlas, atlas_labels, targets, segmentations, medical, config, grid, device):
+    """The training pairs on the working grid (`_Pairs`), yielding an event per target's encoder features."""
+    import torch
+
+    label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
     a = intensities(atlas, grid).to(device)
     ts = [intensities(t, grid) for t in targets]
-    labels_work = torch.from_numpy(resample(atlas_labels, grid).array.astype(np.float32))[None, None].to(device)
+    labels = resample(atlas_labels, grid).array
     feats_a, feats_t = None, [None] * len(ts)
     if medical is not None:
         feats_a, feats_t = encoder_features(medical, a, config), []
         for i, t in enumerate(ts):
             feats_t.append(encoder_features(medical, t, config))
             yield Progress("features", i + 1, len(ts), message="medical encoder features")
-    ncc, smooth = registration_losses(config)
-    warp_image, warp_labels = warp_layer(), warp_layer("nearest")
-    label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
-    if start is not None:
-        check_same_task(start, checkpoint if state is not None else init, grid, label_values)
     coupled = _coupling_targets(config, targets, segmentations, label_values, grid)
-    if coupled:
-        from monai.losses import DiceLoss
+    onehot = _one_hot(labels, label_values).to(device) if coupled else None
+    work = torch.from_numpy(labels.astype(np.float32))[None, None].to(device)
+    return _Pairs(a, ts, feats_a, feats_t, work, coupled, onehot, grid, label_values)
 
-        dice_loss = DiceLoss(include_background=False)
-        atlas_onehot = _one_hot(resample(atlas_labels, grid).array, label_values).to(device)
-    saved_step = step if state is not None else -1
-    origin = str(init) if state is None and init is not None else (state or {}).get("initialised_from")
 
-    def save() -> Path:
-        return save_checkpoint(
-            {
-                "kind": KIND,
-                "version": 1,
-                "step": step,
-                "complete": step >= config.steps,
-                "config": config.to_dict(),
-                "network": net.state_dict(),
-                "optimizer": optimiser.state_dict(),
-                "encoder_config": medical.config.to_dict() if medical is not None else None,
-                "encoder": medical.state_dict() if medical is not None else {},
-                "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
-                "labels": label_values,
-                "grid": {"shape": list(grid.shape), "affine": grid.affine.tolist()},
-                "initialised_from": origin,
-            },
-            checkpoint,
-        )
+class _RegistrationStep:
+    """One step: the atlas registered to a random unlabelled volume (both gamma-jittered), local NCC + smoothness
+    (+ Dice coupling); and its preview (the target, the warped atlas, its pseudo labels)."""
 
-    try:
-        net.train()
-        while step < config.steps:
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            i = int(torch.randint(len(ts), (1,), generator=gen))
-            x_a, x_t = a, ts[i].to(device)
-            if config.augment:
-                x_a, x_t = _gamma(x_a, gen), _gamma(x_t, gen)
-            ddf = net(x_a, x_t, feats_a, feats_t[i])
-            sim = ncc(warp_image(x_a, ddf), x_t)
-            reg = smooth(ddf)
-            loss = sim + config.smooth_weight * reg
-            terms = {"ncc": float(sim.detach()), "smooth": float(reg.detach())}
-            if coupled and coupled[i] is not None:
-                dice = dice_loss(warp_image(atlas_onehot, ddf), coupled[i].to(device))
-                loss = loss + config.dice_weight * dice
-                terms["dice"] = float(dice.detach())
-            check_finite(loss, "registration training", step + 1)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            step += 1
-            path = None
-            if due(step, config.checkpoint_every, config.steps):
-                path, saved_step = save(), step
-            preview = None
-            if config.preview_every and due(step, config.preview_every, config.steps):
-                with torch.no_grad():
-                    d = ddf.detach()
-                    preview = {
-                        "case": i,
-                        "target": ts[i][0, 0].numpy(),
-                        "warped_atlas": warp_image(a, d)[0, 0].cpu().numpy(),
-                        "pseudo_labels": warp_labels(labels_work, d)[0, 0].cpu().numpy().astype(np.int32),
-                    }
-            metrics = {}
-            if validation and config.validate_every and due(step, config.validate_every, config.steps):
-                model = RegistrationModel(net, medical, config, label_values, grid, {}, device, {})
-                metrics = {"val_dice_registration": validation_dice(model, atlas, atlas_labels, validation)}
-                net.train()
-            yield Progress(
-                "registration",
-                step,
-                config.steps,
-                {"loss": float(loss.detach()), **terms},
-                metrics,
-                preview=preview,
-                checkpoint=path,
-            )
-    finally:
-        if step != saved_step:
-            save()
+    def __init__(self, net, medical, pairs: _Pairs, config: RegistrationTrainConfig, device) -> None:
+        self.net, self.medical, self.pairs, self.config, self.device = net, medical, pairs, config, device
+        self.ncc, self.smooth = registration_losses(config)
+        self.warp_image, self.warp_labels = warp_layer(), warp_layer("nearest")
+        if pairs.coupled:
+            from monai.losses import DiceLoss
+
+            self.dice_loss = DiceLoss(include_background=False)
+
+    def __call__(self, index: int, gen) -> StepOutput:
+        import torch
+
+        p, config = self.pairs, self.config
+        i = int(torch.randint(len(p.targets), (1,), generator=gen))
+        x_a, x_t = p.atlas, p.targets[i].to(self.device)
+        if config.augment:
+            x_a, x_t = random_gamma(x_a, gen), random_gamma(x_t, gen)
+        ddf = self.net(x_a, x_t, p.atlas_features, p.target_features[i])
+        sim, reg = self.ncc(self.warp_image(x_a, ddf), x_t), self.smooth(ddf)
+        loss = sim + config.smooth_weight * reg
+        terms = {"ncc": float(sim.detach()), "smooth": float(reg.detach())}
+        if p.coupled and p.coupled[i] is not None:
+            dice = self.dice_loss(self.warp_image(p.atlas_onehot, ddf), p.coupled[i].to(self.device))
+            loss = loss + config.dice_weight * dice
+            terms["dice"] = float(dice.detach())
+        return StepOutput(loss, terms, context=(i, ddf.detach()))
+
+    def validate(self, atlas: Volume, atlas_labels: Volume, validation) -> dict:
+        """The network's validation Dice on labelled (image, labels) pairs (`validation_dice`)."""
+        p = self.pairs
+        model = RegistrationModel(self.net, self.medical, self.config, p.values, p.grid, {}, self.device, {})
+        return {"val_dice_registration": validation_dice(model, atlas, atlas_labels, validation)}
+
+    def contents(self) -> dict:
+        """The checkpoint's weights and task."""
+        medical = self.medical
+        return {
+            "network": self.net.state_dict(),
+            "encoder_config": medical.config.to_dict() if medical is not None else None,
+            "encoder": medical.state_dict() if medical is not None else {},
+            "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
+            "labels": self.pairs.values,
+            "grid": self.pairs.grid.to_dict(),
+        }
+
+    def preview(self, out: StepOutput) -> dict:
+        import torch
+
+        i, ddf = out.context
+        with torch.no_grad():
+            return {
+                "case": i,
+                "target": self.pairs.targets[i][0, 0].numpy(),
+                "warped_atlas": self.warp_image(self.pairs.atlas, ddf)[0, 0].cpu().numpy(),
+                "pseudo_labels": self.warp_labels(self.pairs.labels, ddf)[0, 0].cpu().numpy().astype(np.int32),
+            }
 
 
 def validation_dice(model: RegistrationModel, atlas: Volume, atlas_labels: Volume, validation) -> float:
@@ -212,9 +221,7 @@ def _one_hot(labels: np.ndarray, values: list[int]):
     """(X, Y, Z) label map -> (1, 1 + len(values), X, Y, Z) float one-hot, channel 0 = background."""
     import torch
 
-    lut = np.zeros(max(int(labels.max()), max(values)) + 1, np.int64)
-    lut[values] = np.arange(1, len(values) + 1)
-    index = torch.from_numpy(lut[labels.astype(np.int64)])
+    index = torch.from_numpy(label_indices(labels, [0, *values]))
     return torch.nn.functional.one_hot(index, len(values) + 1).movedim(-1, 0)[None].float()
 
 
