@@ -77,7 +77,7 @@ def main() -> None:
             encoder=reg_spec["encoder"],
             out=runs / spec["registration"],
             resume=True,
-            **settings,
+            config=settings,
         )
     registration = load_model(runs / spec["registration"])
     atlas, atlas_labels = task.atlas.load()
@@ -126,7 +126,7 @@ def main() -> None:
             out=out,
             resume=True,
             pseudo_model=runs / pseudo_model if pseudo_model else None,
-            **settings,
+            config=settings,
         )
         train_s = load_checkpoint(out, "rrl-medsam").get("elapsed")
         model = load_model(out)

@@ -31,7 +31,7 @@ def score_row(args: argparse.Namespace, name: str, overrides: dict, prior: bool,
     import torch
     from cotrain import checkpoint_name
 
-    from napari_rrl_medsam.api import cotrainer, evaluate, load_model, load_task, segment
+    from napari_rrl_medsam.api import cotrain, evaluate, load_model, load_task, segment
 
     torch.set_num_threads(args.threads)
     spec = json.loads((HERE.parent / "training" / "cotrain.json").read_text())
@@ -41,7 +41,8 @@ def score_row(args: argparse.Namespace, name: str, overrides: dict, prior: bool,
     settings = {**spec["settings"], **overrides, "checkpoint_every": 500, "validate_every": 500}
     out = runs / checkpoint_name(f"gpu {name}")
     curve, step, started = [], 0, None
-    events = cotrainer(task, registration=registration, out=out, resume=True, preview_every=0, **settings)
+    settings["preview_every"] = 0
+    events = cotrain(task, registration=registration, out=out, resume=True, config=settings, events=True)
     for event in events:
         if event.stage != "co-training":
             continue

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from napari_rrl_medsam.api import (
-    cotrainer,
+    cotrain,
     evaluate,
     load_model,
     load_volume,
@@ -57,7 +57,7 @@ def main() -> None:
     reg_path = runs / f"registration_{args.registration_steps}.pt"
     if not reg_path.exists():
         t = time.perf_counter()
-        train_registration(task, out=reg_path, steps=args.registration_steps)
+        train_registration(task, out=reg_path, config={"steps": args.registration_steps})
         print(f"registration network, {args.registration_steps} steps: {time.perf_counter() - t:.0f} s", flush=True)
     registration = load_model(reg_path)
     settings = {
@@ -70,9 +70,8 @@ def main() -> None:
     out = runs / f"cotrain_{args.tag}.pt"
     out.unlink(missing_ok=True)  # a fresh run: its times are the point
     t = time.perf_counter()
-    for event in cotrainer(
-        task, registration=registration, out=out, validation=[(i, lab) for _, i, lab in cases], **settings
-    ):
+    validation = [(i, lab) for _, i, lab in cases]
+    for event in cotrain(task, registration=registration, out=out, validation=validation, config=settings, events=True):
         if event.metrics:
             print(
                 f"  step {event.step}: {time.perf_counter() - t:.0f} s, validation Dice "

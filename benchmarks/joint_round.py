@@ -68,8 +68,7 @@ def registration_round(args, task, runs: Path, model_path: Path, old_path: Path,
         init=old_path,
         out=new_path,
         resume=True,
-        steps=args.registration_steps,
-        dice_weight=args.dice_weight,
+        config={"steps": args.registration_steps, "dice_weight": args.dice_weight},
         segmentations=segmentations,
     )
     print(
@@ -147,7 +146,7 @@ def main() -> None:
             out=out,
             resume=True,
             pseudo_model=pseudo_model,
-            **settings,
+            config=settings,
         )
         print(f"{arm}: {time.perf_counter() - t:.0f} s", flush=True)
         continued = load_model(out)

@@ -39,7 +39,7 @@ def main() -> None:
     task = load_task(data / spec["task"], split=spec["split"], check=False)
     if args.train:
         start = time.perf_counter()
-        train_registration(task, encoder=spec["encoder"], out=args.model, resume=True, **spec["settings"])
+        train_registration(task, encoder=spec["encoder"], out=args.model, resume=True, config=spec["settings"])
         print(f"training: {time.perf_counter() - start:.0f} s")
     model = load_model(args.model)
     atlas, atlas_labels = task.atlas.load()

@@ -94,19 +94,20 @@ def step_time(task, registration, settings) -> None:
     """Seconds per co-training step of the recipe with and without synthetic pairs (20 steps each)."""
     import tempfile
 
-    from napari_rrl_medsam.api import cotrainer
+    from napari_rrl_medsam.api import cotrain
 
     for name, override in (
         ("no synthetic pairs", {"synthetic_probability": 0.0}),
         ("all synthetic pairs", {"synthetic_probability": 1.0 - settings["atlas_probability"]}),
     ):
         with tempfile.TemporaryDirectory() as tmp:
-            run = cotrainer(
+            run = cotrain(
                 task,
                 registration=registration,
                 out=Path(tmp) / "m.pt",
                 validation=False,
-                **{
+                events=True,
+                config={
                     **settings,
                     **override,
                     "steps": 25,

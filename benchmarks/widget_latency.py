@@ -70,18 +70,23 @@ def direct(args, out: Path) -> dict[str, float]:
     reg, cot = settings(args)
     encoder = api.load_encoder()
     stages = (
-        lambda: api.registration_trainer(
-            atlas=atlas, atlas_labels=labels, unlabelled=unlabelled, encoder=encoder, out=out / "registration.pt", **reg
+        lambda: api.train_registration(
+            atlas=(atlas, labels),
+            unlabelled=unlabelled,
+            encoder=encoder,
+            out=out / "registration.pt",
+            config=reg,
+            events=True,
         ),
-        lambda: api.cotrainer(
-            atlas=atlas,
-            atlas_labels=labels,
+        lambda: api.cotrain(
+            atlas=(atlas, labels),
             unlabelled=unlabelled,
             encoder=encoder,
             registration=out / "registration.pt",
             out=out / "rrl_medsam.pt",
             validation=[],
-            **cot,
+            config=cot,
+            events=True,
         ),
     )
     return step_rates(chain.from_iterable(stage() for stage in stages))  # co-training starts once registration is done
@@ -93,7 +98,8 @@ def direct_dskd(args, out: Path) -> dict[str, float]:
 
     volumes = [case.load()[0] for case in api.sample_task(check=False).unlabelled]
     out.mkdir(parents=True, exist_ok=True)
-    return step_rates(api.distiller(volumes, None, "litemedsam", None, out / "encoder.pt", **dskd_settings(args)))
+    events = api.distill(volumes, teacher="litemedsam", out=out / "encoder.pt", config=dskd_settings(args), events=True)
+    return step_rates(events)
 
 
 def dskd_settings(args) -> dict:

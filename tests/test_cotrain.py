@@ -184,17 +184,17 @@ def test_api_and_cli_faces(setup, capsys):
     from napari_rrl_medsam.cli import main
 
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
-    out = api.cotrain(
-        atlas=atlas,
-        atlas_labels=atlas_labels,
+    out = tmp / "api.pt"
+    model = api.cotrain(
+        atlas=(atlas, atlas_labels),
         unlabelled=targets,
         registration=registration,
         encoder=encoder,
-        out=tmp / "api.pt",
+        out=out,
         progress=False,
-        **cfg(steps=2).to_dict(),
+        config=cfg(steps=2),
     )
-    model = api.load_model(out, device="cpu")
+    assert model.source == str(out.resolve()) and model.registration is not None  # the trained model, returned
     result = api.segment(model, targets[1])
     assert np.array_equal(result.labels.affine, targets[1].affine)
     folder = tmp / "inputs"
@@ -276,13 +276,13 @@ def test_api_and_cli_faces(setup, capsys):
     )
     assert "--atlas-labels" in capsys.readouterr().err
     # a co-trained model also registers: it can stand where a registration model is asked for
-    again = api.cotrainer(
-        atlas=atlas,
-        atlas_labels=atlas_labels,
+    again = api.cotrain(
+        atlas=(atlas, atlas_labels),
         unlabelled=targets,
         registration=out,
         encoder=encoder,
         out=tmp / "again.pt",
-        **cfg(steps=1).to_dict(),
+        config=cfg(steps=1).to_dict(),
+        events=True,
     )
     assert [e.stage for e in again][-1] == "co-training"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_rrl_medsam.api import InputError, Volume, distill, distiller
+from napari_rrl_medsam.api import InputError, Volume, distill
 from napari_rrl_medsam.core.cache import EmbeddingCache
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
 from napari_rrl_medsam.core.engines.distill import DistillConfig, distill_engine, fidelity, load_encoder
@@ -135,29 +135,33 @@ def test_api_distill_from_volumes_and_a_photo_folder(tmp_path, teacher, monkeypa
     monkeypatch.setenv("RRL_MEDSAM_CACHE", str(tmp_path / "cache"))
     photos = write_photos(tmp_path / "photos", (40, 50), ".jpg")
     vol = Volume(np.random.default_rng(0).random((40, 40, 30)).astype(np.float32), np.eye(4))
-    out = distill(
+    settings = dict(natural_steps=2, medical_steps=2, batch_size=2, slices_per_volume=3, device="cpu")
+    encoder = distill(
         [vol],
-        photos,
-        teacher,
+        natural=photos,
+        teacher=teacher,
         out=tmp_path / "enc.pt",
         progress=False,
-        natural_steps=2,
-        medical_steps=2,
-        batch_size=2,
-        slices_per_volume=3,
-        device="cpu",
-        encoder=EncoderConfig(**TINY.to_dict()),
+        config={**settings, "encoder": EncoderConfig(**TINY.to_dict())},
     )
-    encoder = load_encoder(out)
-    assert encoder.teacher["name"] == "tiny" and encoder.steps == 4
-    with pytest.raises(InputError, match="distillation settings are"):
-        distiller([vol], photos, teacher, out=tmp_path / "x.pt", no_such_setting=1)
+    assert encoder.teacher["name"] == "tiny" and encoder.steps == 4  # the distilled encoder, returned
+    assert encoder.source == str((tmp_path / "enc.pt").resolve())
+    saved = load_encoder(tmp_path / "enc.pt").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in encoder.state_dict().items())
+    with pytest.raises(InputError, match="DistillConfig fields are"):
+        distill([vol], natural=photos, teacher=teacher, out=tmp_path / "x.pt", config={"no_such_setting": 1})
+    with pytest.raises(InputError, match="config is a DistillConfig or a dict"):
+        distill([vol], teacher=teacher, out=tmp_path / "x.pt", config=["natural_steps", 2])
 
 
 def test_a_volume_too_small_for_the_encoder_is_named(tmp_path, teacher):
     tiny = Volume(np.ones((10, 12, 8), np.float32), np.eye(4), path=None)
     with pytest.raises(InputError, match="too small for the encoder: its slices are 5 x 6 voxels at 2 mm"):
-        next(distiller([tiny], False, teacher, out=tmp_path / "x.pt", device="cpu"))
+        next(
+            distill(
+                [tiny], natural=False, teacher=teacher, out=tmp_path / "x.pt", config={"device": "cpu"}, events=True
+            )
+        )
 
 
 def test_cli_distill_with_the_real_litemedsam_teacher(tmp_path, monkeypatch, capsys):

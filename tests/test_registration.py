@@ -163,15 +163,15 @@ def test_api_and_cli_faces(tmp_path, capsys):
     }
     settings = config().to_dict()
     settings["network"] = RegistrationConfig(**{**settings["network"], "channels": (4, 8, 8, 8)})
-    out = api.train_registration(
-        atlas=paths["atlas"],
-        atlas_labels=paths["atlas_seg"],
+    out = tmp_path / "r.pt"
+    model = api.train_registration(
+        atlas=(paths["atlas"], paths["atlas_seg"]),
         unlabelled=[paths["target"]],
-        out=tmp_path / "r.pt",
+        out=out,
         progress=False,
-        **settings,
+        config=settings,
     )
-    model = api.load_model(out, device="cpu")
+    assert model.source == str(out.resolve()) and model.grid.shape == api.load_model(out).grid.shape
     result = api.register(model, (paths["atlas"], paths["atlas_seg"]), paths["target"])
     assert np.array_equal(result.warped_labels.affine, target.affine)
     assert (
@@ -196,8 +196,14 @@ def test_api_and_cli_faces(tmp_path, capsys):
     assert "folding" in capsys.readouterr().out
     written = api.load_volume(tmp_path / "res" / "target_pseudo_labels.nii.gz")
     assert written.kind == "labels" and np.array_equal(written.affine, target.affine)
-    with pytest.raises(InputError, match="registration settings are"):
-        api.registration_trainer(atlas=atlas, atlas_labels=atlas_labels, unlabelled=[target], bogus=1)
+    with pytest.raises(InputError, match="RegistrationTrainConfig fields are"):
+        api.train_registration(atlas=(atlas, atlas_labels), unlabelled=[target], config={"bogus": 1})
+    with pytest.raises(InputError, match=r"atlas is an \(image, labels\) pair"):
+        api.train_registration(atlas=atlas, unlabelled=[target])
+    with pytest.raises(InputError, match="needs its labels"):
+        api.train_registration(atlas=(atlas, None), unlabelled=[target])
+    with pytest.raises(InputError, match="not both"):
+        api.train_registration(api.sample_task(check=False), atlas=(atlas, atlas_labels))
     # whatever fills the atlas-labels slot is a label map: an integer map loaded as an image is warped as labels
     (tmp_path / "labels").mkdir()
     in_task = api.save_volume(Volume(atlas_labels.array, atlas.affine), tmp_path / "labels" / "atlas.nii.gz")

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -296,27 +297,21 @@ def sample_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
     task = api.sample_task(check=False)
     task.unlabelled = task.unlabelled[:1]
+    network = RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4)
     reg = api.train_registration(
         task,
         out=tmp / "reg.pt",
-        steps=1,
-        use_features=False,
-        device="cpu",
+        config=api.RegistrationTrainConfig(steps=1, use_features=False, device="cpu", network=network),
         progress=False,
-        network=RegistrationConfig(channels=(4, 8, 8, 8), integration_steps=4),
     )
-    return api.cotrain(
+    model = api.cotrain(
         task,
         registration=reg,
         out=tmp / "model.pt",
-        steps=1,
-        slab=4,
-        image_size=32,
-        decoder_width=8,
-        use_dskd=False,
-        device="cpu",
+        config={"steps": 1, "slab": 4, "image_size": 32, "decoder_width": 8, "use_dskd": False, "device": "cpu"},
         progress=False,
     )
+    return Path(model.source)
 
 
 def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, qtbot, tmp_path, sample_model):

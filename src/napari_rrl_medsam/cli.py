@@ -58,7 +58,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         QUICK,
         check_output_folder,
         evaluate,
-        load_model,
         load_volume,
         register,
         resample,
@@ -92,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\n[1/2] training: the registration network, {args.registration_steps} steps (shipped general encoder's "
         f"features), then co-training (general + medical branches, mutual EMA, auto-prompt), {args.cotrain_steps} steps"
     )
-    _, model_path = train_one_shot(
+    model = train_one_shot(  # the co-trained model: it holds the registration it was trained with
         task,
         out=out,
         resume=args.overwrite,
@@ -100,7 +99,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cotrain={**quick, "refine_steps": args.refine_steps, "device": args.device},
     )
     print("[2/2] segmentation")
-    model = load_model(model_path, args.device)  # it holds the registration it was trained with
     rows = []
     for case, image, truth in targets:
         before = evaluate(resample(atlas_labels, image.grid), truth, task.eval_labels, hd95=False).mean_dice
@@ -143,8 +141,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    out = distill(volumes, natural, args.teacher, args.sam_checkpoint, args.out, args.resume, **settings)
-    print(f"wrote {out}")
+    distill(
+        volumes,
+        natural=natural,
+        teacher=args.teacher,
+        teacher_checkpoint=args.sam_checkpoint,
+        out=args.out,
+        resume=args.resume,
+        config=settings,
+    )
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -165,8 +171,8 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
     if args.no_features:
         settings["use_features"] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
-    out = train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init, **settings)
-    print(f"wrote {out}")
+    train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init, config=settings)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -213,7 +219,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             settings[key] = False
     task = load_task(args.task, atlas=args.atlas, check=False)
-    out = cotrain(
+    cotrain(
         task,
         registration=args.registration,
         encoder=args.encoder,
@@ -221,9 +227,9 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
         resume=args.resume,
         init=args.init,
         pseudo_model=args.pseudo_model,
-        **settings,
+        config=settings,
     )
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -19,12 +19,11 @@ def one_shot_training(
     cotrain: dict,
 ) -> Iterator:
     """`api.train_one_shot`'s events: registration (skipped when its checkpoint in `out` is complete), then
-    co-training. `validation`: an (image, labels) pair or None; `registration` / `cotrain`: engine settings."""
+    co-training. `validation`: an (image, labels) pair or None; `registration` / `cotrain`: config dicts."""
     from ..api import train_one_shot
 
     yield from train_one_shot(
-        atlas=atlas,
-        atlas_labels=atlas_labels,
+        atlas=(atlas, atlas_labels),
         unlabelled=unlabelled,
         encoder=encoder,
         out=out,
@@ -48,12 +47,21 @@ def distillation(
 ) -> Iterator:
     """DSKD with an embedding preview at each checkpoint. `cache_dir`: where teacher embeddings (and a
     downloaded teacher) go in this process; None: the user cache folder."""
-    from ..api import distiller, embedding_preview, set_cache_dir
+    from ..api import distill, embedding_preview, set_cache_dir
 
     if cache_dir is not None:
         set_cache_dir(cache_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    events = distiller(volumes, natural, teacher, teacher_checkpoint, out, resume, **settings)
+    events = distill(
+        volumes,
+        natural=natural,
+        teacher=teacher,
+        teacher_checkpoint=teacher_checkpoint,
+        out=out,
+        resume=resume,
+        config=settings,
+        events=True,
+    )
     try:
         for event in events:
             if event.checkpoint is not None and volumes:

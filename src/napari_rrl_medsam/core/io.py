@@ -39,6 +39,11 @@ _UNIT_MM = {
 
 
 def is_volume_path(path: str | Path) -> bool:
+    """Whether `path` names a volume file this product reads (NIfTI or TIFF, by its suffix).
+
+    Args:
+        path: a file name or path.
+    """
     return str(path).lower().endswith(SUFFIXES)
 
 
@@ -198,7 +203,13 @@ def read_grid(path: str | Path) -> Grid:
 
 
 def load_volume(path: str | Path, kind: Kind | None = None) -> Volume:
-    """Read a 3D NIfTI or TIFF volume with its affine; `kind` None guesses image vs label map."""
+    """Read a 3D NIfTI or TIFF volume with its affine; `kind` None guesses image vs label map.
+
+    Args:
+        path: a NIfTI (.nii, .nii.gz) or TIFF (.tif, .tiff) file.
+        kind: "image" or "labels"; None: labels when the NIfTI intent says so, or an integer file named like a
+            label map or in a folder named like one (a task's `labels/`), else image.
+    """
     path = _check_path(path)
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         img = _nifti(path)
@@ -304,7 +315,13 @@ def label_dtype(array: np.ndarray) -> np.dtype:
 
 
 def save_volume(volume: Volume, path: str | Path, overwrite: bool = False) -> Path:
-    """Write a volume to NIfTI (or TIFF) with its affine; atomic; refuses to overwrite unless asked."""
+    """Write a volume to NIfTI (or TIFF) with its affine; atomic; refuses to overwrite unless asked.
+
+    Args:
+        volume: the volume (its affine goes into the file).
+        path: the file; its suffix chooses NIfTI or TIFF; its folder is created.
+        overwrite: replace an existing file.
+    """
     path = Path(path)
     if not is_volume_path(path):
         raise InputError(f"{path}: choose a file name ending in .nii.gz, .nii, .tif or .tiff")

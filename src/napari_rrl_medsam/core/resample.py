@@ -15,7 +15,12 @@ from .volume import Grid, Volume
 
 
 def working_grid(grid: Grid | Volume, spacing: float = 2.0) -> Grid:
-    """An RAS-oriented isotropic grid of voxel size `spacing` mm covering `grid`'s field of view."""
+    """An RAS-oriented isotropic grid of voxel size `spacing` mm covering `grid`'s field of view.
+
+    Args:
+        grid: a grid or a volume.
+        spacing: the voxel size in mm.
+    """
     if isinstance(grid, Volume):
         grid = grid.grid
     if spacing <= 0:
@@ -45,7 +50,11 @@ def is_exact_map(source: Grid, target: Grid, atol: float = 1e-4) -> bool:
 
 
 def same_voxels(source: Grid, target: Grid) -> bool:
-    """True when `target` holds exactly the voxels of `source`, maybe reoriented: a lossless change of grid."""
+    """True when `target` holds exactly the voxels of `source`, maybe reoriented: a lossless change of grid.
+
+    Args:
+        source, target: the two grids.
+    """
     if not is_exact_map(source, target) or np.prod(source.shape) != np.prod(target.shape):
         return False
     m = np.round(_index_map(source, target))
@@ -70,6 +79,11 @@ def resample(volume: Volume, target: Grid, order: int | None = None) -> Volume:
     default; `order=1` interpolates each label's mask linearly and keeps the most likely label,
     which follows boundaries much better when changing resolution. When the target's voxels
     coincide with the source's (identity, reorientation, integer shift), values are copied exactly.
+
+    Args:
+        volume: an image or label map.
+        target: the grid to sample it on.
+        order: the interpolation: None (linear for images, nearest for labels), 0, 1, 3 (spline order).
     """
     if volume.array.ndim != 3:
         raise InputError(f"resampling needs a 3D volume, got shape {volume.shape}")
@@ -126,12 +140,21 @@ def _soft_labels(labels: np.ndarray, m: np.ndarray, shape: tuple[int, ...]) -> n
 
 
 def to_working(volume: Volume, spacing: float = 2.0) -> Volume:
-    """`volume` resampled onto its working grid (`working_grid(volume, spacing)`)."""
+    """`volume` resampled onto its working grid (`working_grid(volume, spacing)`).
+
+    Args:
+        volume: an image or label map.
+        spacing: the working voxel size in mm.
+    """
     return resample(volume, working_grid(volume, spacing))
 
 
 def reorient_canonical(volume: Volume) -> Volume:
-    """The same voxels with axes flipped/permuted to the closest RAS orientation (exact, no interpolation)."""
+    """The same voxels with axes flipped/permuted to the closest RAS orientation (exact, no interpolation).
+
+    Args:
+        volume: an image or label map.
+    """
     import nibabel.orientations as nio
 
     ornt = nio.io_orientation(volume.affine)
@@ -143,7 +166,12 @@ def reorient_canonical(volume: Volume) -> Volume:
 
 
 def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Clip to the [low, high] percentiles and scale to [0, 1] (float32): robust to hot voxels."""
+    """Clip to the [low, high] percentiles and scale to [0, 1] (float32): robust to hot voxels.
+
+    Args:
+        array: the intensities.
+        low, high: the percentiles clipped to.
+    """
     array = np.asarray(array, dtype=np.float32)
     lo, hi = np.percentile(array, [low, high])
     if hi <= lo:

