@@ -10,7 +10,9 @@ PLUGIN = "napari-rrl-medsam"
 def test_sample_data_opens_with_physical_scale(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "oneshot_brain")
-    assert [layer.name for layer in viewer.layers] == ["atlas", "atlas labels", "target01", "target02", "target03"]
+    names = ["atlas", "target01", "target02", "target03", "atlas labels", "target03 labels"]
+    assert [layer.name for layer in viewer.layers] == names  # labels above the images, readable
+    assert [layer._type_string for layer in viewer.layers][-2:] == ["labels", "labels"]  # the evaluation truth too
     for layer in viewer.layers:
         assert np.allclose(layer.scale, (1.5, 1.5, 1.5))
         # every volume spans the same 144 x 168 x 144 mm box centred on the world origin

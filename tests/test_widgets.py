@@ -226,6 +226,12 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
 
     assert changes("live: warped atlas", "registration") >= 1  # the registration moves the atlas
     assert changes("live: segmentation", "co-training") >= 1 and changes("live: auto-prompt mask", "co-training") >= 1
+    assert not viewer.layers["live: warped atlas"].visible  # it would hide the current volume
+    shown = [n for n in live if viewer.layers[n]._type_string == "labels" and viewer.layers[n].visible]
+    assert shown == ["live: segmentation"]  # one live labels layer at a time, the others one click away
+    index = {layer.name: i for i, layer in enumerate(viewer.layers)}
+    labels = [i for i, layer in enumerate(viewer.layers) if layer._type_string == "labels"]
+    assert max(index["live: current volume"], index["live: warped atlas"]) < min(labels)  # images under labels
     assert viewer.layers["live: segmentation"].data.shape == (24, 24, 24)
     assert np.allclose(viewer.layers["live: segmentation"].scale, 2.0)  # the 2 mm working grid, in mm
     validation = {"val_dice_registration", "val_dice", "val_dice_general"}
@@ -235,6 +241,13 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     state = load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")
     assert state["step"] == 4 and state["complete"]
     assert "rrl_medsam.pt" in widget.checkpoint_label.text()
+    assert not widget.buttons["Resume"].isEnabled()  # a finished run has nothing to resume
+    f.out.value = str(tmp_path / "run2")  # a new run starts with none of the last run's live layers or figures
+    widget.start()
+    assert not [n for n in live if n in viewer.layers] and widget.checkpoint_label.text() == ""
+    assert widget.bar.value() <= 0
+    widget.stop()
+    wait_done(qtbot, widget)
 
 
 def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
@@ -255,6 +268,7 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     qtbot.wait(700)
     assert len(steps) == paused_at  # nothing runs while paused
     assert widget.buttons["Resume"].isEnabled() and not widget.buttons["Pause"].isEnabled()
+    assert widget.status.text().startswith(f"paused at co-training step {steps[-1]}/8: Resume continues")
     widget.stop()  # Stop while paused: the engine is closed and saves its checkpoint
     wait_done(qtbot, widget)
     saved = load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")
@@ -268,6 +282,7 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     assert [e.stage for e in resumed] == ["co-training"] * (8 - saved["step"])  # registration was complete
     assert [e.step for e in resumed] == list(range(saved["step"] + 1, 9))
     assert load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")["complete"]
+    assert not widget.buttons["Resume"].isEnabled() and widget.buttons["Start"].isEnabled()
 
 
 def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(
@@ -330,6 +345,11 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     )
     f.register.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and "target02 pseudo labels" in viewer.layers, timeout=LONG)
+    kinds = [layer._type_string for layer in viewer.layers]
+    assert kinds == sorted(kinds)  # every image under every labels layer: the pseudo labels are seen
+    for derived in ("warped atlas", "displacement mm", "Jacobian determinant"):
+        assert not viewer.layers[f"target02 {derived}"].visible  # derived maps: hidden, one click away
+    assert viewer.layers["target02 pseudo labels"].visible and f.prediction.value.name == "target02 pseudo labels"
     f.segment.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and "target02 RRL-MedSAM labels" in viewer.layers, timeout=LONG)
     for name, kind in (
@@ -345,6 +365,8 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
         assert np.allclose(layer.scale, (1.5, 1.5, 1.5)) and np.allclose(layer.translate, target.translate)
         assert np.array_equal(layer.metadata["source_affine"], target.metadata["source_affine"])
     labels = viewer.layers["target02 RRL-MedSAM labels"]
+    assert labels.visible and not viewer.layers["target02 pseudo labels"].visible
+    assert not viewer.layers["target02 auto-prompt"].visible and f.prediction.value is labels
     assert set(np.unique(labels.data)) <= set(np.unique(viewer.layers["atlas labels"].data))
     assert viewer.layers["target02 displacement mm"].data.max() > 0
     # Segment with the registration prior: the fused labels move toward the warped atlas labels
@@ -352,7 +374,8 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     f.prior.value = True
     f.segment.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=LONG)
-    fused = viewer.layers["target02 RRL-MedSAM labels"].data
+    fused = viewer.layers["target02 RRL-MedSAM + prior labels"].data  # a layer of its own
+    assert np.array_equal(labels.data, unfused) and not labels.visible
     assert np.mean(fused == pseudo) > np.mean(unfused == pseudo)
     f.prior.value = False
     # Segment mirrored: what api.segment(mirror=FreeSurfer's pairs) gives, placed like the target
@@ -367,6 +390,12 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     assert np.array_equal(mirrored, like_layer(expected, target, "x", "labels")[0])
     assert not np.array_equal(mirrored, unfused)
     f.mirror.value = False
+    # a registration model cannot segment: said in the widget's words
+    f.model.value = sample_model.parent / "reg.pt"
+    f.segment.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=LONG)
+    assert "reg.pt is a registration model" in widget.status.text() and "rrl_medsam.pt" in widget.status.text()
+    f.model.value = sample_model
     out = tmp_path / "target02_labels.nii.gz"
     (truth,) = viewer.open(str(SAMPLE_DIR / "labels" / "target02.nii.gz"), plugin=PLUGIN)
     f.prediction.value, f.truth.value = viewer.layers["target02 pseudo labels"], truth
@@ -379,6 +408,46 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     source = nib.load(SAMPLE_DIR / "images" / "target02.nii.gz")
     saved = nib.load(out)
     assert np.array_equal(saved.affine, source.affine) and saved.shape == source.shape
+
+
+def test_choosers_offer_what_fits_and_default_to_the_next_step(make_napari_viewer, qtbot, tmp_path, notifications):
+    from napari_rrl_medsam._widgets.layers import like_layer, to_volume
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "oneshot_brain")
+    widget = open_widget(viewer, "Register and segment")
+    f = widget.form
+    assert (f.atlas.value.name, f.atlas_labels.value.name, f.target.value.name) == ("atlas", "atlas labels", "target01")
+    assert "atlas" not in [layer.name for layer in f.target.choices]  # never its own target
+    assert f.truth.value.name == "target03 labels"  # not the atlas's
+    # a widget's outputs are never offered as inputs; the newest result is the prediction
+    like = viewer.layers["target01"]
+    widget.show_result(
+        like_layer(to_volume(viewer.layers["atlas labels"]), like, "target01 pseudo labels", "labels"), like
+    )
+    assert f.prediction.value.name == "target01 pseudo labels"
+    assert "target01 pseudo labels" not in [x.name for x in f.truth.choices + f.atlas_labels.choices]
+    training = open_widget(viewer, "One-shot training")
+    g = training.form
+    assert [x.name for x in g.unlabelled.choices] == ["target01", "target02", "target03"]
+    assert (g.val_image.value.name, g.val_labels.value.name) == ("target03", "target03 labels")
+    # a label map opened as an image is refused where an image is asked for, in words the user can act on
+    scale = viewer.layers["atlas"].scale
+    as_image = viewer.add_image(viewer.layers["atlas labels"].data.astype(np.int16), name="seg as image", scale=scale)
+    f.model.value, f.target.value = tmp_path / "model.pt", as_image
+    f.segment.changed.emit(True)
+    errors = [str(n.message) for n in notifications if "looks like a label map" in str(n.message)]
+    assert errors and "'seg as image'" in errors[0] and "Convert to Labels" in errors[0] and widget.worker is None
+
+
+def test_every_field_has_a_tooltip(make_napari_viewer):
+    from magicgui.widgets import PushButton
+
+    viewer = make_napari_viewer()
+    for name in ("One-shot training", "Register and segment", "Encoder distillation (DSKD)"):
+        form = open_widget(viewer, name).form
+        missing = [w.name for w in form if not isinstance(w, PushButton) and not w.tooltip]
+        assert not missing, f"{name}: no tooltip on {missing}"
 
 
 def test_evaluate_gives_the_expected_dice_and_exports_csv(make_napari_viewer, qtbot, tmp_path):
@@ -411,9 +480,9 @@ def test_widgets_are_in_the_layers_segment_menu_and_follow_the_layers(make_napar
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Register and segment")
     image = viewer.add_image(np.zeros((4, 4, 4), np.float32), name="a")
-    assert widget.form.target.choices == (image,)
+    assert widget.form.atlas.choices == (image,) and widget.form.target.choices == ()  # the atlas is no target
     image.name = "b"
-    assert widget.form.target.native.itemText(0) == "b"
+    assert widget.form.atlas.native.itemText(0) == "b"
     viewer.window.remove_dock_widget(dock)
     alive = weakref.ref(widget)
     del widget, dock
@@ -487,3 +556,26 @@ def test_each_setting_has_one_default_that_every_face_reads(make_napari_viewer):
     assert api.defaults("registration")["steps"] == 1000 and recipe["steps"] == 1500  # the recipe's, not a face's
     with pytest.raises(api.InputError, match="stage"):
         api.defaults("segment")
+
+
+def test_the_plot_has_a_panel_per_stage_in_words_a_user_knows_and_draws_a_single_point(qtbot):
+    from napari_rrl_medsam._widgets.plot import LivePlot, display_name
+
+    plot = LivePlot("one-shot training")
+    qtbot.addWidget(plot)
+    plot.resize(420, 400)
+    plot.add(1, {"loss": -0.3, "ncc": -0.31, "smooth": 0.01}, "registration")
+    plot.add(2, {"loss": -0.35, "ncc": -0.36, "smooth": 0.012}, "registration")
+    plot.add(1, {"loss": 5.0, "general": 2.5, "medical": 2.5}, "co-training")
+    plot.add(2, {"loss": 4.0, "general": 2.0, "medical": 2.0}, "co-training")
+    assert list(plot.stages) == ["registration", "co-training"]  # one panel each: their losses differ in kind
+    assert plot.minimumHeight() > 2 * 100
+    before = plot.grab().toImage()
+    plot.add(2, {"val_dice": 0.61}, "co-training")  # one validation point
+    after = plot.grab().toImage()
+    assert before != after  # ... is drawn
+    assert display_name("val_dice") == "validation Dice, final"
+    assert display_name("val_dice_general") == "validation Dice, auto-prompt"
+    assert display_name("ncc") == "image similarity (NCC)"
+    plot.clear()
+    assert not plot.stages and not plot.series

@@ -10,10 +10,10 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
 from qtpy.QtCore import QTimer
 
-from .dskd import DEVICES, volume_files
+from .dskd import DEVICE_TIP, DEVICES, volume_files
 from .jobs import one_shot_training
-from .layers import layer_choices, show_volume, to_volume
-from .runner import TrainingPanel
+from .layers import field_value, has_labels, image_volume, layer_choices, named, role, show_only, show_volume, to_volume
+from .runner import TrainingPanel, unfinished
 from .settings import load_settings, path_or_none, save_settings
 from .torch_import import import_torch_stack
 
@@ -25,6 +25,7 @@ LIVE = {
     "auto_prompt": ("live: auto-prompt mask", "labels"),
     "segmentation": ("live: segmentation", "labels"),
 }
+WATCH = ("segmentation", "pseudo_labels", "auto_prompt")  # the live labels layer shown: the first there is
 
 
 class CotrainWidget(TrainingPanel):
@@ -40,15 +41,49 @@ class CotrainWidget(TrainingPanel):
         s, quick = load_settings(), QUICK
         recipe = (defaults("registration")["steps"], defaults("cotrain"))
         budget = "the quick budget (about 7 minutes for the bundled sample on 2 CPU cores)"
-        v = napari_viewer
+        v, built = napari_viewer, {}
+        atlas = lambda: [field_value(built.get("form"), "atlas")]  # noqa: E731
+        atlas_labels = lambda: [field_value(built.get("form"), "atlas_labels")]  # noqa: E731
         form = Container(
             widgets=[
-                ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
-                ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
-                Select(name="unlabelled", label="unlabelled volumes", choices=layer_choices(v, "image")),
-                FileEdit(name="folder", label="or a folder", mode="d", nullable=True, value=s.get("cotrain.folder")),
-                ComboBox(name="val_image", label="validation image", choices=layer_choices(v, "image", True)),
-                ComboBox(name="val_labels", label="validation labels", choices=layer_choices(v, "labels", True)),
+                ComboBox(
+                    name="atlas",
+                    label="atlas image",
+                    choices=layer_choices(v, "image", prefer=named("atlas")),
+                    tooltip="the one labelled volume",
+                ),
+                ComboBox(
+                    name="atlas_labels",
+                    label="atlas labels",
+                    choices=layer_choices(v, "labels", prefer=named("atlas")),
+                    tooltip="the atlas's label map: the structures the model learns",
+                ),
+                Select(
+                    name="unlabelled",
+                    label="unlabelled volumes",
+                    choices=layer_choices(v, "image", exclude=atlas),
+                    tooltip="the volumes without labels the registration and the model train on (select several)",
+                ),
+                FileEdit(
+                    name="folder",
+                    label="or a folder",
+                    mode="d",
+                    nullable=True,
+                    value=s.get("cotrain.folder"),
+                    tooltip="a folder of unlabelled NIfTI / TIFF volumes, used with the layers selected above",
+                ),
+                ComboBox(
+                    name="val_image",
+                    label="validation image",
+                    choices=layer_choices(v, "image", True, prefer=has_labels(v), exclude=atlas),
+                    tooltip="optional: a labelled volume (not trained on) whose Dice the plot shows as training goes",
+                ),
+                ComboBox(
+                    name="val_labels",
+                    label="validation labels",
+                    choices=layer_choices(v, "labels", True, prefer=named(" labels"), exclude=atlas_labels),
+                    tooltip="the validation image's true label map",
+                ),
                 FileEdit(
                     name="encoder",
                     label="encoder",
@@ -82,7 +117,7 @@ class CotrainWidget(TrainingPanel):
                     min=1,
                     max=256,
                     value=recipe[1]["slab"],
-                    tooltip="consecutive slices the 3D decoders see per step",
+                    tooltip=f"consecutive axial slices the 3D decoders see per step (the recipe's {recipe[1]['slab']})",
                 ),
                 SpinBox(
                     name="image_size",
@@ -94,15 +129,20 @@ class CotrainWidget(TrainingPanel):
                     tooltip=f"encoder input per slice: {budget}; about the working grid's slice width (2 mm brain "
                     f"slices are about 112 px: the recipe's {recipe[1]['image_size']})",
                 ),
-                ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+                ComboBox(
+                    name="device", label="device", choices=DEVICES, value=s.get("device", "auto"), tooltip=DEVICE_TIP
+                ),
                 FileEdit(
                     name="out",
                     label="output folder",
                     mode="d",
                     value=s.get("cotrain.out", str(Path.home() / "rrl-medsam" / "run")),
+                    tooltip="registration.pt and rrl_medsam.pt (the model to segment with) are written here; "
+                    "Resume continues the run found there",
                 ),
             ]
         )
+        built["form"] = form
         # further RegistrationTrainConfig / CotrainConfig fields, for scripts (e.g. checkpoint_every, network)
         self.registration_settings: dict = {}
         self.cotrain_settings: dict = {}
@@ -116,7 +156,9 @@ class CotrainWidget(TrainingPanel):
         return out / "registration.pt", out / "rrl_medsam.pt"
 
     def resumable(self) -> bool:
-        return any(p.exists() for p in self.paths())
+        """A run in the output folder that has not finished: registration or co-training short of its steps."""
+        registration, model = self.paths()
+        return unfinished(model) or (registration.exists() and not model.exists())
 
     def job(self, resume: bool) -> Callable[[], Iterator]:
         from ..api import QUICK, working_grid
@@ -124,16 +166,21 @@ class CotrainWidget(TrainingPanel):
         f = self.form
         if f.atlas.value is None or f.atlas_labels.value is None:
             raise ValueError("choose the atlas image and its labels layer.")
-        atlas, labels = to_volume(f.atlas.value), to_volume(f.atlas_labels.value)
-        unlabelled = [to_volume(layer) for layer in f.unlabelled.value if layer is not f.atlas.value]
+        atlas, labels = image_volume(f.atlas.value, "atlas"), to_volume(f.atlas_labels.value)
+        unlabelled = [image_volume(layer, "unlabelled volume") for layer in f.unlabelled.value]
         unlabelled += volume_files(f.folder.value)
         if (f.val_image.value is None) != (f.val_labels.value is None):
             raise ValueError("validation needs both an image and its labels layer (or neither).")
-        validation = (to_volume(f.val_image.value), to_volume(f.val_labels.value)) if f.val_image.value else None
+        validation = None
+        if f.val_image.value is not None:
+            validation = (image_volume(f.val_image.value, "validation"), to_volume(f.val_labels.value))
         reg_path = self.paths()[0]
-        if not resume and self.resumable():
+        if not resume and any(p.exists() for p in self.paths()):
             raise ValueError(
                 f"{reg_path.parent} already holds a run: press Resume to continue it, or choose another output folder."
+                if self.resumable()
+                else f"{reg_path.parent} holds a finished run (its model: {self.paths()[1].name}); choose another "
+                "output folder for a new one."
             )
         device, encoder_path = f.device.value, f.encoder.value
         reg = dict(steps=f.registration_steps.value, device=device, **self.registration_settings)
@@ -175,8 +222,21 @@ class CotrainWidget(TrainingPanel):
             if array is None:
                 continue
             affine = self.grid.affine if self.grid is not None and array.shape == self.grid.shape else np.eye(4)
-            show = partial(show_volume, self.viewer, Volume(np.asarray(array), affine, kind), name)
+            show = partial(self._show_live, key, Volume(np.asarray(array), affine, kind), name)
             if name in self.viewer.layers:
                 show()  # in place: ~10 ms plus the redraw
             else:  # adding a layer takes ~0.2 s: one per turn of the event loop, so the GUI stays responsive
                 QTimer.singleShot(0, show)
+
+    def _show_live(self, key: str, volume, name: str) -> None:
+        """A live layer: images under the labels, the warped atlas hidden (it would hide the current volume), one
+        live labels layer shown at a time: the one most worth watching so far (`WATCH`), the others one click away."""
+        if name in self.viewer.layers:
+            show_volume(self.viewer, volume, name)
+            return
+        live = [x for x in self.viewer.layers if role(x) == "live" and x._type_string == "labels"]
+        watched = [k for k in WATCH if k == key or LIVE[k][0] in {x.name for x in live}]
+        shown = key != "warped_atlas" and (volume.kind == "image" or watched[0] == key)
+        layer = show_volume(self.viewer, volume, name, "live", shown)
+        if volume.kind == "labels" and shown:
+            show_only(self.viewer, layer, live)

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QLabel
 
 from .jobs import distillation
 from .layers import layer_choices, to_volume, upsert
-from .runner import TrainingPanel
+from .runner import TrainingPanel, unfinished
 from .settings import load_settings, path_or_none, save_settings
 from .torch_import import import_torch_stack
 
@@ -22,6 +22,7 @@ TEACHERS = [
     ("SAM ViT-B (download once)", "sam_vit_b"),
 ]
 DEVICES = ["auto", "cpu", "cuda"]
+DEVICE_TIP = "where training runs: auto = a GPU when there is one, else the CPU"
 
 
 def volume_files(folder: Path | None) -> list[Path]:
@@ -45,13 +46,20 @@ class DistillWidget(TrainingPanel):
         form = Container(
             widgets=[
                 self.use_shipped,
-                ComboBox(name="teacher", label="teacher", choices=TEACHERS, value=s.get("dskd.teacher", "litemedsam")),
+                ComboBox(
+                    name="teacher",
+                    label="teacher",
+                    choices=TEACHERS,
+                    value=s.get("dskd.teacher", "litemedsam"),
+                    tooltip="the frozen SAM-family image encoder the small general encoder learns to imitate",
+                ),
                 FileEdit(
                     name="sam_checkpoint",
                     label="SAM ViT-B file",
                     mode="r",
                     nullable=True,
                     value=s.get("dskd.sam_checkpoint"),
+                    tooltip="a SAM ViT-B checkpoint (.pth), for the teacher 'SAM ViT-B from a checkpoint file'",
                 ),
                 FileEdit(
                     name="natural",
@@ -61,13 +69,19 @@ class DistillWidget(TrainingPanel):
                     value=s.get("dskd.natural"),
                     tooltip="folder of JPEG/PNG photographs; empty: the photographs scikit-image ships",
                 ),
-                Select(name="volumes", label="unlabelled volumes", choices=layer_choices(napari_viewer, "image")),
+                Select(
+                    name="volumes",
+                    label="unlabelled volumes",
+                    choices=layer_choices(napari_viewer, "image"),
+                    tooltip="stage 2 learns from axial slices of these volumes (select several)",
+                ),
                 FileEdit(
                     name="volume_folder",
                     label="or a folder",
                     mode="d",
                     nullable=True,
                     value=s.get("dskd.volume_folder"),
+                    tooltip="a folder of unlabelled NIfTI / TIFF volumes, used with the layers selected above",
                 ),
                 SpinBox(
                     name="natural_steps",
@@ -91,9 +105,11 @@ class DistillWidget(TrainingPanel):
                     min=1,
                     max=1024,
                     value=d["batch_size"],
-                    tooltip="slices per step",
+                    tooltip="images per step (with the teacher's embeddings cached, memory grows with it)",
                 ),
-                ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
+                ComboBox(
+                    name="device", label="device", choices=DEVICES, value=s.get("device", "auto"), tooltip=DEVICE_TIP
+                ),
                 FileEdit(
                     name="cache_dir",
                     label="cache folder",
@@ -108,6 +124,7 @@ class DistillWidget(TrainingPanel):
                     mode="w",
                     filter="*.pt",
                     value=s.get("dskd.out", str(Path.home() / "rrl-medsam" / "general_encoder.pt")),
+                    tooltip="the distilled encoder checkpoint; when complete, co-training uses it",
                 ),
             ]
         )
@@ -136,7 +153,7 @@ class DistillWidget(TrainingPanel):
         )
 
     def resumable(self) -> bool:
-        return Path(self.form.out.value).exists()
+        return unfinished(Path(self.form.out.value))
 
     def job(self, resume: bool) -> Callable[[], Iterator]:
         f = self.form
@@ -150,6 +167,12 @@ class DistillWidget(TrainingPanel):
                 "choose unlabelled volumes (image layers or a folder) for the medical stage, or set its steps to 0."
             )
         out = Path(f.out.value)
+        if not resume and out.exists():
+            raise ValueError(
+                f"{out} exists: press Resume to continue it, or choose another file."
+                if self.resumable()
+                else f"{out} is a finished encoder; choose another file for a new one."
+            )
         settings = {
             "natural_steps": f.natural_steps.value,
             "medical_steps": f.medical_steps.value,
@@ -187,6 +210,7 @@ class DistillWidget(TrainingPanel):
             event.preview["embedding"].astype(np.float32),
             {"name": "DSKD: student embedding (a slice)", "colormap": "viridis"},
             "image",
+            "live",
         )
 
     def on_finished(self) -> None:

@@ -12,7 +12,18 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from .dskd import DEVICES
-from .layers import FollowsLayers, layer_choices, like_layer, to_volume, upsert
+from .layers import (
+    FollowsLayers,
+    field_value,
+    image_volume,
+    layer_choices,
+    like_layer,
+    named,
+    role,
+    show_only,
+    to_volume,
+    upsert,
+)
 from .settings import load_settings, save_settings
 from .torch_import import import_torch_stack
 
@@ -30,22 +41,56 @@ class InferenceWidget(QWidget, FollowsLayers):
         self.viewer = napari_viewer
         s = load_settings()
         v = napari_viewer
+        self.form = None
+        atlas, atlas_labels = (
+            (lambda: [field_value(self.form, "atlas")]),
+            (lambda: [field_value(self.form, "atlas_labels")]),
+        )
         self.form = Container(
             widgets=[
                 FileEdit(
-                    name="model", label="model", mode="r", filter="*.pt", nullable=True, value=s.get("inference.model")
+                    name="model",
+                    label="model",
+                    mode="r",
+                    filter="*.pt",
+                    nullable=True,
+                    value=s.get("inference.model"),
+                    tooltip="a trained model: rrl_medsam.pt (co-trained: registers and segments) or registration.pt "
+                    "(registers only), from the one-shot training widget's output folder",
                 ),
-                ComboBox(name="device", label="device", choices=DEVICES, value=s.get("device", "auto")),
-                ComboBox(name="atlas", label="atlas image", choices=layer_choices(v, "image")),
-                ComboBox(name="atlas_labels", label="atlas labels", choices=layer_choices(v, "labels")),
-                ComboBox(name="target", label="target image", choices=layer_choices(v, "image")),
+                ComboBox(
+                    name="device",
+                    label="device",
+                    choices=DEVICES,
+                    value=s.get("device", "auto"),
+                    tooltip="where the network runs: auto = a GPU when there is one, else the CPU",
+                ),
+                ComboBox(
+                    name="atlas",
+                    label="atlas image",
+                    choices=layer_choices(v, "image", prefer=named("atlas")),
+                    tooltip="the labelled volume the model was trained with",
+                ),
+                ComboBox(
+                    name="atlas_labels",
+                    label="atlas labels",
+                    choices=layer_choices(v, "labels", prefer=named("atlas")),
+                    tooltip="the atlas's label map",
+                ),
+                ComboBox(
+                    name="target",
+                    label="target image",
+                    choices=layer_choices(v, "image", exclude=atlas),
+                    tooltip="the volume to register the atlas onto and to segment",
+                ),
                 SpinBox(
                     name="refine_steps",
                     label="refine steps",
                     min=0,
                     max=1000,
                     value=REFINE_STEPS,
-                    tooltip="instance optimisation on this pair: slower, more accurate",
+                    tooltip="instance optimisation of the registration on this pair: slower, more accurate "
+                    f"({REFINE_STEPS} take about 2 s on a brain; 0: the network alone)",
                 ),
                 PushButton(name="register", text="Register"),
                 CheckBox(
@@ -63,8 +108,19 @@ class InferenceWidget(QWidget, FollowsLayers):
                     "and right labels exchanged: for brains labelled like aseg; twice the network's time",
                 ),
                 PushButton(name="segment", text="Segment"),
-                ComboBox(name="prediction", label="prediction", choices=layer_choices(v, "labels")),
-                ComboBox(name="truth", label="ground truth", choices=layer_choices(v, "labels")),
+                ComboBox(
+                    name="prediction",
+                    label="prediction",
+                    choices=layer_choices(v, "labels", inputs=False, prefer=lambda layer: role(layer) == "result"),
+                    tooltip="the label map to score: by default the newest result (Register's pseudo labels or "
+                    "Segment's labels)",
+                ),
+                ComboBox(
+                    name="truth",
+                    label="ground truth",
+                    choices=layer_choices(v, "labels", prefer=lambda layer: layer not in atlas_labels()),
+                    tooltip="the true label map of the same volume (never a result layer)",
+                ),
                 PushButton(name="evaluate", text="Evaluate"),
             ]
         )
@@ -79,6 +135,8 @@ class InferenceWidget(QWidget, FollowsLayers):
         self.form.register.changed.connect(self.register)
         self.form.segment.changed.connect(self.segment)
         self.form.evaluate.changed.connect(self.evaluate)
+        self.form.atlas.changed.connect(self.form.target.reset_choices)  # the atlas is never its own target
+        self.form.atlas_labels.changed.connect(self.form.truth.reset_choices)
         self.export.changed.connect(lambda: self.export_csv())
         self.export.enabled = False
         self.follow_layers(napari_viewer)
@@ -131,8 +189,11 @@ class InferenceWidget(QWidget, FollowsLayers):
             layers = self._inputs("model", "atlas", "atlas_labels", "target")
         except ValueError as exc:
             return show_error(f"register: {exc}")
-        atlas, labels, target = (to_volume(layers[k]) for k in ("atlas", "atlas_labels", "target"))
-        steps, like = self.form.refine_steps.value, layers["target"]
+        try:
+            atlas, target = image_volume(layers["atlas"], "atlas"), image_volume(layers["target"], "target")
+        except ValueError as exc:
+            return show_error(f"register: {exc}")
+        labels, steps, like = to_volume(layers["atlas_labels"]), self.form.refine_steps.value, layers["target"]
 
         def work():
             from ..api import register
@@ -143,13 +204,13 @@ class InferenceWidget(QWidget, FollowsLayers):
         def done(outputs) -> None:
             result, magnitude, jacobian = outputs
             name = like.name
-            for volume, suffix, kind in (
-                (result.warped_image, "warped atlas", "image"),
-                (magnitude, "displacement mm", "image"),
-                (jacobian, "Jacobian determinant", "image"),
-                (result.warped_labels, "pseudo labels", "labels"),
-            ):
-                upsert(self.viewer, *like_layer(volume, like, f"{name} {suffix}", kind))
+            for volume, suffix in (
+                (result.warped_image, "warped atlas"),
+                (magnitude, "displacement mm"),
+                (jacobian, "Jacobian determinant"),
+            ):  # derived maps: hidden, under the labels, one click away
+                upsert(self.viewer, *like_layer(volume, like, f"{name} {suffix}", "image"), "result", visible=False)
+            self.show_result(like_layer(result.warped_labels, like, f"{name} pseudo labels", "labels"), like)
             self.status.setText(f"registered the atlas onto {name}: folding {100 * result.folding:.2f}%")
 
         self._run("register", work, done)
@@ -163,22 +224,41 @@ class InferenceWidget(QWidget, FollowsLayers):
             layers = self._inputs("model", "target", *(("atlas", "atlas_labels") if prior else ()))
         except ValueError as exc:
             return show_error(f"segment: {exc}")
-        target, like = to_volume(layers["target"]), layers["target"]
-        atlas = (to_volume(layers["atlas"]), to_volume(layers["atlas_labels"])) if prior else None
-        steps = self.form.refine_steps.value
+        try:
+            target, like = image_volume(layers["target"], "target"), layers["target"]
+            atlas = (image_volume(layers["atlas"], "atlas"), to_volume(layers["atlas_labels"])) if prior else None
+        except ValueError as exc:
+            return show_error(f"segment: {exc}")
+        steps, model_file = self.form.refine_steps.value, Path(str(self.form.model.value)).name
 
         def work():
             from ..api import FREESURFER_LEFT_RIGHT, segment
 
+            model = self._load_model()
+            if not hasattr(model, "segment"):
+                raise ValueError(
+                    f"{model_file} is a registration model: it registers (Register) but does not segment. "
+                    "Choose the co-trained model, rrl_medsam.pt in the training widget's output folder."
+                )
             pairs = FREESURFER_LEFT_RIGHT if mirror else None
-            return segment(self._load_model(), target, mirror=pairs, atlas=atlas, refine_steps=steps)
+            return segment(model, target, mirror=pairs, atlas=atlas, refine_steps=steps)
 
         def done(result) -> None:
-            upsert(self.viewer, *like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels"))
-            upsert(self.viewer, *like_layer(result.labels, like, f"{like.name} RRL-MedSAM labels", "labels"))
-            self.status.setText(f"segmented {like.name}")
+            what = "RRL-MedSAM + prior labels" if prior else "RRL-MedSAM labels"
+            auto = like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels")
+            upsert(self.viewer, *auto, "result", visible=False)
+            self.show_result(like_layer(result.labels, like, f"{like.name} {what}", "labels"), like)
+            self.status.setText(f"segmented {like.name}" + (" with the registration prior" if prior else ""))
 
         self._run("segment", work, done)
+
+    def show_result(self, layer_data: tuple, like) -> None:
+        """Show a result labels layer on top, the only visible result for its volume; it becomes the prediction."""
+        layer = upsert(self.viewer, *layer_data, "result", visible=True)
+        others = [x for x in self.viewer.layers if role(x) == "result" and x.name.startswith(f"{like.name} ")]
+        show_only(self.viewer, layer, [x for x in others if x._type_string == "labels"])
+        self.form.prediction.reset_choices()
+        self.form.prediction.value = layer
 
     def evaluate(self) -> None:
         """Per-structure Dice and HD95 of the prediction layer against the ground-truth layer."""

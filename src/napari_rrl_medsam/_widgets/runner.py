@@ -12,6 +12,8 @@ With `in_subprocess` the worker thread only relays: the engine runs in the main 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import lru_cache
+from pathlib import Path
 
 from magicgui.widgets import Container
 from napari.qt.threading import GeneratorWorker, create_worker
@@ -20,7 +22,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from .layers import FollowsLayers
+from .layers import FollowsLayers, role
 from .plot import LivePlot
 from .torch_import import import_torch_stack
 
@@ -33,6 +35,26 @@ class ClosingWorker(GeneratorWorker):
             return super().work()
         finally:
             self._gen.close()
+
+
+def unfinished(path: Path) -> bool:
+    """Whether `path` holds a checkpoint of a run that has not reached its last step (one Resume can continue)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    return not _complete(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _complete(path: str, mtime_ns: int) -> bool:
+    """A checkpoint's `complete` flag, read once per version of the file (an unreadable one counts as unfinished:
+    Resume then says what is wrong with it)."""
+    from ..api import InputError, load_checkpoint
+
+    try:
+        return bool(load_checkpoint(path).get("complete"))
+    except (InputError, OSError):
+        return False
 
 
 def _drive(job: Callable[[], Iterator], in_subprocess: bool) -> Iterator:
@@ -57,7 +79,7 @@ class TrainingPanel(QWidget, FollowsLayers):
         self.viewer = napari_viewer
         self.form = form
         self.worker: ClosingWorker | None = None
-        self.plot = LivePlot(f"{self.title}: losses and metrics")
+        self.plot = LivePlot(f"{self.title}: losses and validation Dice")
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         self.checkpoint_label = QLabel("")
@@ -80,8 +102,6 @@ class TrainingPanel(QWidget, FollowsLayers):
             layout.addWidget(widget)
         layout.addStretch(1)
         self._pbar = None
-        self._offsets: dict[str, float] = {}
-        self._x = 0.0
         self.last_event = None
         self.failed: Exception | None = None
         self._set_state("idle")
@@ -110,10 +130,13 @@ class TrainingPanel(QWidget, FollowsLayers):
         except Exception as exc:  # bad inputs: say so and stay usable
             show_error(f"{self.title}: {exc}")
             return None
-        if not resume:
+        if not resume:  # a new run: nothing of the last one stays on show
             self.plot.clear()
-            self._offsets.clear()
-            self._x = 0.0
+            self.bar.setMaximum(1)
+            self.bar.setValue(0)
+            self.checkpoint_label.setText("")
+            for layer in [x for x in self.viewer.layers if role(x) == "live"]:
+                self.viewer.layers.remove(layer)
         self.failed, self.last_event = None, None
         worker = create_worker(
             _drive,
@@ -124,7 +147,7 @@ class TrainingPanel(QWidget, FollowsLayers):
             _connect={"errored": self._errored},
         )
         worker.yielded.connect(self._yielded)
-        worker.paused.connect(lambda: self._set_state("paused"))
+        worker.paused.connect(self._paused)
         worker.resumed.connect(lambda: self._set_state("running"))
         worker.finished.connect(self._finished)
         self.worker = worker
@@ -164,10 +187,7 @@ class TrainingPanel(QWidget, FollowsLayers):
         self.status.setText(f"{what}: {event.step}/{event.total}  {losses}")
         self._update_napari_progress(event)
         if event.losses or event.metrics:
-            if event.stage not in self._offsets:
-                self._offsets[event.stage] = self._x - event.step + 1 if self._x else 0.0
-            self._x = self._offsets[event.stage] + event.step
-            self.plot.add(self._x, {**event.losses, **event.metrics})
+            self.plot.add(event.step, {**event.losses, **event.metrics}, event.stage)
         if event.checkpoint is not None:
             self.checkpoint_label.setText(f"checkpoint: {event.checkpoint} (step {event.step})")
         if event.preview:
@@ -182,6 +202,12 @@ class TrainingPanel(QWidget, FollowsLayers):
             self._pbar = napari_progress(total=event.total, desc=event.stage)
         self._pbar.n = min(event.step, event.total)
         self._pbar.refresh()
+
+    def _paused(self) -> None:
+        self._set_state("paused")
+        event = self.last_event
+        where = f" at {event.message or event.stage} step {event.step}/{event.total}" if event else ""
+        self.status.setText(f"paused{where}: Resume continues, Stop saves a checkpoint")
 
     def _errored(self, exc: Exception) -> None:
         self.failed = exc
