@@ -95,12 +95,13 @@ def test_sample_data_contribution():
     layers = [
         Layer.create(*t) for t in npe2.PluginManager.instance().get_manifest(PLUGIN).contributions.sample_data[0].exec()
     ]
-    assert [layer.name for layer in layers] == ["atlas", "atlas labels", "target01", "target02", "target03"]
-    assert [layer._type_string for layer in layers[:3]] == ["image", "labels", "image"]
+    names = ["atlas", "target01", "target02", "target03", "atlas labels", "target03 labels"]
+    assert [layer.name for layer in layers] == names
+    assert [layer._type_string for layer in layers] == ["image"] * 4 + ["labels"] * 2
     for layer in layers:
         assert np.allclose(layer.scale, 1.5)
     # target02 is stored LIA: the reader reorients it so it overlays the others
-    assert layers[3].data.shape == layers[2].data.shape
+    assert layers[2].data.shape == layers[1].data.shape
 
 
 def test_manifest_is_one_file_and_validates():
