@@ -286,3 +286,23 @@ def test_api_and_cli_faces(setup, capsys):
         events=True,
     )
     assert [e.stage for e in again][-1] == "co-training"
+
+
+def test_nothing_is_labelled_outside_the_image_foreground(setup, monkeypatch):
+    """Issue 17: a model that paints a structure everywhere still leaves the air around the anatomy unlabelled."""
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "fg.pt", encoder, cfg(steps=1)))
+    model = SegmentationModel.load(tmp / "fg.pt", device="cpu")
+
+    def everywhere(parts, x, config):
+        p = torch.zeros(len(model.classes), *x.shape)
+        p[1] = 1.0
+        return p, p
+
+    monkeypatch.setattr("napari_rrl_medsam.core.segmentation.predict_probabilities", everywhere)
+    image = targets[0]
+    result = model.segment(image)
+    level = image.array / image.array.max()
+    for labels in (result.labels.array, result.auto_prompt.array):
+        assert (labels[level > 0.2] == model.classes[1]).all()  # the anatomy: labelled as predicted
+        assert (labels[level < 0.005] == 0).all() and labels[0, 0, 0] == 0  # the air around it: never

@@ -85,3 +85,18 @@ def test_linear_label_interpolation_beats_nearest_neighbour_on_round_trips():
         assert set(np.unique(back.array)) <= set(np.unique(native.array))
         scores[order] = np.mean([dice(back.array, native.array, v) for v in (1, 2, 5)])
     assert scores[1] > scores[0]
+
+
+def test_foreground_is_the_anatomy_with_its_dark_inside_and_without_specks_of_noise():
+    from napari_rrl_medsam.core.resample import foreground
+
+    image = np.zeros((40, 40, 40), np.float32)
+    r = np.sqrt(((np.indices(image.shape) - 20) ** 2).sum(0))
+    image[r < 12] = 1.0
+    image[r < 4] = 0.0  # a dark ventricle inside
+    image[2, 2, 2] = 1.0  # a speck of noise in the air
+    mask = foreground(image, margin=0)
+    assert mask[r < 11.5].all() and mask[20, 20, 20]  # the dark inside is anatomy
+    assert not mask[2, 2, 2] and not mask[r > 12.5].any()
+    grown = foreground(image, margin=2)
+    assert grown[r < 12.9].all() and not grown[r > 14.5].any()  # a margin all round

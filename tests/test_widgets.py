@@ -242,6 +242,9 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     assert state["step"] == 4 and state["complete"]
     assert "rrl_medsam.pt" in widget.checkpoint_label.text()
     assert not widget.buttons["Resume"].isEnabled()  # a finished run has nothing to resume
+    verdict = widget.verdict.text()  # which result to trust, the two validation Dice side by side
+    assert verdict.startswith("Validation Dice on the native grid: registration 0.") and "RRL-MedSAM 0." in verdict
+    assert [s for s, _ in seen][-1] == "evaluation" and "Warning: 4 co-training steps" not in verdict
     f.out.value = str(tmp_path / "run2")  # a new run starts with none of the last run's live layers or figures
     widget.start()
     assert not [n for n in live if n in viewer.layers] and widget.checkpoint_label.text() == ""
@@ -253,6 +256,7 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
 def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     viewer, widget, _ = cotrain_widget
     widget.form.registration_steps.value, widget.form.cotrain_steps.value = 2, 8
+    widget.form.val_image.value = widget.form.val_labels.value = None  # no validation pair
     steps = []
 
     def on_event(e):
@@ -283,6 +287,8 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     assert [e.step for e in resumed] == list(range(saved["step"] + 1, 9))
     assert load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")["complete"]
     assert not widget.buttons["Resume"].isEnabled() and widget.buttons["Start"].isEnabled()
+    assert widget.verdict.text().startswith("Warning: 8 co-training steps are fewer than the quick budget's 600")
+    assert "No validation volume was given" in widget.verdict.text()
 
 
 def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(

@@ -97,6 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resume=args.overwrite,
         registration={"steps": args.registration_steps, "device": args.device},
         cotrain={**quick, "refine_steps": args.refine_steps, "device": args.device},
+        compare=False,  # the table below compares them on every target
     )
     print("[2/2] segmentation")
     rows = []

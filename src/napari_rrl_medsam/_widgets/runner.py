@@ -118,6 +118,9 @@ class TrainingPanel(QWidget, FollowsLayers):
     def show_preview(self, event) -> None:
         """Show `event.preview` arrays in layers (main thread)."""
 
+    def show_evaluation(self, event) -> None:
+        """Show a run's closing evaluation (an event of stage "evaluation": its metrics) (main thread)."""
+
     def on_finished(self) -> None:
         """Called on the main thread when a run ends (completed, stopped or failed)."""
 
@@ -178,6 +181,10 @@ class TrainingPanel(QWidget, FollowsLayers):
 
     # --- worker signals (main thread) ---------------------------------------------------------------------
     def _yielded(self, event) -> None:
+        if event.stage == "evaluation":  # after the last training step: not a step of its own
+            self.show_evaluation(event)
+            self.shown.emit(event)
+            return
         self.last_event = event
         if self.bar.maximum() != event.total:
             self.bar.setMaximum(max(event.total, 1))

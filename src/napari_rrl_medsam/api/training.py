@@ -246,10 +246,12 @@ def train_one_shot(
     validation: Sequence | bool = True,
     registration: Any = None,
     cotrain: Any = None,
+    compare: bool = True,
     progress: bool = True,
     events: bool = False,
 ):
-    """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels.
+    """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels, then
+    (with validation volumes) which of the two segments them better.
 
     Args:
         task, atlas, unlabelled: as for `train_registration`.
@@ -261,6 +263,9 @@ def train_one_shot(
         registration: the registration stage's config (`RegistrationTrainConfig` or a dict; default: the recipe;
             `QUICK["registration"]` for a quick run).
         cotrain: the co-training stage's config (`CotrainConfig` or a dict; likewise `QUICK["cotrain"]`).
+        compare: with validation volumes, a last event (stage "evaluation") whose metrics are the mean Dice on
+            their native grids of the registration ("dice_registration": the model's own, `REFINE_STEPS`) and of
+            the co-trained model ("dice_model"): which result to trust.
         progress: progress bars.
         events: return the `Progress` event generator instead (for widgets; close it to stop).
 
@@ -271,13 +276,15 @@ def train_one_shot(
     out = Path(out)
     reg_config, cot_config = make_config("registration", registration), make_config("cotrain", cotrain)
     stream = _one_shot_events(
-        as_task(task), atlas, unlabelled, encoder, out, resume, validation, reg_config, cot_config
+        as_task(task), atlas, unlabelled, encoder, out, resume, validation, reg_config, cot_config, compare
     )
     return _finish(stream, events, progress, lambda: load_model(out / "rrl_medsam.pt", cot_config.device))
 
 
-def _one_shot_events(task, atlas, unlabelled, encoder, out: Path, resume, validation, registration, cotrain_config):
-    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), then co-training."""
+def _one_shot_events(
+    task, atlas, unlabelled, encoder, out: Path, resume, validation, registration, cotrain_config, compare
+):
+    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), co-training, comparison."""
     image, labels, targets = training_volumes(task, atlas, unlabelled)
     inputs = {"atlas": (image, labels), "unlabelled": targets, "validation": validation_pairs(task, validation)}
     out.mkdir(parents=True, exist_ok=True)
@@ -296,3 +303,24 @@ def _one_shot_events(task, atlas, unlabelled, encoder, out: Path, resume, valida
         config=cotrain_config,
         events=True,
     )
+    if compare and inputs["validation"]:
+        yield _comparison(load_model(model_path, cotrain_config.device), inputs["atlas"], inputs["validation"])
+
+
+def _comparison(model, atlas: tuple, validation: list):
+    """The mean Dice (native grid, each truth's structures) of the model's registration and of the model itself."""
+    from ..core.engines.events import Progress
+    from ..core.metrics import evaluate
+    from ..core.resample import resample
+    from .models import register, segment
+
+    scores = {"dice_registration": [], "dice_model": []}
+    for image, truth in validation:
+        for key, labels in (
+            ("dice_registration", register(model, atlas, image).warped_labels),
+            ("dice_model", segment(model, image).labels),
+        ):
+            labels = labels if labels.grid.same_as(truth.grid) else resample(labels, truth.grid)
+            scores[key].append(evaluate(labels, truth, hd95=False).mean_dice)
+    metrics = {k: float(sum(v) / len(v)) for k, v in scores.items()}
+    return Progress("evaluation", 1, 1, metrics=metrics, message="registration or model: validation Dice")

@@ -245,7 +245,8 @@ class SegmentationModel:
         prior_weight: float = PRIOR_WEIGHT,
         mirror: Sequence[tuple[int, int]] | None = None,
     ) -> SegmentationResult:
-        """Final labels and the auto-prompt mask of `volume`, on its native grid and affine.
+        """Final labels and the auto-prompt mask of `volume`, on its native grid and affine; voxels outside the
+        image's foreground (`resample.foreground`: the head / body) are never labelled.
 
         Args:
             volume: the image to segment.
@@ -260,7 +261,7 @@ class SegmentationModel:
         import torch
 
         from .registration import intensities
-        from .resample import resample
+        from .resample import foreground, resample
 
         x = intensities(volume, self.grid)[0, 0].to(self.device)
         p = self.parts
@@ -276,14 +277,23 @@ class SegmentationModel:
         if prior is not None:
             prior = prior if prior.grid.same_as(volume.grid) else resample(prior, volume.grid, order=0)
             prior_index = self._prior_index(prior.array, prior_weight)
+        inside = foreground(x.cpu().numpy())  # nothing is labelled outside the head / body
+        native = resample(Volume(inside.astype(np.uint8), self.grid.affine, "labels"), volume.grid).array > 0
         labels, auto_prompt = (
             Volume(
-                lut[
-                    argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight)
-                ].astype(np.int32),
+                np.where(
+                    native,
+                    lut[
+                        argmax_resampled(
+                            probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight
+                        )
+                    ],
+                    0,
+                ).astype(np.int32),
                 volume.affine,
                 "labels",
             )
             for probs, fuse in ((probs_m, prior_index), (probs_g, None))
         )
-        return SegmentationResult(labels, auto_prompt, lut[torch.argmax(probs_m, 0).cpu().numpy()].astype(np.int32))
+        working = np.where(inside, lut[torch.argmax(probs_m, 0).cpu().numpy()], 0).astype(np.int32)
+        return SegmentationResult(labels, auto_prompt, working)

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..models.encoder import EncoderConfig
 from ..models.segmentation import SegmentationSpec, build_segmentation, mutual_ema
 from ..registration import REFINE_STEPS, intensities
-from ..resample import resample
+from ..resample import foreground, resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
 from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
 from ..task import check_atlas, label_indices
@@ -106,8 +106,10 @@ def validation_dice(parts: dict, validation, classes: np.ndarray, config: Cotrai
     scores = {"val_dice": [], "val_dice_general": []}
     for image, truth in validation:
         probs = predict_probabilities(parts, image.to(device), config)
+        inside = foreground(image.numpy())  # as inference labels nothing outside the anatomy
         for key, p in zip(("val_dice_general", "val_dice"), probs):
-            scores[key].append(evaluate(classes[torch.argmax(p, 0).cpu().numpy()], truth, hd95=False).mean_dice)
+            labels = np.where(inside, classes[torch.argmax(p, 0).cpu().numpy()], 0)
+            scores[key].append(evaluate(labels, truth, hd95=False).mean_dice)
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 

@@ -51,7 +51,7 @@ def run(events, progress: bool = True) -> Progress | None:
                 )
             bar.update(last.step - bar.n)
             metrics.update(last.metrics)  # shown until the next evaluation
-            if last.losses:
+            if last.losses or last.metrics:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in {**last.losses, **metrics}.items()}, refresh=False)
     finally:
         if bar is not None:
