@@ -408,7 +408,7 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     f.evaluate.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and widget.evaluation is not None, timeout=LONG)
     assert len(widget.evaluation.labels) == 17 and 0 < widget.evaluation.mean_dice < 1
-    assert widget.table.item(0, 1).text() == "Left-Cerebral-White-Matter"  # names from the sample's dataset.json
+    assert widget.table.item(1, 1).text() == "Left-Cerebral-White-Matter"  # names from the sample's dataset.json
     viewer.layers.selection = {labels}
     viewer.layers.save(str(out), selected=True, plugin=PLUGIN)  # through the plugin's writer
     source = nib.load(SAMPLE_DIR / "images" / "target02.nii.gz")
@@ -471,8 +471,9 @@ def test_evaluate_gives_the_expected_dice_and_exports_csv(make_napari_viewer, qt
     qtbot.waitUntil(lambda: widget.evaluation is not None and widget.worker is None, timeout=LONG)
     assert widget.evaluation.dice[1] == pytest.approx(1.0) and widget.evaluation.dice[2] == pytest.approx(2 / 3)
     table = [[widget.table.item(r, c).text() for c in range(4)] for r in range(widget.table.rowCount())]
-    assert table[1][0] == "2" and table[1][2] == "0.667" and table[2][0] == "mean" and table[2][2] == "0.833"
-    assert float(table[1][3]) > 0  # HD95 in mm of the half-missed structure
+    assert table[0][0] == "mean" and table[0][2] == "0.833"  # the mean first, always in view
+    assert table[2][0] == "2" and table[2][2] == "0.667"
+    assert float(table[2][3]) > 0  # HD95 in mm of the half-missed structure
     csv = widget.export_csv(tmp_path / "scores.csv")
     assert csv.read_text().splitlines()[2].startswith("2,,0.666")
 
@@ -585,3 +586,13 @@ def test_the_plot_has_a_panel_per_stage_in_words_a_user_knows_and_draws_a_single
     assert display_name("ncc") == "image similarity (NCC)"
     plot.clear()
     assert not plot.stages and not plot.series
+
+
+def test_three_docks_fit_a_1600_by_1000_screen(make_napari_viewer, qtbot):
+    """Each widget scrolls inside its dock instead of growing the window (three stacked made it 2,100 px tall)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "oneshot_brain")
+    window = viewer.window._qt_window
+    for name in ("One-shot training", "Register and segment", "Encoder distillation (DSKD)"):
+        assert open_widget(viewer, name).minimumSizeHint().height() < 200
+    assert window.minimumSizeHint().height() <= 1000 and window.minimumSizeHint().width() <= 1600

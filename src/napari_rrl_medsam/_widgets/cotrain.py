@@ -152,7 +152,7 @@ class CotrainWidget(TrainingPanel):
         super().__init__(napari_viewer, form)
         self.verdict = QLabel("")  # which result to trust, once a run has finished
         self.verdict.setWordWrap(True)
-        self.layout().insertWidget(self.layout().count() - 1, self.verdict)
+        self.body.insertWidget(self.body.count() - 1, self.verdict)
         form.out.changed.connect(lambda: self._set_state(self.state))
         self.follow_layers(napari_viewer)
 

@@ -132,7 +132,7 @@ class DistillWidget(TrainingPanel):
         super().__init__(napari_viewer, form)
         self.encoder_label = QLabel()
         self.encoder_label.setWordWrap(True)
-        self.layout().insertWidget(self.layout().count() - 1, self.encoder_label)
+        self.body.insertWidget(self.body.count() - 1, self.encoder_label)
         self.use_shipped.changed.connect(self.choose_shipped)
         form.out.changed.connect(lambda: self._set_state(self.state))
         self.follow_layers(napari_viewer)

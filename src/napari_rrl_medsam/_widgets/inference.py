@@ -9,7 +9,7 @@ from pathlib import Path
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QFileDialog, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QWidget
 
 from .dskd import DEVICES
 from .layers import (
@@ -20,6 +20,7 @@ from .layers import (
     like_layer,
     named,
     role,
+    scrolled_layout,
     show_only,
     to_volume,
     upsert,
@@ -126,10 +127,15 @@ class InferenceWidget(QWidget, FollowsLayers):
         )
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["label", "structure", "Dice", "HD95 mm"])
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()  # every column in view: the names take what the numbers leave
+        for column, mode in enumerate(("ResizeToContents", "Stretch", "ResizeToContents", "ResizeToContents")):
+            header.setSectionResizeMode(column, getattr(QHeaderView.ResizeMode, mode))
+        self.table.setMinimumHeight(220)
         self.export = PushButton(text="Export CSV")
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scrolled_layout(self)
         for widget in (self.form.native, self.status, self.table, self.export.native):
             layout.addWidget(widget)
         self.form.register.changed.connect(self.register)
@@ -279,9 +285,9 @@ class InferenceWidget(QWidget, FollowsLayers):
 
     def show_evaluation(self, evaluation) -> None:
         self.evaluation = evaluation
-        rows = evaluation.rows() + [
+        rows = [  # the mean first: always in view
             {"label": "mean", "name": "", "dice": evaluation.mean_dice, "hd95_mm": evaluation.mean_hd95}
-        ]
+        ] + evaluation.rows()
         self.table.setRowCount(len(rows))
         for i, row in enumerate(rows):
             cells = [str(row["label"]), row["name"], _number(row["dice"]), _number(row["hd95_mm"])]

@@ -205,3 +205,19 @@ class FollowsLayers:
 
     def _watch_name(self, event) -> None:
         event.value.events.name.connect(self.refresh_choices)
+
+
+def scrolled_layout(widget):
+    """A vertical layout for `widget`'s contents inside a scroll area that fills it: a tall dock widget scrolls
+    instead of growing napari's window past the screen (three docks stacked made it 2,100 px tall)."""
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    body = QWidget()
+    scroll = QScrollArea(widget)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(body)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    return QVBoxLayout(body)

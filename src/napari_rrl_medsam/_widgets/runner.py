@@ -20,9 +20,9 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
-from .layers import FollowsLayers, role
+from .layers import FollowsLayers, role, scrolled_layout
 from .plot import LivePlot
 from .torch_import import import_torch_stack
 
@@ -95,7 +95,7 @@ class TrainingPanel(QWidget, FollowsLayers):
         row = QHBoxLayout()
         for button in self.buttons.values():
             row.addWidget(button)
-        layout = QVBoxLayout(self)
+        layout = self.body = scrolled_layout(self)
         layout.addWidget(form.native)
         layout.addLayout(row)
         for widget in (self.bar, self.status, self.plot, self.checkpoint_label):
