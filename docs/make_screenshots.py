@@ -52,8 +52,6 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_rrl_medsam.data.sample import SAMPLE_DIR
-
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer()
     viewer.window._qt_window.resize(1280, 800)
@@ -94,7 +92,6 @@ def main() -> None:
         viewer.layers.remove(layer)
 
     # 3. Inference: register and segment target03 with that model, evaluate against its labels
-    viewer.open(str(SAMPLE_DIR / "labels" / "target03.nii.gz"), plugin=plugin)[0].name = "target03 truth"
     viewer.layers["target03"].visible = True
     dock, infer = viewer.window.add_plugin_dock_widget(plugin, "Register and segment")
     f = infer.form
@@ -106,11 +103,11 @@ def main() -> None:
     f.segment.changed.emit(True)
     wait(infer)
     QApplication.processEvents()
-    f.prediction.value, f.truth.value = viewer.layers["target03 pseudo labels"], viewer.layers["target03 truth"]
+    f.prediction.value, f.truth.value = viewer.layers["target03 pseudo labels"], viewer.layers["target03 labels"]
     f.evaluate.changed.emit(True)
     wait(infer)
     for layer in viewer.layers:
-        layer.visible = layer.name in ("target03", "target03 pseudo labels")
+        layer.visible = layer.name in ("target03", "target03 pseudo labels")  # the labels over their image
     save(viewer, "widget_inference")
     viewer.close()
 
