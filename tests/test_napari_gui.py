@@ -23,6 +23,8 @@ def test_sample_data_opens_with_physical_scale(make_napari_viewer, tmp_path):
     assert viewer.layers["atlas labels"].data.shape == viewer.layers["atlas"].data.shape
     # the viewer's world dimensions are millimetres: the middle slice is at the origin
     assert np.allclose(viewer.dims.point, 0, atol=1.5)
+    # axial slices first, the axes named for what grows along them (anterior up, the patient's right on the left)
+    assert tuple(viewer.dims.axis_labels) == ("inferior", "posterior", "left") and viewer.dims.displayed == (1, 2)
     shot = viewer.screenshot(tmp_path / "sample.png", canvas_only=False)
     assert shot[..., :3].std() > 5  # real pixels, not a blank canvas
 

@@ -7,6 +7,8 @@ import pytest
 from conftest import blobs, oblique_affine, write_nifti
 from napari.layers import Layer
 
+from napari_rrl_medsam._reader import WORLD_FROM_RAS
+
 PLUGIN = "napari-rrl-medsam"
 
 
@@ -33,8 +35,8 @@ def test_oblique_nifti_round_trip_is_bit_for_bit(tmp_path, kind):
     assert layer.metadata["source_shape"] == data.shape
     # the layer places voxels where the file says: world position of a voxel = file affine @ index
     index = np.array([3, 5, 7])
-    napari_world = layer.data_to_world(_canonical_index(src, index))
-    assert np.allclose(napari_world, (oblique_affine() @ [*index, 1])[:3], atol=1e-4)
+    napari_world = layer.data_to_world(_layer_index(src, index))
+    assert np.allclose(napari_world, (WORLD_FROM_RAS @ oblique_affine() @ [*index, 1])[:3], atol=1e-4)
     (out,) = write_layer(layer, tmp_path / f"out_{kind}.nii.gz")
     back, original = nib.load(out), nib.load(src)
     assert np.array_equal(back.affine, original.affine)
@@ -42,15 +44,21 @@ def test_oblique_nifti_round_trip_is_bit_for_bit(tmp_path, kind):
     assert np.array_equal(np.asarray(back.dataobj), np.asarray(original.dataobj))
 
 
-def _canonical_index(path, index):
-    """Where voxel `index` of the file sits in the (reoriented) layer data."""
+def _layer_index(path, index):
+    """Where voxel `index` of the file sits in the layer data: reoriented to RAS, then laid out along the world axes
+    (inferior, posterior, left), i.e. RAS index (i, j, k) -> (nz - 1 - k, ny - 1 - j, nx - 1 - i)."""
     import nibabel.orientations as nio
 
     affine = nib.load(path).affine
     ornt = nio.io_orientation(affine)
     shape = nib.load(path).shape
     to_canon = np.linalg.inv(nio.inv_ornt_aff(ornt, shape))
-    return (to_canon @ [*index, 1])[:3]
+    i, j, k = (to_canon @ [*index, 1])[:3]
+    canon_shape = [0, 0, 0]
+    for axis, (out, _) in enumerate(ornt):
+        canon_shape[int(out)] = shape[axis]
+    nx, ny, nz = canon_shape
+    return np.array([nz - 1 - k, ny - 1 - j, nx - 1 - i])
 
 
 def test_axis_aligned_file_gives_scale_and_translate(tmp_path):
@@ -58,8 +66,24 @@ def test_axis_aligned_file_gives_scale_and_translate(tmp_path):
     affine[:3, 3] = (10, -20, 30)
     src = write_nifti(tmp_path / "ct.nii.gz", np.ones((6, 7, 8), np.int16), affine)
     (layer,) = read_layers(src)
-    assert np.allclose(layer.scale, (0.5, 0.75, 2.0)) and np.allclose(layer.translate, (10, -20, 30))
+    # world axes (inferior, posterior, left): the last voxel's corner, (12.5, -15.5, 44) mm RAS, is the origin
+    assert np.allclose(layer.scale, (2.0, 0.75, 0.5)) and np.allclose(layer.translate, (-44, 15.5, -12.5))
     assert np.allclose(layer.affine.affine_matrix, np.eye(4))
+    assert tuple(layer.axis_labels) == ("inferior", "posterior", "left") and all(
+        str(u) == "millimeter" for u in layer.units
+    )
+
+
+def test_volumes_open_as_radiologists_read_them(tmp_path):
+    """Axial first, anterior at the top, the patient's right on the screen's left, superior up in other views."""
+    data = np.zeros((10, 12, 14), np.int16)  # RAS file: x to the right, y anterior, z superior
+    data[9, 6, 7], data[5, 11, 7], data[5, 6, 13] = 1, 2, 3  # right-most, anterior-most, superior-most voxels
+    (layer,) = read_layers(write_nifti(tmp_path / "ras_seg.nii.gz", data, np.eye(4), "label"))
+    where = {v: np.argwhere(layer.data == v)[0] for v in (1, 2, 3)}
+    assert layer.data.shape == (14, 12, 10)  # the slider (first axis) runs through axial slices
+    assert where[2][1] == 0  # anterior: the top row of an axial slice (rows grow downwards)
+    assert where[1][2] == 0  # the patient's right: the left column (radiological convention)
+    assert where[3][0] == 0  # superior: the top row of a coronal or sagittal view
 
 
 def test_edited_layer_is_written_in_the_layer_geometry(tmp_path):
@@ -67,7 +91,11 @@ def test_edited_layer_is_written_in_the_layer_geometry(tmp_path):
     (layer,) = read_layers(src)
     layer.scale = (1.0, 1.0, 1.0)  # the user changed the geometry on purpose
     (out,) = write_layer(layer, tmp_path / "edited.nii.gz")
-    assert np.allclose(nib.load(out).affine, np.eye(4))
+    # each voxel is written where the layer now shows it: data -> napari world -> RAS mm
+    world = np.diag([1.0, 1.0, 1.0, 1.0])
+    world[:3, 3] = layer.translate
+    assert np.allclose(nib.load(out).affine, WORLD_FROM_RAS @ world)
+    assert np.array_equal(np.asarray(nib.load(out).dataobj), layer.data)
 
 
 def test_tiff_opens_with_spacing(tmp_path):

@@ -16,15 +16,20 @@ from .api import Grid, InputError, Kind, Volume, resample, same_voxels, save_vol
 
 
 def layer_affine(meta: dict) -> np.ndarray:
-    """The 4x4 data-to-world matrix of a layer from its state (napari composes affine after the rest)."""
+    """The 4x4 data-to-RAS (mm) matrix of a layer from its state: napari's data-to-world transform (it composes
+    affine after the rest), then world to RAS when the layer is in the reader's radiological frame."""
     from napari.utils.transforms import Affine
+
+    from ._reader import FRAME, WORLD_FROM_RAS
 
     ndim = len(meta["scale"])
     base = Affine(
         scale=meta["scale"], translate=meta["translate"], rotate=meta.get("rotate"), shear=meta.get("shear"), ndim=ndim
     )
     world = Affine(affine_matrix=np.asarray(meta["affine"]), ndim=ndim) if meta.get("affine") is not None else None
-    return (world.compose(base) if world is not None else base).affine_matrix
+    matrix = (world.compose(base) if world is not None else base).affine_matrix
+    radiological = (meta.get("metadata") or {}).get(FRAME) == "radiological"
+    return WORLD_FROM_RAS @ matrix if radiological else matrix
 
 
 def layer_volume(data: Any, meta: dict, kind: Kind) -> Volume:

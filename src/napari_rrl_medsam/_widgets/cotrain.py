@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
+from .._reader import FRAME
 from .dskd import DEVICE_TIP, DEVICES, volume_files
 from .jobs import one_shot_training
 from .layers import field_value, has_labels, image_volume, layer_choices, named, role, show_only, show_volume, to_volume
@@ -148,6 +149,7 @@ class CotrainWidget(TrainingPanel):
         self.registration_settings: dict = {}
         self.cotrain_settings: dict = {}
         self.grid = None
+        self.frame = "radiological"
         self.validated = False
         super().__init__(napari_viewer, form)
         self.verdict = QLabel("")  # which result to trust, once a run has finished
@@ -172,6 +174,7 @@ class CotrainWidget(TrainingPanel):
         if f.atlas.value is None or f.atlas_labels.value is None:
             raise ValueError("choose the atlas image and its labels layer.")
         atlas, labels = image_volume(f.atlas.value, "atlas"), to_volume(f.atlas_labels.value)
+        self.frame = (f.atlas.value.metadata or {}).get(FRAME, "array")  # previews overlay the atlas's frame
         unlabelled = [image_volume(layer, "unlabelled volume") for layer in f.unlabelled.value]
         unlabelled += volume_files(f.folder.value)
         if (f.val_image.value is None) != (f.val_labels.value is None):
@@ -276,11 +279,11 @@ class CotrainWidget(TrainingPanel):
         """A live layer: images under the labels, the warped atlas hidden (it would hide the current volume), one
         live labels layer shown at a time: the one most worth watching so far (`WATCH`), the others one click away."""
         if name in self.viewer.layers:
-            show_volume(self.viewer, volume, name)
+            show_volume(self.viewer, volume, name, frame=self.frame)
             return
         live = [x for x in self.viewer.layers if role(x) == "live" and x._type_string == "labels"]
         watched = [k for k in WATCH if k == key or LIVE[k][0] in {x.name for x in live}]
         shown = key != "warped_atlas" and (volume.kind == "image" or watched[0] == key)
-        layer = show_volume(self.viewer, volume, name, "live", shown)
+        layer = show_volume(self.viewer, volume, name, "live", shown, self.frame)
         if volume.kind == "labels" and shown:
             show_only(self.viewer, layer, live)

@@ -12,7 +12,7 @@ from .._reader import layer_data
 from .._writer import layer_affine, layer_volume
 from ..api import Grid, Volume, resample
 
-TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine")
+TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine", "axis_labels", "units")
 
 
 def layer_kind(layer) -> str:
@@ -99,9 +99,12 @@ def show_only(viewer, layer, others) -> None:
     layer.visible = True
 
 
-def show_volume(viewer, volume: Volume, name: str, role: str | None = None, visible: bool | None = None):
-    """Show a working-grid volume (e.g. a training preview) placed in millimetres; updates in place (`upsert`)."""
-    data, kwargs, kind = layer_data(volume, name)
+def show_volume(
+    viewer, volume: Volume, name: str, role: str | None = None, visible: bool | None = None, frame: str | None = None
+):
+    """Show a working-grid volume (e.g. a training preview) placed in millimetres; updates in place (`upsert`).
+    `frame`: the reader's world frame of the layers it lies over (`_reader.layer_data`)."""
+    data, kwargs, kind = layer_data(volume, name, frame)
     if kind == "image":
         kwargs["colormap"] = "gray"
     return upsert(viewer, data, kwargs, kind, role, visible)
