@@ -50,7 +50,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     os.environ["RRL_MEDSAM_CONFIG_DIR"], os.environ["RRL_MEDSAM_CACHE"] = str(tmp / "config"), str(tmp / "cache")
     import napari
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication, QScrollArea
 
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer()
@@ -86,6 +86,8 @@ def main() -> None:
     wait(train)
     for layer in viewer.layers:  # the pseudo labels on the current volume (8 co-training steps segment poorly)
         layer.visible = layer.name in ("live: current volume", "live: pseudo labels")
+    bar = train.findChild(QScrollArea).verticalScrollBar()  # the form scrolls: show the buttons and the plot
+    bar.setValue(bar.maximum())
     save(viewer, "widget_training")
     viewer.window.remove_dock_widget(dock)
     for layer in [layer for layer in viewer.layers if layer.name.startswith("live:")]:

@@ -18,8 +18,9 @@ def one_shot_training(
     registration: dict,
     cotrain: dict,
 ) -> Iterator:
-    """`api.train_one_shot`'s events: registration (skipped when its checkpoint in `out` is complete), then
-    co-training. `validation`: an (image, labels) pair or None; `registration` / `cotrain`: config dicts."""
+    """`api.train_one_shot`'s events: registration (skipped when its checkpoint in `out` is complete), co-training,
+    then with `validation` the registration's and the model's Dice on it (stage "evaluation").
+    `validation`: an (image, labels) pair or None; `registration` / `cotrain`: config dicts."""
     from ..api import train_one_shot
 
     yield from train_one_shot(

@@ -93,7 +93,7 @@ class LivePlot(QWidget):
 def _draw_panel(p: QPainter, box: QRectF, stage: str, panel: dict) -> None:
     """One stage: title, losses against the left axis, Dice against the right (0-1), steps below, a legend."""
     rows = (len(panel) + 1) // 2
-    left, right = box.left() + 46, box.right() - 34
+    left, right = box.left() + 56, box.right() - 34
     top, bottom = box.top() + 18, box.bottom() - 18 - LEGEND_LINE * rows
     if bottom - top < 10:
         return
@@ -137,7 +137,7 @@ def _axes(p: QPainter, left, right, top, bottom, steps, losses, show_losses: boo
         y = bottom - frac * (bottom - top)
         if show_losses:
             value = losses[0] + frac * (losses[1] - losses[0])
-            p.drawText(QRectF(left - 46, y - 7, 42, 14), Qt.AlignmentFlag.AlignRight, f"{value:.3g}")
+            p.drawText(QRectF(left - 56, y - 7, 52, 14), Qt.AlignmentFlag.AlignRight, f"{value:.3g}")
         if show_dice:
             p.drawText(QRectF(right + 4, y - 7, 30, 14), Qt.AlignmentFlag.AlignLeft, f"{frac:.1f}")
     p.drawText(QRectF(left - 20, bottom + 1, 60, 14), Qt.AlignmentFlag.AlignLeft, f"step {steps[0]:.0f}")
