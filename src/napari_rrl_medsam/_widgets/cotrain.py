@@ -14,7 +14,18 @@ from qtpy.QtWidgets import QLabel
 from .._reader import FRAME
 from .dskd import DEVICE_TIP, DEVICES, volume_files
 from .jobs import one_shot_training
-from .layers import field_value, has_labels, image_volume, layer_choices, named, role, show_only, show_volume, to_volume
+from .layers import (
+    field_value,
+    has_labels,
+    image_volume,
+    is_kind,
+    layer_choices,
+    named,
+    role,
+    show_only,
+    show_volume,
+    to_volume,
+)
 from .runner import TrainingPanel, unfinished
 from .settings import load_settings, path_or_none, save_settings
 from .torch_import import import_torch_stack
@@ -175,7 +186,9 @@ class CotrainWidget(TrainingPanel):
             raise ValueError("choose the atlas image and its labels layer.")
         atlas, labels = image_volume(f.atlas.value, "atlas"), to_volume(f.atlas_labels.value)
         self.frame = (f.atlas.value.metadata or {}).get(FRAME, "array")  # previews overlay the atlas's frame
-        unlabelled = [image_volume(layer, "unlabelled volume") for layer in f.unlabelled.value]
+        unlabelled = [
+            image_volume(layer, "unlabelled volume") for layer in f.unlabelled.value if layer is not f.atlas.value
+        ]
         unlabelled += volume_files(f.folder.value)
         if (f.val_image.value is None) != (f.val_labels.value is None):
             raise ValueError("validation needs both an image and its labels layer (or neither).")
@@ -281,7 +294,7 @@ class CotrainWidget(TrainingPanel):
         if name in self.viewer.layers:
             show_volume(self.viewer, volume, name, frame=self.frame)
             return
-        live = [x for x in self.viewer.layers if role(x) == "live" and x._type_string == "labels"]
+        live = [x for x in self.viewer.layers if role(x) == "live" and is_kind(x, "labels")]
         watched = [k for k in WATCH if k == key or LIVE[k][0] in {x.name for x in live}]
         shown = key != "warped_atlas" and (volume.kind == "image" or watched[0] == key)
         layer = show_volume(self.viewer, volume, name, "live", shown, self.frame)

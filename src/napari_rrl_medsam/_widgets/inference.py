@@ -16,6 +16,7 @@ from .layers import (
     FollowsLayers,
     field_value,
     image_volume,
+    is_kind,
     layer_choices,
     like_layer,
     named,
@@ -262,7 +263,7 @@ class InferenceWidget(QWidget, FollowsLayers):
         """Show a result labels layer on top, the only visible result for its volume; it becomes the prediction."""
         layer = upsert(self.viewer, *layer_data, "result", visible=True)
         others = [x for x in self.viewer.layers if role(x) == "result" and x.name.startswith(f"{like.name} ")]
-        show_only(self.viewer, layer, [x for x in others if x._type_string == "labels"])
+        show_only(self.viewer, layer, [x for x in others if is_kind(x, "labels")])
         self.form.prediction.reset_choices()
         self.form.prediction.value = layer
 

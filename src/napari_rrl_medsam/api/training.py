@@ -275,6 +275,8 @@ def train_one_shot(
     """
     out = Path(out)
     reg_config, cot_config = make_config("registration", registration), make_config("cotrain", cotrain)
+    if not events:  # previews are for live layers; nothing shows them here (the stages run with events=True)
+        reg_config.preview_every = cot_config.preview_every = 0
     stream = _one_shot_events(
         as_task(task), atlas, unlabelled, encoder, out, resume, validation, reg_config, cot_config, compare
     )

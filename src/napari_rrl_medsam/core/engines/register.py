@@ -110,7 +110,9 @@ def registration_engine(
     label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
     if start.weights is not None:
         check_same_task(start.weights, checkpoint if start.state is not None else init, grid, label_values)
-    pairs = yield from _prepare(atlas, atlas_labels, targets, segmentations, medical, config, grid, device)
+    pairs = yield from _prepare(
+        atlas, atlas_labels, targets, segmentations, medical, config, grid, label_values, device
+    )
     step = _RegistrationStep(net, medical, pairs, config, device)
     hooks = [
         Hook(config.preview_every, step.preview, "preview"),
@@ -122,11 +124,10 @@ def registration_engine(
     yield from loop.run(modules=[net])
 
 
-def _prepare(atlas, atlas_labels, targets, segmentations, medical, config, grid, device):
+def _prepare(atlas, atlas_labels, targets, segmentations, medical, config, grid, label_values, device):
     """The training pairs on the working grid (`_Pairs`), yielding an event per target's encoder features."""
     import torch
 
-    label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
     a = intensities(atlas, grid).to(device)
     ts = [intensities(t, grid) for t in targets]
     labels = resample(atlas_labels, grid).array
