@@ -503,22 +503,37 @@ def test_widgets_are_in_the_layers_segment_menu_and_follow_the_layers(make_napar
     } <= titles
 
 
-def test_opening_a_widget_in_a_running_viewer_does_not_crash(tmp_path):
-    """Importing torch's stack after napari made its OpenGL context (Mesa llvmpipe under Xvfb) used to kill the
-    process: Triton's LLVM. A fresh process, because this one imported torch long before any viewer."""
+def test_widgets_open_at_once_and_load_torch_in_the_background_without_crashing(tmp_path):
+    """Opening a widget imports no torch on the main thread (it froze the viewer for seconds): the forms are up at
+    once, the status says torch is loading, a worker thread imports it. Importing torch's stack after napari made
+    its OpenGL context (Mesa llvmpipe under Xvfb) used to kill the process: Triton's LLVM. A fresh process,
+    because this one imported torch long before any viewer."""
     import os
     import subprocess
     import sys
 
     code = (
-        "import sys, napari, numpy as np\n"
+        "import sys, time, napari, numpy as np\n"
+        "from qtpy.QtWidgets import QApplication\n"
+        "from napari_rrl_medsam._widgets import torch_import\n"
         "viewer = napari.Viewer()\n"
         "viewer.add_image(np.zeros((8, 8, 8), np.float32))\n"
-        "from qtpy.QtWidgets import QApplication\n"
         "QApplication.processEvents()  # the canvas is drawn: the GL context exists\n"
-        "assert 'torch' not in sys.modules\n"
-        "viewer.window.add_plugin_dock_widget('napari-rrl-medsam', 'One-shot training')\n"
-        "import monai\n"
+        "torch_import._lock.acquire()  # the background import waits until the widgets are checked\n"
+        "names = ('One-shot training', 'Register and segment', 'Encoder distillation (DSKD)')\n"
+        "docks = [viewer.window.add_plugin_dock_widget('napari-rrl-medsam', n)[1] for n in names]\n"
+        "time.sleep(0.5)\n"
+        "QApplication.processEvents()  # the background workers have started\n"
+        "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'a widget imported torch'\n"
+        "assert all(d.status.text() == torch_import.LOADING for d in docks), [d.status.text() for d in docks]\n"
+        "assert docks[0].buttons['Start'].isEnabled()  # the form can be used meanwhile\n"
+        "torch_import._lock.release()\n"
+        "deadline = time.time() + 200\n"
+        "while any(d.status.text() == torch_import.LOADING for d in docks) and time.time() < deadline:\n"
+        "    QApplication.processEvents()\n"
+        "    time.sleep(0.02)\n"
+        "assert [d.status.text() for d in docks] == ['idle', '', 'idle'], [d.status.text() for d in docks]\n"
+        "assert torch_import.torch_loaded() and sys.modules.get('triton', 0) is not None\n"
         "viewer.close()\n"
         "print('alive')\n"
     )

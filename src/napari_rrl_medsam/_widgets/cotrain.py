@@ -28,7 +28,6 @@ from .layers import (
 )
 from .runner import TrainingPanel, unfinished
 from .settings import load_settings, path_or_none, save_settings
-from .torch_import import import_torch_stack
 
 # preview key -> (live layer name, kind); the engines put these arrays on the atlas's working grid
 LIVE = {
@@ -50,7 +49,6 @@ class CotrainWidget(TrainingPanel):
     def __init__(self, napari_viewer) -> None:
         from ..api import QUICK, defaults
 
-        import_torch_stack()  # before reading the defaults: the config classes import torch
         s, quick = load_settings(), QUICK
         recipe = (defaults("registration")["steps"], defaults("cotrain"))
         budget = "the quick budget (about 7 minutes for the bundled sample on 2 CPU cores)"

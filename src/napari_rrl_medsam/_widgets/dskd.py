@@ -14,7 +14,6 @@ from .jobs import distillation
 from .layers import layer_choices, to_volume, upsert
 from .runner import TrainingPanel, unfinished
 from .settings import load_settings, path_or_none, save_settings
-from .torch_import import import_torch_stack
 
 TEACHERS = [
     ("LiteMedSAM (bundled, offline)", "litemedsam"),
@@ -40,7 +39,6 @@ class DistillWidget(TrainingPanel):
     def __init__(self, napari_viewer) -> None:
         from ..api import defaults
 
-        import_torch_stack()  # before reading the defaults: the config classes import torch
         s, d = load_settings(), defaults("distill")
         self.use_shipped = PushButton(text="Use the shipped encoder (default)")
         form = Container(

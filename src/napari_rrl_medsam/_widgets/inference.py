@@ -27,7 +27,7 @@ from .layers import (
     upsert,
 )
 from .settings import load_settings, save_settings
-from .torch_import import import_torch_stack
+from .torch_import import LOADING, import_torch_stack, when_torch_loaded
 
 
 class InferenceWidget(QWidget, FollowsLayers):
@@ -39,7 +39,6 @@ class InferenceWidget(QWidget, FollowsLayers):
         super().__init__()
         from ..api import PRIOR_WEIGHT, REFINE_STEPS
 
-        import_torch_stack()
         self.viewer = napari_viewer
         s = load_settings()
         v = napari_viewer
@@ -150,6 +149,8 @@ class InferenceWidget(QWidget, FollowsLayers):
         self.worker = None
         self.evaluation = None
         self._model = (None, None)
+        self.status.setText(LOADING)
+        when_torch_loaded(self._torch_ready, lambda exc: self._failed("loading PyTorch", exc))
 
     # --- running work off the main thread -----------------------------------------------------------------
     def _run(self, what: str, func, done) -> None:
@@ -157,11 +158,17 @@ class InferenceWidget(QWidget, FollowsLayers):
             return
         self.form.enabled = False
         self.status.setText(f"{what}...")
-        worker = create_worker(func, _start_thread=False, _connect={"errored": lambda exc: self._failed(what, exc)})
+        worker = create_worker(
+            _after_torch, func, _start_thread=False, _connect={"errored": lambda exc: self._failed(what, exc)}
+        )
         worker.returned.connect(done)
         worker.finished.connect(self._idle)
         self.worker = worker
         worker.start()
+
+    def _torch_ready(self, _=None) -> None:
+        if self.status.text() == LOADING:
+            self.status.setText("")
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.status.setText(f"{what} failed: {exc}")
@@ -305,6 +312,11 @@ class InferenceWidget(QWidget, FollowsLayers):
             if not path:
                 return None
         return self.evaluation.to_csv(path, overwrite=True)  # the save dialog asked before replacing a file
+
+
+def _after_torch(func):
+    import_torch_stack()  # started when the widget opened: work asked for before it is done waits here
+    return func()
 
 
 def label_names(source: str | None) -> dict[int, str] | None:

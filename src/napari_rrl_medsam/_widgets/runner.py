@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidg
 
 from .layers import FollowsLayers, role, scrolled_layout
 from .plot import LivePlot
-from .torch_import import import_torch_stack
+from .torch_import import LOADING, import_torch_stack, when_torch_loaded
 
 
 class ClosingWorker(GeneratorWorker):
@@ -58,6 +58,7 @@ def _complete(path: str, mtime_ns: int) -> bool:
 
 
 def _drive(job: Callable[[], Iterator], in_subprocess: bool) -> Iterator:
+    import_torch_stack()  # started when the widget opened: a Start before it is done waits here, in the worker
     if in_subprocess:
         from ..api import in_subprocess
 
@@ -75,7 +76,6 @@ class TrainingPanel(QWidget, FollowsLayers):
 
     def __init__(self, napari_viewer, form: Container) -> None:
         super().__init__()
-        import_torch_stack()
         self.viewer = napari_viewer
         self.form = form
         self.worker: ClosingWorker | None = None
@@ -105,6 +105,8 @@ class TrainingPanel(QWidget, FollowsLayers):
         self.last_event = None
         self.failed: Exception | None = None
         self._set_state("idle")
+        self.status.setText(LOADING)
+        when_torch_loaded(self._torch_ready, self._torch_failed)
 
     # --- to implement -------------------------------------------------------------------------------------
     def job(self, resume: bool) -> Callable[[], Iterator]:
@@ -180,6 +182,14 @@ class TrainingPanel(QWidget, FollowsLayers):
             self.worker.quit()
 
     # --- worker signals (main thread) ---------------------------------------------------------------------
+    def _torch_ready(self, _=None) -> None:
+        if self.status.text() == LOADING:
+            self.status.setText("idle")
+
+    def _torch_failed(self, exc: Exception) -> None:
+        self.status.setText(f"PyTorch could not be loaded ({exc}): reinstall napari-rrl-medsam's dependencies.")
+        show_error(f"{self.title}: PyTorch could not be loaded: {exc}")
+
     def _yielded(self, event) -> None:
         if event.stage == "evaluation":  # after the last training step: not a step of its own
             self.show_evaluation(event)

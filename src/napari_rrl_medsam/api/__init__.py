@@ -12,7 +12,7 @@ each returning the trained model, or with `events=True` the `Progress` events th
 is passed the same way everywhere: `atlas=(image, labels)` (volumes or files) or a task `Case`. Settings are a
 config object (`api.CotrainConfig(...)`) or a dict of its fields (`api.QUICK["cotrain"]`).
 
-Importing this module does not import torch or napari (the config classes import it when first used).
+Importing this module does not import torch or napari (nor do the config classes).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checkpoint import load_checkpoint
+from ..core.configs import REFINE_STEPS, CotrainConfig, DistillConfig, RegistrationTrainConfig
 from ..core.errors import InputError
 from ..core.files import check_output, check_output_folder
 from ..core.io import is_volume_path, load_volume, plan_outputs, save_volume, volume_files
 from ..core.metrics import Evaluation
 from ..core.metrics import evaluate as _evaluate
-from ..core.registration import REFINE_STEPS
 from ..core.resample import normalise_intensity, reorient_canonical, resample, same_voxels, to_working, working_grid
 from ..core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
 from ..core.task import Case, OneShotTask, load_task
@@ -132,13 +132,3 @@ def in_subprocess(job) -> Iterator:
     from ..core.engines.remote import RemoteEvents
 
     return RemoteEvents(job)
-
-
-def __getattr__(name: str):
-    """The training config classes, imported (with torch) when first asked for: `api.CotrainConfig(steps=600)`."""
-    from .training import CONFIGS, config_class
-
-    for stage, config in CONFIGS.items():
-        if name == config:
-            return config_class(stage)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,24 +27,20 @@ CONFIGS = {"distill": "DistillConfig", "registration": "RegistrationTrainConfig"
 
 
 def config_class(stage: str) -> type:
-    """A training stage's config dataclass (imports torch).
+    """A training stage's config dataclass (`core/configs.py`: no torch).
 
     Args:
         stage: "distill", "registration" or "cotrain".
     """
-    if stage == "distill":
-        from ..core.engines.distill import DistillConfig as config
-    elif stage == "registration":
-        from ..core.engines.register import RegistrationTrainConfig as config
-    elif stage == "cotrain":
-        from ..core.engines.cotrain import CotrainConfig as config
-    else:
+    from ..core import configs
+
+    if stage not in CONFIGS:
         raise InputError(f"stage is 'distill', 'registration' or 'cotrain', not {stage!r}.")
-    return config
+    return getattr(configs, CONFIGS[stage])
 
 
 def defaults(stage: str) -> dict:
-    """The default settings of a training stage, read from its config dataclass (imports torch).
+    """The default settings of a training stage, read from its config dataclass (no torch needed).
 
     Args:
         stage: "distill" (`DistillConfig`), "registration" (`RegistrationTrainConfig`) or "cotrain"

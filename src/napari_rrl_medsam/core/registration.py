@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .configs import REFINE_STEPS
 from .errors import InputError
 from .resample import normalise_intensity, resample, working_grid
 from .task import check_atlas
@@ -23,9 +24,6 @@ from .volume import Grid, Volume
 from .warp import Field, label_shares, resample_linear, source_coordinates, warp
 
 KIND = "registration"
-# instance optimisation steps per pair, wherever a face registers without being told: +0.04 mean Dice over the
-# network alone for about 1.5 s per brain (docs/benchmarks.md, "ours + 5 refinement steps")
-REFINE_STEPS = 5
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
 # MONAI's DiffusionLoss indexes with a list; torch warns about a future change that has not come (torch 2.14).

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-APPEARANCES = ("style", "fourier", "none")
-FIELD_MODES = ("mix", "scale")
+from .configs import APPEARANCES, FIELD_MODES
 
 
 class SyntheticPairs:

@@ -22,66 +22,19 @@ import numpy as np
 
 from ..augment import intensity_augmentation, random_gamma
 from ..checkpoint import check_same_task
+from ..configs import APPEARANCES, FIELD_MODES, CotrainConfig, EncoderConfig
 from ..device import resolve_device
 from ..errors import InputError
-from ..models.encoder import EncoderConfig
-from ..models.segmentation import SegmentationSpec, build_segmentation, mutual_ema
-from ..registration import REFINE_STEPS, intensities
+from ..models.segmentation import build_segmentation, mutual_ema
+from ..registration import intensities
 from ..resample import foreground, resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
-from ..synthetic import APPEARANCES, FIELD_MODES, SyntheticPairs
+from ..synthetic import SyntheticPairs
 from ..task import check_atlas, label_indices
 from ..volume import Volume
 from ..warp import label_shares
 from .events import Progress
 from .loop import Hook, Loop, StepOutput, starting_point
-
-
-@dataclass
-class CotrainConfig(SegmentationSpec):
-    """A segmentation model's spec (`SegmentationSpec`: decoders, slab, slice size) and how it is co-trained."""
-
-    steps: int = 1500  # the recipe's (training/cotrain.json); the quick budget (api.QUICK) runs 600 at 96 px
-    lr: float = 1e-2  # decoders: at 1e-3 they took hundreds of steps to predict any small structure
-    encoder_lr: float = 5e-4
-    lr_schedule: str = "poly"  # both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay), or "constant"
-    ema_alpha: float = 0.99
-    use_mutual_ema: bool = True
-    use_dskd: bool = True  # False: E_g (and so E_m) start from random weights
-    atlas_probability: float = 0.25
-    # exact synthetic pairs (0: none): share of steps; the rest after the atlas are (unlabelled, pseudo label)
-    synthetic_probability: float = 0.0
-    appearance: str = "fourier"  # of the synthetic image: "fourier" (IST amplitude), "style" (BRBS offset), "none"
-    field_mode: str = "mix"  # synthetic fields: "mix" two volumes' velocities, or "scale" one
-    synthetic_beta: float = 0.3  # Beta(b, b) of the field and style weights (BRBS)
-    pseudo_weight: float = 1.0  # loss weight of the (unlabelled image, pseudo label) steps (IST: 0.1)
-    intensity_augment: bool = False  # MONAI random bias field, contrast, histogram shift, blur, noise
-    # train on each class's share of each working-grid voxel (the native atlas labels' partial volumes, warped:
-    # `warp.label_shares`) instead of one nearest label; synthetic pairs and fused self-training labels stay nearest
-    label_shares: bool = False
-    consistency_weight: float = 0.0
-    refine_steps: int = REFINE_STEPS  # instance optimisation when computing pseudo labels
-    # with a `pseudo_model` (a co-trained model: a self-training round), the registration's share of the fused
-    # pseudo labels, (1 - w) p_model + w [registration == k]; below 0.5, else the registration always wins
-    pseudo_prior_weight: float = 0.3
-    augment: bool = True
-    checkpoint_every: int = 25
-    preview_every: int = 25
-    validate_every: int = 50  # validation Dice (working grid) every so many steps, when labelled volumes are given
-    seed: int = 0
-    device: str = "auto"
-
-    @staticmethod
-    def legacy() -> dict:
-        return {
-            **SegmentationSpec.legacy(),
-            "lr_schedule": "constant",
-            "synthetic_probability": 0.0,
-            "pseudo_weight": 1.0,
-            "intensity_augment": False,
-            "label_shares": False,
-        }
-
 
 # the settings that shape the networks (or what they were trained to see): a fine-tuned run keeps its init's
 ARCHITECTURE = ("decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size", "norm_statistics")

@@ -19,59 +19,20 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from ..checkpoint import load_checkpoint, reading, resume_state, save_checkpoint
+from ..configs import DistillConfig, EncoderConfig
 from ..device import resolve_device
 from ..errors import InputError
-from ..models.encoder import EncoderConfig, LightEncoder
-from ..settings import check_settings
+from ..models.encoder import LightEncoder
 from ..volume import Volume
 from .events import Progress
 from .loop import Loop, Start, StepOutput
 
 KIND = "distill"
-
-
-@dataclass
-class DistillConfig:
-    natural_steps: int = 600
-    medical_steps: int = 600
-    batch_size: int = 8
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05  # cosine decay within each stage down to lr * min_lr_ratio
-    weight_decay: float = 1e-4
-    cosine_weight: float = 1.0
-    replay: float = 0.0  # share of each medical-stage batch drawn from the photographs (against forgetting)
-    freeze_norm: bool = False  # stage 2 keeps stage 1's batch-norm statistics (one normalisation for both domains)
-    augment: bool = True
-    image_size: int | None = None  # student input; None: 4 x the teacher's embedding grid (256 for SAM)
-    slices_per_volume: int = 24  # evenly spaced through the slices with foreground
-    axis: int = 2  # slicing axis of the RAS working grid (2: axial)
-    spacing: float = 2.0  # working resolution in mm
-    checkpoint_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    teacher_batch: int = 4
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["encoder"] = self.encoder.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DistillConfig:
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d["encoder"] = EncoderConfig.from_dict(d.get("encoder", {}))
-        return cls(**d)
 
 
 def teacher_embeddings(teacher, images, cache, batch_size: int, label: str):

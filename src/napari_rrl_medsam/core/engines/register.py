@@ -22,32 +22,17 @@ import numpy as np
 
 from ..augment import random_gamma
 from ..checkpoint import check_same_task
+from ..configs import RegistrationTrainConfig
 from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import LightEncoder
-from ..models.registration import RegistrationSpec, build_registration
+from ..models.registration import build_registration
 from ..registration import KIND, RegistrationModel, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
 from ..task import check_atlas, check_pair, label_indices
 from ..volume import Grid, Volume
 from .events import Progress
 from .loop import Hook, Loop, StepOutput, starting_point
-
-
-@dataclass
-class RegistrationTrainConfig(RegistrationSpec):
-    """A registration model's spec (`RegistrationSpec`: network, inputs, objective) and how it is trained."""
-
-    steps: int = 1000
-    lr: float = 1e-3
-    dice_weight: float = 0.0  # Dice coupling with the targets' segmentations (needs `segmentations`)
-    augment: bool = True
-    checkpoint_every: int = 50
-    preview_every: int = 10
-    validate_every: int = 50  # validation Dice (the network alone, native grid) every so many steps, when given
-    seed: int = 0
-    device: str = "auto"
-
 
 # the settings that shape the network and its inputs: a fine-tuned run keeps its init's
 ARCHITECTURE = ("spacing", "axis", "feature_level", "feature_size", "use_features", "network")

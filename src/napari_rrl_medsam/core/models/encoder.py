@@ -10,34 +10,15 @@ The default configuration has 2,557,376 parameters (2.85%), under the 3% of SAM 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 from torch.nn import functional as F
 
+from ..configs import EncoderConfig
+
 SAM_VIT_B_ENCODER_PARAMS = 89_670_912
 MAX_PARAMS = int(0.03 * SAM_VIT_B_ENCODER_PARAMS)
-
-
-@dataclass
-class EncoderConfig:
-    """Architecture of the lightweight encoder; saved with every checkpoint so it can be rebuilt."""
-
-    in_channels: int = 3
-    channels: tuple[int, ...] = (32, 64, 160, 256)  # strides 2, 4, 8, 16
-    embed_dim: int = 256  # the teacher's embedding channels
-    neck_channels: int = 160
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        d = dict(d)
-        d["channels"] = tuple(d["channels"])
-        return cls(**d)
 
 
 class LightEncoder(nn.Module):

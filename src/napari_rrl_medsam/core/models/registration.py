@@ -7,48 +7,22 @@ stationary velocity field integrated by scaling and squaring (MONAI `DVF2DDF`). 
 and integrated at half resolution, then upsampled (as VoxelMorph does): smooth fields lose nothing and
 training runs about three times faster on a CPU.
 
-`RegistrationSpec` holds what shapes the network and its inputs (and the objective instance optimisation
-continues); `build_registration(spec, state)` rebuilds the network and its frozen medical encoder from it, for
-inference and training alike (the training engine's config extends the spec with its training-only fields).
+`RegistrationSpec` (core/configs.py) holds what shapes the network and its inputs (and the objective instance
+optimisation continues); `build_registration(spec, state)` rebuilds the network and its frozen medical encoder
+from it, for inference and training alike (the training engine's config extends the spec with its training-only
+fields).
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from monai.networks.blocks import DVF2DDF, Convolution
 from torch import nn
 from torch.nn import functional as F
 
+from ..configs import EncoderConfig, RegistrationConfig, RegistrationSpec
 from ..errors import InputError
-from ..settings import check_settings
-from .encoder import EncoderConfig, LightEncoder
-
-
-@dataclass
-class RegistrationConfig:
-    channels: tuple[int, ...] = (8, 16, 32, 32)  # full, 1/2, 1/4, 1/8 resolution
-    feature_channels: int = 64  # encoder feature channels per volume (0: intensities only)
-    feature_projection: int = 4  # each volume's features projected to this many channels
-    diffeomorphic: bool = True
-    integration_steps: int = 7
-
-    @property
-    def scaling_and_squaring_steps(self) -> int:
-        """Integration steps of the network's output (0: the output is a displacement, not a velocity)."""
-        return self.integration_steps if self.diffeomorphic else 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RegistrationConfig:
-        d = dict(d)
-        d["channels"] = tuple(d["channels"])
-        return cls(**d)
+from .encoder import LightEncoder
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Module:
@@ -129,48 +103,6 @@ def displacement(flow: torch.Tensor, size, integrate: nn.Module | None) -> torch
     # 73 / 37 for 73 (a plain factor 2 would stretch odd axes by up to a few percent)
     scale = torch.tensor([s / h for s, h in zip(size, flow.shape[2:])], dtype=flow.dtype, device=flow.device)
     return F.interpolate(flow, size=tuple(size), mode="trilinear", align_corners=False) * scale.view(1, 3, 1, 1, 1)
-
-
-@dataclass
-class RegistrationSpec:
-    """The registration model as checkpoints record it: network, inputs and objective.
-
-    Args:
-        spacing: the working grid's isotropic voxel size (mm).
-        axis: the slicing axis of the encoder features.
-        feature_level: the encoder stage whose features enter (1: stride 4, 64 channels).
-        feature_size: the encoder's input side (2 mm slices are ~112 px; 256 spent 4x on upsampled pixels).
-        use_features: False: intensities only, no medical encoder.
-        ncc_kernel: the local NCC window (voxels) of the similarity loss (training and instance optimisation).
-        smooth_weight: the weight of the diffusion (smoothness) loss.
-        network: the U-Net's own shape.
-    """
-
-    spacing: float = 2.0
-    axis: int = 2
-    feature_level: int = 1
-    feature_size: int = 128
-    use_features: bool = True
-    ncc_kernel: int = 9
-    smooth_weight: float = 1.0
-    network: RegistrationConfig = field(default_factory=RegistrationConfig)
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["network"] = self.network.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        """From a checkpoint's config (unknown keys are passed over: a spec reads a training config's dict)."""
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d.setdefault("feature_size", 256)  # checkpoints from before the option used 256 px
-        d["network"] = RegistrationConfig.from_dict(d.get("network", {}))
-        return cls(**d)
 
 
 def build_registration(spec: RegistrationSpec, state: dict | None = None, encoder: LightEncoder | None = None):

@@ -10,9 +10,9 @@ Slices keep their own resolution through the 2D encoder; 3D convolutions (kernel
 neighbouring slices, upsampling is in-plane only. Inputs and outputs live in the encoder's square
 slice space (S x S per slice, S = 256 by default).
 
-`SegmentationSpec` holds what shapes the decoders and how the model sees a volume (slab, slice size, batch-norm
-statistics); `build_segmentation(spec, ...)` makes the four parts, for inference and training alike (the
-co-training engine's config extends the spec with its training-only fields).
+`SegmentationSpec` (core/configs.py) holds what shapes the decoders and how the model sees a volume (slab, slice
+size, batch-norm statistics); `build_segmentation(spec, ...)` makes the four parts, for inference and training
+alike (the co-training engine's config extends the spec with its training-only fields).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from ..settings import check_settings
-from .encoder import EncoderConfig, LightEncoder
+from ..configs import EncoderConfig, SegmentationSpec
+from .encoder import LightEncoder
 from .slab_layers import resize_in_plane, slice_conv
 
 
@@ -158,48 +157,6 @@ def mutual_ema(general: nn.Module, medical: nn.Module, alpha: float = 0.99) -> N
         g_old = g.clone()
         g.mul_(alpha).add_(m, alpha=1 - alpha)
         m.mul_(alpha).add_(g_old, alpha=1 - alpha)
-
-
-@dataclass
-class SegmentationSpec:
-    """The segmentation model as checkpoints record it: its decoders and how it sees a volume.
-
-    Args:
-        slab: consecutive slices per slab (the 3D decoders' depth).
-        image_size: the encoder's input side per slice (2 mm brain slices are about 112 px across).
-        decoder_width: channels of the decoders.
-        use_prompt: the AP decoder takes the general branch's mask as a prompt (False: the ablation).
-        prompt_residual: AP logits + log M_g: the AP decoder corrects the prompt (see `APDecoder`).
-        norm_statistics: prediction's batch norm: "slab" = each slab's own statistics, as in training (+0.017
-            Dice measured), or "running" = the running averages (the usual eval mode).
-        slab_overlap: prediction: consecutive slabs overlap by this fraction, probabilities averaged (+0.003
-            Dice for about 1.3x the segmentation time, measured).
-    """
-
-    slab: int = 8
-    image_size: int = 128
-    decoder_width: int = 32
-    use_prompt: bool = True
-    prompt_residual: bool = True
-    norm_statistics: str = "slab"
-    slab_overlap: float = 0.5
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @staticmethod
-    def legacy() -> dict:
-        """Values of keys older checkpoints lack: those they were trained with."""
-        return {"prompt_residual": False}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        """From a checkpoint's config (unknown keys are passed over: a spec reads a training config's dict)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{**cls.legacy(), **{k: v for k, v in d.items() if k in known}})
 
 
 def build_segmentation(
