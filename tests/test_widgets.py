@@ -19,6 +19,7 @@ from napari_rrl_medsam.core.models.registration import RegistrationConfig
 from napari_rrl_medsam.core.teachers import Teacher
 
 PLUGIN = "napari-rrl-medsam"
+WIDGETS = ("One-shot training", "Register and segment", "Encoder distillation (DSKD)", "Correct with box prompts")
 LONG = 120_000  # ms: generous, the machine is shared
 TINY_REGISTRATION = dict(
     lr=3e-3,
@@ -450,7 +451,7 @@ def test_every_field_has_a_tooltip(make_napari_viewer):
     from magicgui.widgets import PushButton
 
     viewer = make_napari_viewer()
-    for name in ("One-shot training", "Register and segment", "Encoder distillation (DSKD)"):
+    for name in WIDGETS:
         form = open_widget(viewer, name).form
         missing = [w.name for w in form if not isinstance(w, PushButton) and not w.tooltip]
         assert not missing, f"{name}: no tooltip on {missing}"
@@ -498,9 +499,7 @@ def test_widgets_are_in_the_layers_segment_menu_and_follow_the_layers(make_napar
     viewer.add_labels(np.zeros((4, 4, 4), np.uint8))
     items = get_app_model().menus.get_menu("napari/layers/segment")
     titles = {getattr(item, "command", None) and item.command.title for item in items}
-    assert {
-        f"{name} (RRL-MedSAM)" for name in ("One-shot training", "Register and segment", "Encoder distillation (DSKD)")
-    } <= titles
+    assert {f"{name} (RRL-MedSAM)" for name in WIDGETS} <= titles
 
 
 def test_widgets_open_at_once_and_load_torch_in_the_background_without_crashing(tmp_path):

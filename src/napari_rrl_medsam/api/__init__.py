@@ -35,6 +35,7 @@ from ..core.task import Case, OneShotTask, load_task
 from ..core.volume import Grid, Kind, Volume
 from ..data.sample import sample_task
 from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, segment
+from .prompts import prompt_segment, prompter
 from .training import QUICK, cotrain, defaults, distill, train_one_shot, train_registration
 
 __all__ = [
@@ -69,6 +70,8 @@ __all__ = [
     "load_volume",
     "normalise_intensity",
     "plan_outputs",
+    "prompt_segment",
+    "prompter",
     "register",
     "reorient_canonical",
     "resample",

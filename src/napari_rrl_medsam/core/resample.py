@@ -165,6 +165,22 @@ def reorient_canonical(volume: Volume) -> Volume:
     return Volume(np.ascontiguousarray(array), affine, volume.kind, volume.path, dict(volume.metadata))
 
 
+def from_canonical(canonical: Volume, like: Volume) -> Volume:
+    """`reorient_canonical`'s inverse: a volume on `like`'s canonical grid back on `like`'s own voxel grid and
+    affine (exact: the same flips and permutations undone).
+
+    Args:
+        canonical: a volume on `reorient_canonical(like)`'s grid (e.g. a mask made there).
+        like: the volume whose grid it returns to.
+    """
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(like.affine)
+    back = nio.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]]), ornt)
+    array = np.ascontiguousarray(nio.apply_orientation(canonical.array, back))
+    return Volume(array, like.affine, canonical.kind, None, dict(canonical.metadata))
+
+
 def normalise_intensity(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Clip to the [low, high] percentiles and scale to [0, 1] (float32): robust to hot voxels.
 

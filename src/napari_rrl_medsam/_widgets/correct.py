@@ -1,0 +1,162 @@
+"""The correction dock widget: box prompts with the SAM-family decoder (LiteMedSAM) paint one structure into a labels
+layer, on the current axial slice and, with "propagate", the neighbouring slices. napari's own paint / fill /
+erase tools do the rest; Ctrl+Z undoes a prompt like a brush stroke."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QLabel, QWidget
+
+from .._writer import layer_affine
+from .dskd import DEVICES
+from .layers import FollowsLayers, image_volume, layer_choices, like_layer, scrolled_layout
+from .settings import load_settings, save_settings
+from .torch_import import LOADING, import_torch_stack, when_torch_loaded
+
+BOXES = "RRL-MedSAM boxes"  # the Shapes layer the boxes are drawn in
+
+
+class CorrectWidget(QWidget, FollowsLayers):
+    """Draw a box around a structure on an axial slice; LiteMedSAM segments it into the chosen labels layer."""
+
+    title = "correction"
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = v = napari_viewer
+        self.form = Container(
+            widgets=[
+                ComboBox(
+                    name="image_layer",
+                    label="image",
+                    choices=layer_choices(v, "image"),
+                    tooltip="the volume the boxes are drawn on (its axial slices are segmented)",
+                ),
+                ComboBox(
+                    name="labels_layer",
+                    label="labels layer",
+                    choices=layer_choices(v, "labels", inputs=False),
+                    tooltip="the label map to correct (a result, or a new empty Labels layer): the box's structure "
+                    "is painted into it",
+                ),
+                SpinBox(
+                    name="label_value",
+                    label="label value",
+                    min=1,
+                    max=2**16 - 1,
+                    value=1,
+                    tooltip="the structure's label value (the labels layer's selected label is taken when it changes)",
+                ),
+                CheckBox(
+                    name="propagate",
+                    text="propagate to neighbouring slices",
+                    value=True,
+                    tooltip="carry the mask slice by slice (each prompted with the previous slice's mask box) until "
+                    "the structure ends; off: the box's slice only",
+                ),
+                ComboBox(
+                    name="device",
+                    label="device",
+                    choices=DEVICES,
+                    value=load_settings().get("device", "auto"),
+                    tooltip="where LiteMedSAM runs: auto = a GPU when there is one",
+                ),
+                PushButton(name="draw", text="Draw a box"),
+                PushButton(name="apply", text="Segment the box"),
+            ]
+        )
+        self.status = QLabel(LOADING)
+        self.status.setWordWrap(True)
+        layout = scrolled_layout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.form.draw.changed.connect(self.draw)
+        self.form.apply.changed.connect(self.apply)
+        self.form.labels_layer.changed.connect(self._follow_selected_label)
+        self.follow_layers(v)
+        self.worker = None
+        self._prompters: dict[int, tuple[object, object]] = {}  # image layer id -> (its data, prompter)
+        when_torch_loaded(self._torch_ready, lambda exc: self._failed("loading PyTorch", exc))
+
+    def _torch_ready(self, _=None) -> None:
+        if self.status.text() == LOADING:
+            self.status.setText("draw a box around a structure on an axial slice, then Segment the box")
+
+    def _follow_selected_label(self, layer=None) -> None:
+        if layer is not None:
+            self.form.label_value.value = max(1, int(layer.selected_label))
+
+    # --- actions ------------------------------------------------------------------------------------------
+    def draw(self) -> None:
+        """Select (or add) the boxes layer in rectangle mode, on top."""
+        if BOXES not in self.viewer.layers:
+            self.viewer.add_shapes(name=BOXES, edge_color="yellow", face_color="transparent", edge_width=1)
+        boxes = self.viewer.layers[BOXES]
+        self.viewer.layers.selection.active = boxes
+        boxes.mode = "add_rectangle"
+        self.status.setText("drag a rectangle around the structure on an axial slice, then Segment the box")
+
+    def box_corners(self, image) -> list[list[float]]:
+        """Two opposite corners of the newest box, in RAS millimetres through `image`'s placement."""
+        if BOXES not in self.viewer.layers or not len(self.viewer.layers[BOXES].data):
+            raise ValueError("no box yet: press Draw a box and drag a rectangle around the structure.")
+        boxes = self.viewer.layers[BOXES]
+        corners = np.asarray(boxes.data[-1])[[0, 2]]
+        world = [boxes.data_to_world(c) for c in corners]
+        data = np.array([image.world_to_data(w) for w in world])
+        to_ras = layer_affine(image.as_layer_data_tuple()[1])
+        return (data @ to_ras[:3, :3].T + to_ras[:3, 3]).tolist()
+
+    def apply(self) -> None:
+        """Segment the newest box's structure and paint it into the labels layer (undoable)."""
+        image, labels, value = self.form.image_layer.value, self.form.labels_layer.value, self.form.label_value.value
+        if image is None or labels is None:
+            return show_error("segment the box: choose an image and a labels layer (a new one: Layers > New Labels).")
+        try:
+            corners = self.box_corners(image)
+            cached = self._prompters.get(id(image))
+            reuse = cached is not None and cached[0] is image.data  # the slice embeddings are still good
+            volume = None if reuse else image_volume(image, "image")
+        except ValueError as exc:
+            return show_error(f"segment the box: {exc}")
+        propagate, device, key, data = self.form.propagate.value, self.form.device.value, id(image), image.data
+        save_settings(device=device)
+
+        def work():
+            import_torch_stack()
+            from ..api import prompter
+
+            if volume is not None:
+                self._prompters[key] = (data, prompter(volume, device))
+            return self._prompters[key][1].segment(corners, propagate)
+
+        def done(mask) -> None:
+            array = like_layer(mask, labels, labels.name, "labels")[0] > 0
+            labels.data_setitem(np.nonzero(array), value)
+            self.status.setText(f"painted label {value} into {labels.name}: {int(array.sum())} voxels (Ctrl+Z undoes)")
+
+        self._run("segment the box", work, done)
+
+    # --- running work off the main thread -------------------------------------------------------------------
+    def _run(self, what: str, func, done) -> None:
+        if self.worker is not None:
+            return
+        self.form.enabled = False
+        self.status.setText(f"{what}..." + ("" if self._prompters else " (the first box embeds each slice once)"))
+        worker = create_worker(func, _start_thread=False, _connect={"errored": lambda exc: self._failed(what, exc)})
+        worker.returned.connect(done)
+        worker.finished.connect(self._idle)
+        self.worker = worker
+        worker.start()
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.status.setText(f"{what} failed: {exc}")
+        show_error(f"{what} failed: {exc}")
+
+    def _idle(self) -> None:
+        self.worker = None
+        self.form.enabled = True
