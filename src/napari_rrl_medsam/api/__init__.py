@@ -34,7 +34,7 @@ from ..core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
 from ..core.task import Case, OneShotTask, load_task
 from ..core.volume import Grid, Kind, Volume
 from ..data.sample import sample_task
-from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, segment
+from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, register_atlases, segment
 from .prompts import prompt_segment, prompter
 from .training import QUICK, cotrain, defaults, distill, train_one_shot, train_registration
 
@@ -73,6 +73,7 @@ __all__ = [
     "prompt_segment",
     "prompter",
     "register",
+    "register_atlases",
     "reorient_canonical",
     "resample",
     "same_voxels",

@@ -89,6 +89,29 @@ def register(model, atlas, volume: Volume | str | Path, refine_steps: int = REFI
     return model.register(image, labels, as_volume(volume), refine_steps)
 
 
+def register_atlases(
+    model, atlases: Sequence, volume: Volume | str | Path, fusion: str = "local", refine_steps: int = REFINE_STEPS
+):
+    """Register several labelled volumes onto `volume` and fuse their warped labels: multi-atlas segmentation.
+
+    Args:
+        model: from `load_model` (a registration or co-trained model) or a checkpoint file.
+        atlases: (image, labels) pairs of volumes or files, or task `Case`s; their label sets must agree.
+        volume: the target image (volume or file).
+        fusion: "local" (each atlas's vote weighted by its warped image's local similarity to the target) or
+            "majority".
+        refine_steps: instance optimisation steps per pair.
+
+    Returns:
+        A `MultiAtlasResult`: `.labels` (fused, on `volume`'s native grid and affine) and `.results` (each atlas's
+        `RegistrationResult`).
+    """
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    pairs = [atlas_pair(atlas) for atlas in atlases]
+    return model.register_atlases(pairs, as_volume(volume), fusion, refine_steps)
+
+
 def segment(
     model,
     volume: Volume | str | Path,

@@ -230,6 +230,44 @@ class RegistrationModel:
             field, warp(atlas, field, target.grid, coords=coords), warped_labels, field.folding_fraction()
         )
 
+    def register_atlases(
+        self,
+        atlases: Sequence[tuple[Volume, Volume]],
+        target: Volume,
+        fusion: str = "local",
+        refine_steps: int = REFINE_STEPS,
+    ) -> MultiAtlasResult:
+        """Register several labelled volumes onto `target` and fuse their warped labels (`core/fusion.py`).
+
+        Args:
+            atlases: (image, labels) pairs; their label sets must agree.
+            target: the image to label.
+            fusion: "local" (votes weighted by local image similarity) or "majority".
+            refine_steps: instance optimisation steps per pair.
+        """
+        from .fusion import FUSIONS, check_label_sets, fuse, local_weights
+
+        if fusion not in FUSIONS:
+            raise InputError(f"fusion is one of {', '.join(FUSIONS)}, not {fusion!r}.")
+        if not atlases:
+            raise InputError("multi-atlas registration needs at least one labelled volume.")
+        check_label_sets([np.unique(labels.array) for _, labels in atlases], [labels.name for _, labels in atlases])
+        results = [self.register(image, labels, target, refine_steps) for image, labels in atlases]
+        maps = [r.warped_labels.array for r in results]
+        weights = None
+        if fusion == "local" and len(results) > 1:
+            warped = [normalise_intensity(r.warped_image.array) for r in results]
+            weights = local_weights(normalise_intensity(target.array), warped, target.spacing)
+        return MultiAtlasResult(target.with_array(fuse(maps, weights), kind="labels"), results)
+
+
+@dataclass
+class MultiAtlasResult:
+    """Fused labels on the target's native grid, and each atlas's own registration."""
+
+    labels: Volume
+    results: list[RegistrationResult]
+
 
 def refine(ddf, atlas, target, config, steps: int, lr: float = 0.2):
     """Instance optimisation: Adam on the working-grid displacement itself for this pair, same loss as training.

@@ -204,6 +204,10 @@ class SegmentationModel:
         """The co-trained model's registration (see `RegistrationModel.register`)."""
         return self.registration.register(*args, **kwargs)
 
+    def register_atlases(self, *args, **kwargs):
+        """`RegistrationModel.register_atlases` with the registration this model was trained with."""
+        return self.registration.register_atlases(*args, **kwargs)
+
     def working_labels(
         self, volume: Volume, prior: np.ndarray | None = None, prior_weight: float = PRIOR_WEIGHT
     ) -> np.ndarray:
