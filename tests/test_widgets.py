@@ -417,6 +417,40 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     assert np.array_equal(saved.affine, source.affine) and saved.shape == source.shape
 
 
+def test_register_with_a_labelled_set_fuses_every_labelled_volume(make_napari_viewer, qtbot, tmp_path, sample_model):
+    """The correction widget's labelled set feeds Register: target03 and its true labels added to the set, then
+    registered (with the atlas) onto target03 itself; the locally weighted vote follows the identical volume."""
+    from napari_rrl_medsam import api
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "oneshot_brain")
+    correct = open_widget(viewer, "Correct with box prompts")
+    correct.form.image_layer.value, correct.form.labels_layer.value = (
+        viewer.layers["target03"],
+        viewer.layers["target03 labels"],
+    )
+    correct.form.labelled_set.value = str(tmp_path / "set")
+    assert correct.form.volume_name.value == "target03"
+    correct.add_to_set()
+    assert correct.labelled.text() == "labelled set: 1 volume: target03"
+    assert [c.id for c in api.labelled_set(tmp_path / "set")] == ["target03"]
+    widget = open_widget(viewer, "Register and segment")
+    f = widget.form
+    f.model.value, f.device.value, f.refine_steps.value = str(sample_model), "cpu", 0
+    f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
+    f.target.value = viewer.layers["target03"]
+    truth = np.asarray(viewer.layers["target03 labels"].data)
+    f.register.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None and "target03 pseudo labels" in viewer.layers, timeout=LONG)
+    single = np.asarray(viewer.layers["target03 pseudo labels"].data).copy()
+    f.labelled_set.value = str(tmp_path / "set")
+    f.register.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None and "2 labelled volumes" in widget.status.text(), timeout=LONG)
+    fused = np.asarray(viewer.layers["target03 pseudo labels"].data)
+    agree = lambda a: (a == truth)[truth > 0].mean()  # noqa: E731
+    assert agree(fused) > 0.9 and agree(fused) > agree(single) + 0.1
+
+
 def test_choosers_offer_what_fits_and_default_to_the_next_step(make_napari_viewer, qtbot, tmp_path, notifications):
     from napari_rrl_medsam._widgets.layers import like_layer, to_volume
 

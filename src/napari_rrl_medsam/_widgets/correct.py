@@ -5,18 +5,79 @@ erase tools do the rest; Ctrl+Z undoes a prompt like a brush stroke."""
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QLabel, QWidget
 
 from .._writer import layer_affine
 from .dskd import DEVICES
-from .layers import FollowsLayers, image_volume, layer_choices, like_layer, scrolled_layout
+from .layers import FollowsLayers, image_volume, layer_choices, like_layer, scrolled_layout, to_volume
 from .settings import load_settings, save_settings
 from .torch_import import LOADING, import_torch_stack, when_torch_loaded
 
 BOXES = "RRL-MedSAM boxes"  # the Shapes layer the boxes are drawn in
+
+
+def correction_form(v) -> Container:
+    """The widget's fields: what to correct and how, and the labelled set."""
+    return Container(
+        widgets=[
+            ComboBox(
+                name="image_layer",
+                label="image",
+                choices=layer_choices(v, "image"),
+                tooltip="the volume the boxes are drawn on (its axial slices are segmented)",
+            ),
+            ComboBox(
+                name="labels_layer",
+                label="labels layer",
+                choices=layer_choices(v, "labels", inputs=False),
+                tooltip="the label map to correct (a result, or a new empty Labels layer): the box's structure "
+                "is painted into it",
+            ),
+            SpinBox(
+                name="label_value",
+                label="label value",
+                min=1,
+                max=2**16 - 1,
+                value=1,
+                tooltip="the structure's label value (the labels layer's selected label is taken when it changes)",
+            ),
+            CheckBox(
+                name="propagate",
+                text="propagate to neighbouring slices",
+                value=True,
+                tooltip="carry the mask slice by slice (each prompted with the previous slice's mask box) until "
+                "the structure ends; off: the box's slice only",
+            ),
+            ComboBox(
+                name="device",
+                label="device",
+                choices=DEVICES,
+                value=load_settings().get("device", "auto"),
+                tooltip="where LiteMedSAM runs: auto = a GPU when there is one",
+            ),
+            PushButton(name="draw", text="Draw a box"),
+            PushButton(name="apply", text="Segment the box"),
+            FileEdit(
+                name="labelled_set",
+                label="labelled set",
+                mode="d",
+                nullable=True,
+                value=load_settings().get("labelled_set"),
+                tooltip="a folder collecting corrected volumes (images/ and labels/, NIfTI on each image's own "
+                "grid); the inference widget's Register fuses them all",
+            ),
+            LineEdit(
+                name="volume_name",
+                label="name in the set",
+                tooltip="the file name for the image and its labels (default: the image layer's name); an "
+                "existing one is never replaced",
+            ),
+            PushButton(name="add", text="Add to labelled set"),
+        ]
+    )
 
 
 class CorrectWidget(QWidget, FollowsLayers):
@@ -27,55 +88,23 @@ class CorrectWidget(QWidget, FollowsLayers):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = v = napari_viewer
-        self.form = Container(
-            widgets=[
-                ComboBox(
-                    name="image_layer",
-                    label="image",
-                    choices=layer_choices(v, "image"),
-                    tooltip="the volume the boxes are drawn on (its axial slices are segmented)",
-                ),
-                ComboBox(
-                    name="labels_layer",
-                    label="labels layer",
-                    choices=layer_choices(v, "labels", inputs=False),
-                    tooltip="the label map to correct (a result, or a new empty Labels layer): the box's structure "
-                    "is painted into it",
-                ),
-                SpinBox(
-                    name="label_value",
-                    label="label value",
-                    min=1,
-                    max=2**16 - 1,
-                    value=1,
-                    tooltip="the structure's label value (the labels layer's selected label is taken when it changes)",
-                ),
-                CheckBox(
-                    name="propagate",
-                    text="propagate to neighbouring slices",
-                    value=True,
-                    tooltip="carry the mask slice by slice (each prompted with the previous slice's mask box) until "
-                    "the structure ends; off: the box's slice only",
-                ),
-                ComboBox(
-                    name="device",
-                    label="device",
-                    choices=DEVICES,
-                    value=load_settings().get("device", "auto"),
-                    tooltip="where LiteMedSAM runs: auto = a GPU when there is one",
-                ),
-                PushButton(name="draw", text="Draw a box"),
-                PushButton(name="apply", text="Segment the box"),
-            ]
-        )
+        self.form = correction_form(v)
+        self.labelled = QLabel("")
+        self.labelled.setWordWrap(True)
         self.status = QLabel(LOADING)
         self.status.setWordWrap(True)
         layout = scrolled_layout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.status)
+        layout.addWidget(self.labelled)
         layout.addStretch(1)
         self.form.draw.changed.connect(self.draw)
         self.form.apply.changed.connect(self.apply)
+        self.form.add.changed.connect(self.add_to_set)
+        self.form.labelled_set.changed.connect(self.show_set)
+        self.form.image_layer.changed.connect(self._name_after_image)
+        self._name_after_image(self.form.image_layer.value)
+        self.show_set()
         self.form.labels_layer.changed.connect(self._follow_selected_label)
         self.follow_layers(v)
         self.worker = None
@@ -85,6 +114,9 @@ class CorrectWidget(QWidget, FollowsLayers):
     def _torch_ready(self, _=None) -> None:
         if self.status.text() == LOADING:
             self.status.setText("draw a box around a structure on an axial slice, then Segment the box")
+
+    def _name_after_image(self, layer=None) -> None:
+        self.form.volume_name.value = layer.name.replace(" ", "_") if layer is not None else ""
 
     def _follow_selected_label(self, layer=None) -> None:
         if layer is not None:
@@ -140,6 +172,33 @@ class CorrectWidget(QWidget, FollowsLayers):
             self.status.setText(f"painted label {value} into {labels.name}: {int(array.sum())} voxels (Ctrl+Z undoes)")
 
         self._run("segment the box", work, done)
+
+    def add_to_set(self) -> None:
+        """Save the image and the (corrected) labels layer into the labelled set folder: NIfTI on the image's own
+        grid, atomic, never replacing a file."""
+        from ..api import add_labelled
+
+        image, labels, folder = self.form.image_layer.value, self.form.labels_layer.value, self.form.labelled_set.value
+        if image is None or labels is None or folder is None:
+            return show_error("add to labelled set: choose the image, its labels layer and the labelled set folder.")
+        try:
+            written = add_labelled(folder, image_volume(image, "image"), to_volume(labels), self.form.volume_name.value)
+        except (ValueError, OSError) as exc:
+            return show_error(f"add to labelled set: {exc}")
+        save_settings(labelled_set=str(folder))
+        self.status.setText(f"added {written[0].name} and its labels to {folder}")
+        self.show_set()
+
+    def show_set(self, _=None) -> None:
+        """List the labelled set's volumes."""
+        from ..api import labelled_set
+
+        folder = self.form.labelled_set.value
+        cases = labelled_set(folder) if folder else []
+        self.labelled.setText(
+            f"labelled set: {len(cases)} volume{'s' * (len(cases) != 1)}"
+            + (": " + ", ".join(case.id for case in cases) if cases else "")
+        )
 
     # --- running work off the main thread -------------------------------------------------------------------
     def _run(self, what: str, func, done) -> None:

@@ -31,7 +31,7 @@ from ..core.metrics import Evaluation
 from ..core.metrics import evaluate as _evaluate
 from ..core.resample import normalise_intensity, reorient_canonical, resample, same_voxels, to_working, working_grid
 from ..core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
-from ..core.task import Case, OneShotTask, load_task
+from ..core.task import Case, OneShotTask, add_labelled, labelled_set, load_task
 from ..core.volume import Grid, Kind, Volume
 from ..data.sample import sample_task
 from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, register_atlases, segment
@@ -50,6 +50,7 @@ __all__ = [
     "QUICK",
     "REFINE_STEPS",
     "Volume",
+    "add_labelled",
     "check_output",
     "check_output_folder",
     "CotrainConfig",
@@ -63,6 +64,7 @@ __all__ = [
     "evaluate",
     "in_subprocess",
     "is_volume_path",
+    "labelled_set",
     "load_checkpoint",
     "load_encoder",
     "load_model",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import SUFFIXES, load_volume, read_grid, volume_files
+from .io import SUFFIXES, load_volume, read_grid, save_volume, volume_files
 from .volume import Grid, Volume, volume_id
 
 PathLike = str | Path
@@ -323,6 +323,48 @@ def _from_folder(folder: Path, atlas: str | None, n_validation: int) -> OneShotT
         [Case(i, images[i], labels[i]) for i in labelled if i != atlas],
         name=folder.name,
     )
+
+
+def add_labelled(folder: PathLike, image: Volume, labels: Volume, name: str) -> tuple[Path, Path]:
+    """Add a labelled volume (e.g. a corrected segmentation) to a labelled set: `folder/images/<name>.nii.gz` and
+    `folder/labels/<name>.nii.gz`, the layout `load_task` reads. Both files are checked before either is written,
+    each is written atomically, and nothing is ever replaced.
+
+    Args:
+        folder: the labelled set's folder (created if need be).
+        image: the image, on its own grid.
+        labels: its label map, on the same grid.
+        name: the volume's name: letters, digits, "-", "_" and "." only.
+    """
+    from .files import check_output
+
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise InputError(f"{name!r} cannot name a volume file: use letters, digits, '-', '_' and '.' only.")
+    labels = check_atlas(image, labels)
+    folder = Path(folder)
+    paths = folder / "images" / f"{name}.nii.gz", folder / "labels" / f"{name}.nii.gz"
+    for path in paths:
+        if path.exists():
+            raise InputError(f"{path} exists: the labelled set has a volume {name!r}; choose another name.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_output(path)
+    save_volume(image, paths[0])
+    save_volume(labels, paths[1])
+    return paths
+
+
+def labelled_set(folder: PathLike) -> list[Case]:
+    """The labelled volumes of a folder laid out as `add_labelled` writes it (images/, labels/; same names), by
+    name; images without labels are left out.
+
+    Args:
+        folder: the labelled set's folder (missing: an empty set).
+    """
+    folder = Path(folder)
+    if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
+        return []
+    images, labels = _volume_files(folder / "images"), _volume_files(folder / "labels")
+    return [Case(i, images[i], labels[i]) for i in sorted(images) if i in labels]
 
 
 def load_task(
