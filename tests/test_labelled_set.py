@@ -27,6 +27,8 @@ def test_added_volumes_keep_their_grid_are_listed_and_form_a_task(tmp_path):
     assert np.array_equal(back.array, labels.array) and np.allclose(back.affine, labels.affine)
     api.add_labelled(tmp_path / "set", *pair(2), "scan-02")
     assert [case.id for case in api.labelled_set(tmp_path / "set")] == ["scan-02", "scan-07_fixed"]
+    api.save_volume(pair(4)[0], tmp_path / "set" / "images" / "new.nii.gz")  # an image without labels
+    assert [case.id for case in api.labelled_set(tmp_path / "set")] == ["scan-02", "scan-07_fixed"]
     task = api.load_task(tmp_path / "set", atlas="scan-02")  # the layout a task folder has
     assert task.atlas.id == "scan-02" and [c.id for c in task.evaluation] == ["scan-07_fixed"]
     assert api.labelled_set(tmp_path / "nothing here") == []
@@ -41,7 +43,7 @@ def test_nothing_is_replaced_and_bad_input_is_refused_before_writing(tmp_path):
     assert (tmp_path / "labels" / "a.nii.gz").read_bytes() == before
     with pytest.raises(api.InputError, match="cannot name a volume file"):
         api.add_labelled(tmp_path, image, labels, "../b")
-    cropped = labels.with_array(labels.array[:, :, :7].copy())
+    cropped = api.Volume(labels.array[:, :, :7].copy(), labels.affine, kind="labels")
     with pytest.raises(api.InputError, match="voxel grid"):
         api.add_labelled(tmp_path, image, cropped, "c")
     assert not (tmp_path / "images" / "c.nii.gz").exists()

@@ -439,6 +439,8 @@ def test_register_with_a_labelled_set_fuses_every_labelled_volume(make_napari_vi
     f.model.value, f.device.value, f.refine_steps.value = str(sample_model), "cpu", 0
     f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
     f.target.value = viewer.layers["target03"]
+    assert f.labelled_set.value is not None  # the correction widget's set is remembered; first without it
+    f.labelled_set.value = None
     truth = np.asarray(viewer.layers["target03 labels"].data)
     f.register.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and "target03 pseudo labels" in viewer.layers, timeout=LONG)
