@@ -1,10 +1,11 @@
-"""The README's screenshots of the three dock widgets, taken from a real viewer on the bundled sample.
+"""The README's screenshots of the four dock widgets, taken from a real viewer on the bundled sample.
 
     xvfb-run -a python docs/make_screenshots.py            # writes docs/images/widget_*.png (a few minutes on CPU)
 
 Each widget does real (short) work first: a small DSKD run from the LiteMedSAM teacher, a short registration +
 co-training run, then registration, segmentation and evaluation of target03 with the model just trained (only
-8 co-training steps: its segmentation is not useful yet, so the screenshot scores and shows the pseudo labels).
+8 co-training steps: its segmentation is not useful yet, so the screenshot scores and shows the pseudo labels),
+then a box around the left thalamus of target03 that LiteMedSAM segments and propagates.
 Settings and caches go to a temporary folder.
 """
 
@@ -14,6 +15,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 OUT = Path(__file__).parent / "images"
 
@@ -111,6 +114,31 @@ def main() -> None:
     for layer in viewer.layers:
         layer.visible = layer.name in ("target03", "target03 pseudo labels")  # the labels over their image
     save(viewer, "widget_inference")
+    viewer.window.remove_dock_widget(dock)
+
+    # 4. Correction: a box around the left thalamus on its largest axial slice, LiteMedSAM propagates it
+    truth = viewer.layers["target03 labels"]
+    thalamus = np.asarray(truth.data) == 10
+    z = int(np.argmax(thalamus.sum(axis=(1, 2))))  # data axis 0 is the world's inferior axis: axial slices
+    rows, cols = np.nonzero(thalamus[z])
+    r0, r1, c0, c1 = rows.min() - 3, rows.max() + 3, cols.min() - 3, cols.max() + 3
+    corners = [truth.data_to_world((z, r, c)) for r, c in ((r0, c0), (r0, c1), (r1, c1), (r1, c0))]
+    corrections = viewer.add_labels(np.zeros_like(np.asarray(truth.data)), name="target03 corrections")
+    for key in ("scale", "translate", "affine", "axis_labels", "units"):
+        setattr(corrections, key, getattr(truth, key))
+    corrections.metadata = dict(truth.metadata)
+    dock, correct = viewer.window.add_plugin_dock_widget(plugin, "Correct with box prompts")
+    f = correct.form
+    f.image_layer.value, f.labels_layer.value, f.label_value.value = viewer.layers["target03"], corrections, 10
+    f.device.value, f.labelled_set.value = "cpu", str(tmp / "labelled")
+    correct.draw()
+    viewer.layers["RRL-MedSAM boxes"].add_rectangles(np.array(corners))
+    viewer.dims.set_point(0, corners[0][0])
+    correct.apply()
+    wait(correct)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("target03", "target03 corrections", "RRL-MedSAM boxes")
+    save(viewer, "widget_correct")
     viewer.close()
 
 
