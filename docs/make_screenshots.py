@@ -132,8 +132,10 @@ def main() -> None:
     f.image_layer.value, f.labels_layer.value, f.label_value.value = viewer.layers["target03"], corrections, 10
     f.device.value, f.labelled_set.value = "cpu", str(tmp / "labelled")
     correct.draw()
-    viewer.layers["RRL-MedSAM boxes"].add_rectangles(np.array(corners))
     viewer.dims.set_point(0, corners[0][0])
+    corners = [(viewer.dims.point[0], *corner[1:]) for corner in corners]  # on the displayed slice, as drawn
+    boxes = viewer.layers["RRL-MedSAM boxes"]
+    boxes.add_rectangles(np.array([boxes.world_to_data(corner) for corner in corners]))
     correct.apply()
     wait(correct)
     for layer in viewer.layers:

@@ -31,9 +31,11 @@ def test_a_box_on_an_axial_slice_paints_its_structure_into_the_labels_layer(
     widget.draw()
     boxes = viewer.layers["RRL-MedSAM boxes"]
     assert boxes.mode == "add_rectangle" and viewer.layers.selection.active is boxes
+    assert np.allclose(boxes.scale, image.scale) and np.allclose(boxes.translate, image.translate)
     # world axes (inferior, posterior, left) mm: the ball's centre is at RAS (4, 2, 14)
     (x0, x1), (y0, y1), z = (-3.0, 11.0), (-5.0, 9.0), 14.0
-    boxes.add_rectangles(np.array([[-z, -y0, -x0], [-z, -y0, -x1], [-z, -y1, -x1], [-z, -y1, -x0]]))
+    world = [[-z, -y0, -x0], [-z, -y0, -x1], [-z, -y1, -x1], [-z, -y1, -x0]]
+    boxes.add_rectangles(np.array([boxes.world_to_data(corner) for corner in world]))  # placed like the image
     widget.apply()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     painted, expected = np.asarray(labels.data), np.asarray(truth.data) > 0
@@ -61,7 +63,9 @@ def test_a_box_drawn_on_a_coronal_slice_is_refused_in_words(make_napari_viewer, 
     assert errors and "no box yet" in errors[-1]
     widget.draw()
     y = -2.0  # a coronal plane: fixed posterior coordinate, the corners on different axial slices
-    viewer.layers["RRL-MedSAM boxes"].add_rectangles(np.array([[-20, y, -11], [-20, y, 3], [-8, y, 3], [-8, y, -11]]))
+    boxes = viewer.layers["RRL-MedSAM boxes"]
+    world = [[-20, y, -11], [-20, y, 3], [-8, y, 3], [-8, y, -11]]
+    boxes.add_rectangles(np.array([boxes.world_to_data(corner) for corner in world]))
     widget.apply()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert "draw the box on one axial slice" in widget.status.text()

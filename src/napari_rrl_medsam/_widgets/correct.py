@@ -12,7 +12,15 @@ from qtpy.QtWidgets import QLabel, QWidget
 
 from .._writer import layer_affine
 from .dskd import DEVICES
-from .layers import FollowsLayers, image_volume, layer_choices, like_layer, scrolled_layout, to_volume
+from .layers import (
+    TRANSFORM_KEYS,
+    FollowsLayers,
+    image_volume,
+    layer_choices,
+    like_layer,
+    scrolled_layout,
+    to_volume,
+)
 from .settings import load_settings, save_settings
 from .torch_import import LOADING, import_torch_stack, when_torch_loaded
 
@@ -126,7 +134,12 @@ class CorrectWidget(QWidget, FollowsLayers):
     def draw(self) -> None:
         """Select (or add) the boxes layer in rectangle mode, on top."""
         if BOXES not in self.viewer.layers:
-            self.viewer.add_shapes(name=BOXES, edge_color="yellow", face_color="transparent", edge_width=1)
+            image = self.form.image_layer.value  # placed like the image: a box drawn on a slice is shown on it
+            meta = {} if image is None else image.as_layer_data_tuple()[1]
+            place = {key: meta[key] for key in TRANSFORM_KEYS if meta.get(key) is not None}
+            self.viewer.add_shapes(
+                name=BOXES, ndim=3, edge_color="yellow", face_color="transparent", edge_width=1, **place
+            )
         boxes = self.viewer.layers[BOXES]
         self.viewer.layers.selection.active = boxes
         boxes.mode = "add_rectangle"
