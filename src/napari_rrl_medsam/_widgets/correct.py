@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton, SpinBox
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QLabel, QWidget
 
@@ -22,7 +21,7 @@ from .layers import (
     to_volume,
 )
 from .settings import load_settings, save_settings
-from .torch_import import LOADING, import_torch_stack, when_torch_loaded
+from .worker import RunsInWorker
 
 BOXES = "RRL-MedSAM boxes"  # the Shapes layer the boxes are drawn in
 
@@ -88,10 +87,11 @@ def correction_form(v) -> Container:
     )
 
 
-class CorrectWidget(QWidget, FollowsLayers):
+class CorrectWidget(QWidget, FollowsLayers, RunsInWorker):
     """Draw a box around a structure on an axial slice; LiteMedSAM segments it into the chosen labels layer."""
 
     title = "correction"
+    ready_text = "draw a box around a structure on an axial slice, then Segment the box"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -99,7 +99,7 @@ class CorrectWidget(QWidget, FollowsLayers):
         self.form = correction_form(v)
         self.labelled = QLabel("")
         self.labelled.setWordWrap(True)
-        self.status = QLabel(LOADING)
+        self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = scrolled_layout(self)
         layout.addWidget(self.form.native)
@@ -117,11 +117,7 @@ class CorrectWidget(QWidget, FollowsLayers):
         self.follow_layers(v)
         self.worker = None
         self._prompters: dict[int, tuple[object, object]] = {}  # image layer id -> (its data, prompter)
-        when_torch_loaded(self._torch_ready, lambda exc: self._failed("loading PyTorch", exc))
-
-    def _torch_ready(self, _=None) -> None:
-        if self.status.text() == LOADING:
-            self.status.setText("draw a box around a structure on an axial slice, then Segment the box")
+        self.load_torch()
 
     def _name_after_image(self, layer=None) -> None:
         self.form.volume_name.value = layer.name.replace(" ", "_") if layer is not None else ""
@@ -172,7 +168,6 @@ class CorrectWidget(QWidget, FollowsLayers):
         save_settings(device=device)
 
         def work():
-            import_torch_stack()
             from ..api import prompter
 
             if volume is not None:
@@ -184,7 +179,8 @@ class CorrectWidget(QWidget, FollowsLayers):
             labels.data_setitem(np.nonzero(array), value)
             self.status.setText(f"painted label {value} into {labels.name}: {int(array.sum())} voxels (Ctrl+Z undoes)")
 
-        self._run("segment the box", work, done)
+        note = "" if self._prompters else " (the first box embeds each slice once)"
+        self._run("segment the box", work, done, note)
 
     def add_to_set(self) -> None:
         """Save the image and the (corrected) labels layer into the labelled set folder: NIfTI on the image's own
@@ -212,23 +208,3 @@ class CorrectWidget(QWidget, FollowsLayers):
             f"labelled set: {len(cases)} volume{'s' * (len(cases) != 1)}"
             + (": " + ", ".join(case.id for case in cases) if cases else "")
         )
-
-    # --- running work off the main thread -------------------------------------------------------------------
-    def _run(self, what: str, func, done) -> None:
-        if self.worker is not None:
-            return
-        self.form.enabled = False
-        self.status.setText(f"{what}..." + ("" if self._prompters else " (the first box embeds each slice once)"))
-        worker = create_worker(func, _start_thread=False, _connect={"errored": lambda exc: self._failed(what, exc)})
-        worker.returned.connect(done)
-        worker.finished.connect(self._idle)
-        self.worker = worker
-        worker.start()
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        self.status.setText(f"{what} failed: {exc}")
-        show_error(f"{what} failed: {exc}")
-
-    def _idle(self) -> None:
-        self.worker = None
-        self.form.enabled = True

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFileDialog, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QWidget
 
@@ -27,10 +26,10 @@ from .layers import (
     upsert,
 )
 from .settings import load_settings, path_or_none, save_settings
-from .torch_import import LOADING, import_torch_stack, when_torch_loaded
+from .worker import RunsInWorker
 
 
-class InferenceWidget(QWidget, FollowsLayers):
+class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
     """Register / Segment with a trained model; Evaluate a labels layer against ground truth (Dice, HD95)."""
 
     title = "inference"
@@ -159,34 +158,7 @@ class InferenceWidget(QWidget, FollowsLayers):
         self.worker = None
         self.evaluation = None
         self._model = (None, None)
-        self.status.setText(LOADING)
-        when_torch_loaded(self._torch_ready, lambda exc: self._failed("loading PyTorch", exc))
-
-    # --- running work off the main thread -----------------------------------------------------------------
-    def _run(self, what: str, func, done) -> None:
-        if self.worker is not None:
-            return
-        self.form.enabled = False
-        self.status.setText(f"{what}...")
-        worker = create_worker(
-            _after_torch, func, _start_thread=False, _connect={"errored": lambda exc: self._failed(what, exc)}
-        )
-        worker.returned.connect(done)
-        worker.finished.connect(self._idle)
-        self.worker = worker
-        worker.start()
-
-    def _torch_ready(self, _=None) -> None:
-        if self.status.text() == LOADING:
-            self.status.setText("")
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        self.status.setText(f"{what} failed: {exc}")
-        show_error(f"{what} failed: {exc}")
-
-    def _idle(self) -> None:
-        self.worker = None
-        self.form.enabled = True
+        self.load_torch()
 
     def _load_model(self):
         """The model (cached while the path and device stay the same); runs in the worker."""
@@ -331,11 +303,6 @@ class InferenceWidget(QWidget, FollowsLayers):
             if not path:
                 return None
         return self.evaluation.to_csv(path, overwrite=True)  # the save dialog asked before replacing a file
-
-
-def _after_torch(func):
-    import_torch_stack()  # started when the widget opened: work asked for before it is done waits here
-    return func()
 
 
 def label_names(source: str | None) -> dict[int, str] | None:
