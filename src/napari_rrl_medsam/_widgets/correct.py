@@ -28,6 +28,7 @@ BOXES = "RRL-MedSAM boxes"  # the Shapes layer the boxes are drawn in
 
 def correction_form(v) -> Container:
     """The widget's fields: what to correct and how, and the labelled set."""
+    s = load_settings()
     return Container(
         widgets=[
             ComboBox(
@@ -62,7 +63,7 @@ def correction_form(v) -> Container:
                 name="device",
                 label="device",
                 choices=DEVICES,
-                value=load_settings().get("device", "auto"),
+                value=s.get("device", "auto"),
                 tooltip="where LiteMedSAM runs: auto = a GPU when there is one",
             ),
             PushButton(name="draw", text="Draw a box"),
@@ -72,7 +73,7 @@ def correction_form(v) -> Container:
                 label="labelled set",
                 mode="d",
                 nullable=True,
-                value=load_settings().get("labelled_set"),
+                value=s.get("labelled_set"),
                 tooltip="a folder collecting corrected volumes (images/ and labels/, NIfTI on each image's own "
                 "grid); the inference widget's Register fuses them all",
             ),
@@ -116,7 +117,7 @@ class CorrectWidget(QWidget, FollowsLayers, RunsInWorker):
         self.form.labels_layer.changed.connect(self._follow_selected_label)
         self.follow_layers(v)
         self.worker = None
-        self._prompters: dict[int, tuple[object, object]] = {}  # image layer id -> (its data, prompter)
+        self._prompter: tuple[object, object] | None = None  # (the image's data, its prompter): embeddings kept
         self.load_torch()
 
     def _name_after_image(self, layer=None) -> None:
@@ -159,27 +160,26 @@ class CorrectWidget(QWidget, FollowsLayers, RunsInWorker):
             return show_error("segment the box: choose an image and a labels layer (a new one: Layers > New Labels).")
         try:
             corners = self.box_corners(image)
-            cached = self._prompters.get(id(image))
-            reuse = cached is not None and cached[0] is image.data  # the slice embeddings are still good
+            reuse = self._prompter is not None and self._prompter[0] is image.data  # same image, same embeddings
             volume = None if reuse else image_volume(image, "image")
         except ValueError as exc:
             return show_error(f"segment the box: {exc}")
-        propagate, device, key, data = self.form.propagate.value, self.form.device.value, id(image), image.data
+        propagate, device, data = self.form.propagate.value, self.form.device.value, image.data
         save_settings(device=device)
 
         def work():
             from ..api import prompter
 
-            if volume is not None:
-                self._prompters[key] = (data, prompter(volume, device))
-            return self._prompters[key][1].segment(corners, propagate)
+            if volume is not None:  # a new image: the previous one's embeddings are let go
+                self._prompter = (data, prompter(volume, device))
+            return self._prompter[1].segment(corners, propagate)
 
         def done(mask) -> None:
             array = like_layer(mask, labels, labels.name, "labels")[0] > 0
             labels.data_setitem(np.nonzero(array), value)
             self.status.setText(f"painted label {value} into {labels.name}: {int(array.sum())} voxels (Ctrl+Z undoes)")
 
-        note = "" if self._prompters else " (the first box embeds each slice once)"
+        note = "" if reuse else " (a new image: each slice is embedded once)"
         self._run("segment the box", work, done, note)
 
     def add_to_set(self) -> None:

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidg
 
 from .layers import FollowsLayers, role, scrolled_layout
 from .plot import LivePlot
-from .torch_import import LOADING, import_torch_stack, when_torch_loaded
+from .torch_import import LoadsTorch, import_torch_stack
 
 
 class ClosingWorker(GeneratorWorker):
@@ -67,10 +67,11 @@ def _drive(job: Callable[[], Iterator], in_subprocess: bool) -> Iterator:
         yield from job()
 
 
-class TrainingPanel(QWidget, FollowsLayers):
+class TrainingPanel(QWidget, FollowsLayers, LoadsTorch):
     """Subclasses build `self.form` (a magicgui Container) and implement `job(resume)` and `show_preview`."""
 
     title = "training"
+    ready_text = "idle"
     in_subprocess = False  # run the job in a child process (`api.in_subprocess`); its job must be picklable
     shown = Signal(object)  # each Progress event once the widget has displayed it (tests, benchmarks)
 
@@ -105,8 +106,7 @@ class TrainingPanel(QWidget, FollowsLayers):
         self.last_event = None
         self.failed: Exception | None = None
         self._set_state("idle")
-        self.status.setText(LOADING)
-        when_torch_loaded(self._torch_ready, self._torch_failed)
+        self.load_torch()
 
     # --- to implement -------------------------------------------------------------------------------------
     def job(self, resume: bool) -> Callable[[], Iterator]:
@@ -182,14 +182,6 @@ class TrainingPanel(QWidget, FollowsLayers):
             self.worker.quit()
 
     # --- worker signals (main thread) ---------------------------------------------------------------------
-    def _torch_ready(self, _=None) -> None:
-        if self.status.text() == LOADING:
-            self.status.setText("idle")
-
-    def _torch_failed(self, exc: Exception) -> None:
-        self.status.setText(f"PyTorch could not be loaded ({exc}): reinstall napari-rrl-medsam's dependencies.")
-        show_error(f"{self.title}: PyTorch could not be loaded: {exc}")
-
     def _yielded(self, event) -> None:
         if event.stage == "evaluation":  # after the last training step: not a step of its own
             self.show_evaluation(event)

@@ -45,6 +45,27 @@ def import_torch_stack() -> None:
                 del sys.modules["triton"]
 
 
+class LoadsTorch:
+    """Mixin for a dock widget with a `status` QLabel and a `title`: `load_torch()` (end of `__init__`) says torch
+    is loading and then shows `ready_text`; a failed import is said on the status line and as a notification."""
+
+    ready_text = ""
+
+    def load_torch(self) -> None:
+        self.status.setText(LOADING)
+        when_torch_loaded(self._torch_ready, self._torch_failed)
+
+    def _torch_ready(self, _=None) -> None:
+        if self.status.text() == LOADING:
+            self.status.setText(self.ready_text)
+
+    def _torch_failed(self, exc: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"PyTorch could not be loaded ({exc}): reinstall napari-rrl-medsam's dependencies.")
+        show_error(f"{self.title}: PyTorch could not be loaded: {exc}")
+
+
 def when_torch_loaded(ready: Callable[[None], None], failed: Callable[[Exception], None]) -> None:
     """Call `ready(None)` on the main thread once the torch stack is imported: at once when it is, else after a
     napari worker thread has imported it; `failed(error)` if the import fails.

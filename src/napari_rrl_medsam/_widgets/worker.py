@@ -9,7 +9,7 @@ from collections.abc import Callable
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
-from .torch_import import LOADING, import_torch_stack, when_torch_loaded
+from .torch_import import LoadsTorch, import_torch_stack
 
 
 def _after_torch(func: Callable):
@@ -17,22 +17,13 @@ def _after_torch(func: Callable):
     return func()
 
 
-class RunsInWorker:
+class RunsInWorker(LoadsTorch):
     """Mixin for a widget with `form`, `status` (a QLabel) and `worker`; `ready_text` is the status once torch
     has loaded. Call `load_torch()` at the end of `__init__`."""
 
     form: object
     status: object
     worker: object = None
-    ready_text = ""
-
-    def load_torch(self) -> None:
-        self.status.setText(LOADING)
-        when_torch_loaded(self._torch_ready, lambda exc: self._failed("loading PyTorch", exc))
-
-    def _torch_ready(self, _=None) -> None:
-        if self.status.text() == LOADING:
-            self.status.setText(self.ready_text)
 
     def _run(self, what: str, func: Callable, done: Callable, note: str = "") -> None:
         """Run `func()` in a worker thread (after torch has loaded), then `done(result)` on the main thread."""

@@ -81,11 +81,10 @@ class SamPromptModel:
     Args:
         sam: a module with `image_encoder`, `prompt_encoder` and `mask_decoder` as in segment_anything.
         input_size: the encoder's square input side (256 for LiteMedSAM, 1024 for SAM ViT-B).
-        name: what the model is (shown to users).
         device: where it runs.
     """
 
-    def __init__(self, sam, input_size: int, name: str, device: str = "cpu") -> None:
+    def __init__(self, sam, input_size: int, device: str = "cpu") -> None:
         import torch
 
         from .device import resolve_device
@@ -95,7 +94,6 @@ class SamPromptModel:
         # channels-last convolutions: the TinyViT encoder takes 2.0 instead of 2.6 s per slice on 2 CPU cores
         self.sam.image_encoder.to(memory_format=torch.channels_last)
         self.input_size = input_size
-        self.name = name
 
     def embed(self, image):
         import torch
@@ -135,7 +133,7 @@ def litemedsam_prompt_model(device: str = "cpu") -> SamPromptModel:
     from .teachers.litemedsam import load_litemedsam_model
 
     model, _ = load_litemedsam_model()
-    return SamPromptModel(model, 256, "LiteMedSAM", device)
+    return SamPromptModel(model, 256, device)
 
 
 class VolumePrompter:
