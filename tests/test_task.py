@@ -90,6 +90,9 @@ def test_neurite_oasis_layout(tmp_path, files):
     assert [c.id for c in task.evaluation] == ["OASIS_OAS1_0004_MR1"]
     assert np.array_equal(task.evaluation[0].load()[1].array, blobs(seed=3))
     assert load_task(root, atlas="OASIS_OAS1_0003_MR1", n_validation=0).atlas.id == "OASIS_OAS1_0003_MR1"
+    few = load_task(root, n_validation=1, labelled=["OASIS_OAS1_0002_MR1"])  # a further labelled volume
+    assert few.labelled[0].labels == root / "OASIS_OAS1_0002_MR1" / "aligned_seg35.nii.gz"
+    assert [c.id for c in few.unlabelled] == ["OASIS_OAS1_0003_MR1"]
     with pytest.raises(InputError, match="lower n_validation"):
         load_task(root, n_validation=3)
     (root / "OASIS_OAS1_0002_MR1" / "aligned_seg35.nii.gz").unlink()

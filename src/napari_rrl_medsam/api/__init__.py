@@ -7,9 +7,10 @@
     api.save_volume(result.labels, "scan_labels.nii.gz")
     print(api.evaluate(result.labels, "scan_truth.nii.gz").table())
 
-One function per training stage (`distill`, `train_registration`, `cotrain`; `train_one_shot` runs the last two),
-each returning the trained model, or with `events=True` the `Progress` events the napari widgets drive. The atlas
-is passed the same way everywhere: `atlas=(image, labels)` (volumes or files) or a task `Case`. Settings are a
+One function per training stage (`distill`, `train_registration`, `cotrain`; `train_one_shot` runs the last two;
+`continue_training` fine-tunes both with more labelled volumes: `labelled=` a labelled set's folder), each
+returning the trained model, or with `events=True` the `Progress` events the napari widgets drive. The atlas is
+passed the same way everywhere: `atlas=(image, labels)` (volumes or files) or a task `Case`. Settings are a
 config object (`api.CotrainConfig(...)`) or a dict of its fields (`api.QUICK["cotrain"]`).
 
 Importing this module does not import torch or napari (nor do the config classes).
@@ -36,9 +37,10 @@ from ..core.volume import Grid, Kind, Volume
 from ..data.sample import sample_task
 from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, register_atlases, segment
 from .prompts import prompt_segment, prompter
-from .training import QUICK, cotrain, defaults, distill, train_one_shot, train_registration
+from .training import CONTINUE, QUICK, continue_training, cotrain, defaults, distill, train_one_shot, train_registration
 
 __all__ = [
+    "CONTINUE",
     "Case",
     "Evaluation",
     "FREESURFER_LEFT_RIGHT",
@@ -57,6 +59,7 @@ __all__ = [
     "DistillConfig",
     "RegistrationTrainConfig",
     "SHIPPED_ENCODER",
+    "continue_training",
     "cotrain",
     "defaults",
     "distill",

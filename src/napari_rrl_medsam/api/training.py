@@ -22,6 +22,8 @@ from .volumes import as_task, as_volume, training_volumes, validation_pairs
 # a short run's model is the model of a longer run at that step. Every other setting is the configs' default, the
 # recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 1,500 co-training steps at 128 px).
 QUICK = {"registration": {"steps": 150}, "cotrain": {"steps": 600, "image_size": 96, "lr_schedule": "constant"}}
+# Continuing a trained model with more labelled volumes (`continue_training`): the steps added to each stage.
+CONTINUE = {"registration": {"steps": 300}, "cotrain": {"steps": 500}}
 
 CONFIGS = {"distill": "DistillConfig", "registration": "RegistrationTrainConfig", "cotrain": "CotrainConfig"}
 
@@ -136,6 +138,8 @@ def train_registration(
     config: Any = None,
     progress: bool = True,
     events: bool = False,
+    labelled: Sequence | str | Path = (),
+    proceed: bool = False,
 ):
     """Train the one-shot registration network (atlas -> each unlabelled volume), saved to `out`.
 
@@ -154,6 +158,9 @@ def train_registration(
         config: a `RegistrationTrainConfig` or a dict of its fields (steps, lr, smooth_weight, spacing, device...).
         progress: progress bars.
         events: return the `Progress` event generator instead, with previews (close it to stop).
+        labelled: further labelled volumes ((image, labels) pairs, task `Case`s or a labelled set's folder), each
+            registered to the unlabelled volumes as the atlas is (the task's own `labelled` ones too).
+        proceed: with `init`, continue its step count: `config.steps` more steps (`continue_training`).
 
     Returns:
         The trained `RegistrationModel`, or the event generator with `events`.
@@ -163,12 +170,14 @@ def train_registration(
     config, task = make_config("registration", config), as_task(task)
     if not events:
         config.preview_every = 0  # previews are for live layers; nothing shows them here
-    image, labels, targets = training_volumes(task, atlas, unlabelled)
+    image, labels, targets, more = training_volumes(task, atlas, unlabelled, labelled)
     if config.use_features and not hasattr(encoder, "features"):
         encoder = load_encoder(encoder)
     segmentations = [None if s is None else as_volume(s, "labels") for s in segmentations]
     valid = validation_pairs(task, validation)
-    stream = registration_engine(image, labels, targets, out, encoder, config, resume, segmentations, init, valid)
+    stream = registration_engine(
+        image, labels, targets, out, encoder, config, resume, segmentations, init, valid, more, proceed
+    )
     return _finish(stream, events, progress, lambda: load_model(out, config.device))
 
 
@@ -187,6 +196,8 @@ def cotrain(
     config: Any = None,
     progress: bool = True,
     events: bool = False,
+    labelled: Sequence | str | Path = (),
+    proceed: bool = False,
 ):
     """Co-train the general and medical branches (RRL-MedSAM) on registration pseudo labels, saved to `out`.
 
@@ -204,6 +215,9 @@ def cotrain(
         config: a `CotrainConfig` or a dict of its fields (steps, slab, image_size, ema_alpha, use_prompt, ...).
         progress: progress bars.
         events: return the `Progress` event generator instead, with previews (close it to stop).
+        labelled: further labelled volumes (as for `train_registration`): trained on with their true labels,
+            sources of synthetic pairs, and their warped labels fused into the pseudo labels.
+        proceed: with `init`, continue its step count: `config.steps` more steps (`continue_training`).
 
     Returns:
         The co-trained `SegmentationModel`, or the event generator with `events`.
@@ -213,7 +227,7 @@ def cotrain(
     config, task = make_config("cotrain", config), as_task(task)
     if not events:
         config.preview_every = 0  # a full-volume prediction each time; nothing shows it here
-    image, labels, targets = training_volumes(task, atlas, unlabelled)
+    image, labels, targets, more = training_volumes(task, atlas, unlabelled, labelled)
     if not hasattr(registration, "register"):
         registration = load_model(registration, config.device)
     registration = getattr(registration, "registration", registration)  # a co-trained model's own registration
@@ -226,7 +240,7 @@ def cotrain(
     encoder = encoder if config.use_dskd else None
     valid = validation_pairs(task, validation)
     stream = cotrain_engine(
-        image, labels, targets, registration, out, encoder, config, resume, valid, init, pseudo_model
+        image, labels, targets, registration, out, encoder, config, resume, valid, init, pseudo_model, more, proceed
     )
     return _finish(stream, events, progress, lambda: load_model(out, config.device))
 
@@ -245,6 +259,7 @@ def train_one_shot(
     compare: bool = True,
     progress: bool = True,
     events: bool = False,
+    labelled: Sequence | str | Path = (),
 ):
     """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels, then
     (with validation volumes) which of the two segments them better.
@@ -264,6 +279,7 @@ def train_one_shot(
             the co-trained model ("dice_model"): which result to trust.
         progress: progress bars.
         events: return the `Progress` event generator instead (for widgets; close it to stop).
+        labelled: further labelled volumes (as for `train_registration`): a few-shot run.
 
     Returns:
         The co-trained `SegmentationModel` (it holds the registration it was trained with; `.source` is
@@ -274,24 +290,31 @@ def train_one_shot(
     if not events:  # previews are for live layers; nothing shows them here (the stages run with events=True)
         reg_config.preview_every = cot_config.preview_every = 0
     stream = _one_shot_events(
-        as_task(task), atlas, unlabelled, encoder, out, resume, validation, reg_config, cot_config, compare
+        as_task(task), atlas, unlabelled, labelled, encoder, out, resume, validation, reg_config, cot_config, compare
     )
     return _finish(stream, events, progress, lambda: load_model(out / "rrl_medsam.pt", cot_config.device))
 
 
 def _one_shot_events(
-    task, atlas, unlabelled, encoder, out: Path, resume, validation, registration, cotrain_config, compare
-):
-    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), co-training, comparison."""
-    image, labels, targets = training_volumes(task, atlas, unlabelled)
+    task, atlas, unlabelled, labelled, encoder, out: Path, resume, validation, registration, cotrain_config, compare,
+    init: Path | None = None,
+):  # fmt: skip
+    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), co-training, comparison;
+    with `init` (a run's folder), both stages continue its models (`continue_training`)."""
+    image, labels, targets, more = training_volumes(task, atlas, unlabelled, labelled)
     inputs = {"atlas": (image, labels), "unlabelled": targets, "validation": validation_pairs(task, validation)}
+    inputs["labelled"] = more
     out.mkdir(parents=True, exist_ok=True)
     general = encoder if hasattr(encoder, "features") else load_encoder(encoder)
     reg_path, model_path = out / "registration.pt", out / "rrl_medsam.pt"
-    if not (reg_path.exists() and int(load_checkpoint(reg_path)["step"]) >= registration.steps):
+    reg_init = init / "registration.pt" if init is not None else None
+    end = registration.steps + (int(load_checkpoint(reg_init)["step"]) if reg_init is not None else 0)
+    proceed = init is not None
+    if not (reg_path.exists() and int(load_checkpoint(reg_path)["step"]) >= end):
         yield from train_registration(
-            **inputs, encoder=general, out=reg_path, resume=resume, config=registration, events=True
-        )
+            **inputs, encoder=general, out=reg_path, resume=resume, config=registration, events=True,
+            init=reg_init, proceed=proceed,
+        )  # fmt: skip
     yield from cotrain(
         **inputs,
         registration=reg_path,
@@ -300,22 +323,79 @@ def _one_shot_events(
         resume=resume,
         config=cotrain_config,
         events=True,
+        init=init / "rrl_medsam.pt" if init is not None else None,
+        proceed=proceed,
     )
     if compare and inputs["validation"]:
-        yield _comparison(load_model(model_path, cotrain_config.device), inputs["atlas"], inputs["validation"])
+        atlases = [inputs["atlas"], *more]
+        yield _comparison(load_model(model_path, cotrain_config.device), atlases, inputs["validation"])
 
 
-def _comparison(model, atlas: tuple, validation: list):
-    """The mean Dice (native grid, each truth's structures) of the model's registration and of the model itself."""
+def continue_training(
+    run: str | Path,
+    task: OneShotTask | str | Path | None = None,
+    *,
+    labelled: Sequence | str | Path = (),
+    atlas=None,
+    unlabelled: Sequence = (),
+    encoder=None,
+    out: str | Path,
+    resume: bool = False,
+    validation: Sequence | bool = True,
+    registration: Any = None,
+    cotrain: Any = None,
+    compare: bool = True,
+    progress: bool = True,
+    events: bool = False,
+):
+    """Continue a trained one-shot (or few-shot) run with more labelled volumes: the registration and the co-trained
+    model are fine-tuned from `run`'s (not trained anew), their step counts continue, and the new checkpoints
+    record every labelled volume they trained with.
+
+    Args:
+        run: the folder of a finished run (`train_one_shot`'s `out`: registration.pt and rrl_medsam.pt).
+        task, atlas, unlabelled: the task it was trained on, as for `train_one_shot` (the same atlas).
+        labelled: the labelled volumes besides the atlas, those added now and any added before ((image, labels)
+            pairs, `Case`s or a labelled set's folder); their label sets must be the model's.
+        encoder: the general encoder, as for `train_one_shot` (the co-trained model's own weights are continued).
+        out: a new folder for the continued registration.pt and rrl_medsam.pt (never `run` itself).
+        resume: continue an interrupted continuation in `out`.
+        validation, compare, progress, events: as for `train_one_shot`.
+        registration: the registration stage's config: `steps` are the steps added (default `CONTINUE`'s).
+        cotrain: the co-training stage's config, likewise.
+
+    Returns:
+        The continued `SegmentationModel`, or the event generator with `events`.
+    """
+    run, out = Path(run), Path(out)
+    for name in ("registration.pt", "rrl_medsam.pt"):
+        if not (run / name).is_file():
+            raise InputError(f"{run} has no {name}: give the folder of a finished training run (its output folder).")
+    if out.resolve() == run.resolve():
+        raise InputError(f"write the continued run to another folder than {run}: its models are the starting point.")
+    reg_config = make_config("registration", registration or CONTINUE["registration"])
+    cot_config = make_config("cotrain", cotrain or CONTINUE["cotrain"])
+    if not events:
+        reg_config.preview_every = cot_config.preview_every = 0
+    stream = _one_shot_events(
+        as_task(task), atlas, unlabelled, labelled, encoder, out, resume, validation, reg_config, cot_config,
+        compare, init=run,
+    )  # fmt: skip
+    return _finish(stream, events, progress, lambda: load_model(out / "rrl_medsam.pt", cot_config.device))
+
+
+def _comparison(model, atlases: list, validation: list):
+    """The mean Dice (native grid, each truth's structures) of the model's registration (several labelled volumes:
+    fused) and of the model itself."""
     from ..core.engines.events import Progress
     from ..core.metrics import evaluate
     from ..core.resample import resample
-    from .models import register, segment
+    from .models import register_atlases, segment
 
     scores = {"dice_registration": [], "dice_model": []}
     for image, truth in validation:
         for key, labels in (
-            ("dice_registration", register(model, atlas, image).warped_labels),
+            ("dice_registration", register_atlases(model, atlases, image).labels),
             ("dice_model", segment(model, image).labels),
         ):
             labels = labels if labels.grid.same_as(truth.grid) else resample(labels, truth.grid)

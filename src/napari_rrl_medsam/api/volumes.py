@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.io import load_volume
-from ..core.task import Case, OneShotTask, check_labels, load_task
+from ..core.task import Case, OneShotTask, check_labels, labelled_set, load_task
 from ..core.volume import Volume
 
 
@@ -48,23 +48,51 @@ def as_task(task: OneShotTask | str | Path | None) -> OneShotTask | None:
     return load_task(task, check=False) if isinstance(task, (str, Path)) else task
 
 
-def training_volumes(task: OneShotTask | None, atlas, unlabelled: Sequence) -> tuple[Volume, Volume, list[Volume]]:
-    """(atlas image, atlas labels, unlabelled volumes) from a task, or from `atlas` and `unlabelled`.
+def training_volumes(
+    task: OneShotTask | None, atlas, unlabelled: Sequence, labelled: Sequence | str | Path = ()
+) -> tuple[Volume, Volume, list[Volume], list[tuple[Volume, Volume]]]:
+    """(atlas image, atlas labels, unlabelled volumes, further labelled (image, labels) volumes) from a task, or
+    from `atlas` and `unlabelled`; plus `labelled`. An unlabelled volume read from the same file name as a labelled
+    one (a corrected result added to a labelled set) is left out of the unlabelled ones: it has labels now.
 
     Args:
-        task: a `OneShotTask` or None.
+        task: a `OneShotTask` (its `labelled` volumes included) or None.
         atlas: without a task, (image, labels) or a `Case`.
         unlabelled: without a task, volumes or files.
+        labelled: further labelled volumes: (image, labels) pairs or `Case`s, or a labelled set's folder
+            (`add_labelled`).
     """
+    more = labelled_pairs(labelled)
     if task is not None:
         if atlas is not None or unlabelled:
             raise InputError("give either a task or atlas and unlabelled volumes, not both.")
         image, labels = task.atlas.load()
-        return image, labels, [case.load()[0] for case in task.unlabelled]
-    if atlas is None:
+        targets = [case.load()[0] for case in task.unlabelled]
+        more = [*(case.load() for case in task.labelled), *more]
+    elif atlas is None:
         raise InputError("give a task (dataset.json, folder or OneShotTask), or atlas=(image, labels) and unlabelled.")
-    image, labels = atlas_pair(atlas)
-    return image, labels, [as_volume(v) for v in unlabelled]
+    else:
+        (image, labels), targets = atlas_pair(atlas), [as_volume(v) for v in unlabelled]
+    names = {v.name for v, _ in more if v.path is not None}
+    targets = [t for t in targets if t.path is None or t.name not in names]
+    return image, labels, targets, [(v, check_labels(lab)) for v, lab in more]
+
+
+def labelled_pairs(labelled: Sequence | str | Path) -> list[tuple[Volume, Volume]]:
+    """Labelled (image, labels) volumes from pairs of volumes or files, `Case`s, or a labelled set's folder.
+
+    Args:
+        labelled: the pairs or cases, or the folder (`add_labelled`'s layout).
+    """
+    if isinstance(labelled, (str, Path)):
+        cases = labelled_set(labelled)
+        if not cases:
+            raise InputError(
+                f"{labelled} holds no labelled volumes (images/<name>.nii.gz with labels/<name>.nii.gz): add some "
+                "with 'Add to labelled set' (api.add_labelled), or choose the labelled set's folder."
+            )
+        labelled = cases
+    return [atlas_pair(item) for item in labelled]
 
 
 def validation_pairs(task: OneShotTask | None, validation: Sequence | bool) -> list[tuple[Volume, Volume]]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .configs import REFINE_STEPS
 from .errors import InputError
-from .resample import normalise_intensity, resample, working_grid
+from .resample import normalise_intensity, resample
 from .task import check_atlas
 from .volume import Grid, Volume
 from .warp import Field, label_shares, resample_linear, source_coordinates, warp
@@ -150,13 +150,11 @@ class RegistrationModel:
         return None if self.encoder is None else encoder_features(self.encoder, x, self.config)
 
     def _network_inputs(self, atlas: Volume, target: Volume):
-        """The working grid, both volumes' intensities and the network's inputs (features cached for the atlas)."""
-        grid = working_grid(atlas, self.config.spacing)
-        if grid.shape != self.grid.shape:
-            raise InputError(
-                f"this model was trained on a {self.grid.shape} working grid, but this atlas gives "
-                f"{grid.shape}: use the atlas the model was trained with."
-            )
+        """The working grid, both volumes' intensities and the network's inputs (features cached for the atlas).
+
+        Every pair is registered on the model's working grid (its first atlas's): another labelled volume, a
+        further atlas, is resampled onto it in world space, as the target is."""
+        grid = self.grid
         a, t = intensities(atlas, grid).to(self.device), intensities(target, grid).to(self.device)
         key = hashlib.sha256(a.cpu().numpy().tobytes()).hexdigest()
         if self._atlas_features[0] != key:  # the atlas is usually the same for every target
@@ -202,6 +200,13 @@ class RegistrationModel:
         The field is remembered per (atlas, labels, target, refine_steps) contents for the life of this model.
         """
         atlas_labels = check_atlas(atlas, atlas_labels)
+        field = self._cached_field(atlas, atlas_labels, target, refine_steps)
+        if classes is not None:
+            return label_shares(atlas_labels, classes, self.grid, field)
+        return warp(atlas_labels, field, self.grid).array
+
+    def _cached_field(self, atlas: Volume, atlas_labels: Volume, target: Volume, refine_steps: int) -> Field:
+        """`field`, remembered per (atlas, labels, target, refine_steps) contents for the life of this model."""
         key = (
             *(
                 hashlib.sha256(np.ascontiguousarray(v.array).tobytes()).hexdigest()
@@ -213,9 +218,31 @@ class RegistrationModel:
         )
         if key not in self._fields:
             self._fields[key] = self.field(atlas, target, refine_steps)
-        if classes is not None:
-            return label_shares(atlas_labels, classes, self.grid, self._fields[key])
-        return warp(atlas_labels, self._fields[key], self.grid).array
+        return self._fields[key]
+
+    def fused_pseudo_labels(
+        self, atlases: Sequence[tuple[Volume, Volume]], target: Volume, refine_steps: int = REFINE_STEPS
+    ) -> np.ndarray:
+        """Pseudo labels from several labelled volumes on the working grid: each one's warped labels
+        (`pseudo_labels`) fused by the locally weighted vote (`core/fusion.py`); one volume: its warped labels.
+
+        Args:
+            atlases: (image, labels) pairs; their label sets must agree.
+            target: the unlabelled volume.
+            refine_steps: instance optimisation steps per pair.
+        """
+        from .fusion import check_label_sets, fuse, local_weights
+
+        check_label_sets([np.unique(labels.array) for _, labels in atlases], [labels.name for _, labels in atlases])
+        maps = [self.pseudo_labels(image, labels, target, refine_steps) for image, labels in atlases]
+        if len(maps) == 1:
+            return maps[0]
+        fixed = normalise_intensity(resample(target, self.grid).array)
+        warped = [
+            normalise_intensity(warp(image, self._cached_field(image, labels, target, refine_steps), self.grid).array)
+            for image, labels in atlases
+        ]
+        return fuse(maps, local_weights(fixed, warped, self.grid.spacing))
 
     def register(
         self, atlas: Volume, atlas_labels: Volume | None, target: Volume, refine_steps: int = REFINE_STEPS

@@ -1,4 +1,5 @@
-"""The one-shot task: one labelled atlas, unlabelled volumes to learn from, optional labelled evaluation volumes.
+"""The one-shot task: one labelled atlas, unlabelled volumes to learn from, optional labelled evaluation volumes;
+few-shot: further labelled training volumes (`labelled`, e.g. corrected segmentations; the atlas fixes the grid).
 
 A task is built from explicit paths, from a folder (`images/` + `labels/`), or from a `dataset.json`
 (`{"splits": {"oneshot": {"atlas": id, "train_unlabelled": [ids], "validation": [ids]}},
@@ -87,6 +88,22 @@ def check_atlas(image: Volume, labels: Volume) -> Volume:
     return check_labels(labels)
 
 
+def labelled_volumes(
+    atlas: Volume, atlas_labels: Volume, labelled: Sequence[tuple[Volume, Volume]]
+) -> list[tuple[Volume, Volume]]:
+    """The atlas and the further labelled volumes as checked (image, labels) pairs with one label set.
+
+    Args:
+        atlas, atlas_labels: the atlas (it fixes the working grid).
+        labelled: further labelled (image, labels) volumes.
+    """
+    from .fusion import check_label_sets
+
+    pairs = [(image, check_atlas(image, labels)) for image, labels in [(atlas, atlas_labels), *labelled]]
+    check_label_sets([np.unique(labels.array) for _, labels in pairs], [image.name for image, _ in pairs])
+    return pairs
+
+
 def check_pair(image: Grid, labels: Grid, what: str = "image") -> None:
     """Labels must sit exactly on their image's grid: same shape, same affine (to 1e-3 mm)."""
     if image.shape != labels.shape:
@@ -123,7 +140,8 @@ class Case:
 
 @dataclass
 class OneShotTask:
-    """An atlas (image + labels), unlabelled volumes and optional labelled evaluation volumes."""
+    """An atlas (image + labels), unlabelled volumes, optional labelled evaluation volumes and optional further
+    labelled training volumes (`labelled`: trained on like the atlas)."""
 
     atlas: Case
     unlabelled: list[Case]
@@ -131,13 +149,17 @@ class OneShotTask:
     eval_labels: list[int] | None = None
     name: str = "task"
     label_names: dict[int, str] | None = None
+    labelled: list[Case] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.atlas.labels is None:
             raise InputError("the atlas needs a label map: give atlas_labels (the one labelled example).")
         if not self.unlabelled:
             raise InputError("the task has no unlabelled volumes; give at least one volume to segment.")
-        for case in [self.atlas, *self.unlabelled, *self.evaluation]:
+        unlabelled = [c.id for c in self.labelled if c.labels is None]
+        if unlabelled:
+            raise InputError(f"labelled training volumes need labels; none for {unlabelled}.")
+        for case in self.cases():
             grid = read_grid(case.image)
             if case.labels is not None:
                 check_pair(grid, read_grid(case.labels), f"image of {case.id!r}")
@@ -161,7 +183,7 @@ class OneShotTask:
             )
 
     def cases(self) -> list[Case]:
-        return [self.atlas, *self.unlabelled, *self.evaluation]
+        return [self.atlas, *self.labelled, *self.unlabelled, *self.evaluation]
 
     def check(self) -> OneShotTask:
         """Read every file once and validate its voxels (slow for big sets; building the task checks headers)."""
@@ -185,10 +207,47 @@ class OneShotTask:
             )
 
     def summary(self) -> str:
+        more = f" + {len(self.labelled)} labelled" if self.labelled else ""
         return (
-            f"task {self.name!r}: atlas {self.atlas.id}, {len(self.unlabelled)} unlabelled, "
+            f"task {self.name!r}: atlas {self.atlas.id}{more}, {len(self.unlabelled)} unlabelled, "
             f"{len(self.evaluation)} evaluation volume(s)"
         )
+
+    def with_labelled(self, labelled: Iterable[str | Case]) -> OneShotTask:
+        """This task with further labelled training volumes (e.g. corrected results): each a `Case` with labels, or
+        the id of one of its unlabelled or evaluation volumes, which then moves to `labelled` with its label file
+        (its own; else the file of its image's name beside the atlas's labels, or of the atlas labels' name beside
+        its image, as in the neurite-OASIS layout).
+
+        Args:
+            labelled: ids or `Case`s; a `Case` with an unlabelled volume's id replaces that volume.
+        """
+        from dataclasses import replace
+
+        added = [c if isinstance(c, Case) else self._labelled_case(str(c)) for c in labelled]
+        ids = {c.id for c in added}
+        return replace(
+            self,
+            labelled=[*self.labelled, *added],
+            unlabelled=[c for c in self.unlabelled if c.id not in ids],
+            evaluation=[c for c in self.evaluation if c.id not in ids],
+        )
+
+    def _labelled_case(self, id: str) -> Case:
+        """An unlabelled or evaluation volume of this task, by id, with its label file."""
+        case = next((c for c in [*self.unlabelled, *self.evaluation] if c.id == id), None)
+        if case is None:
+            known = [c.id for c in [*self.unlabelled, *self.evaluation]]
+            raise InputError(f"the task has no unlabelled or evaluation volume {id!r} (it has {known[:8]}).")
+        if case.labels is not None:
+            return case
+        guesses = [self.atlas.labels.parent / case.image.name]
+        if self.atlas.image.parent == self.atlas.labels.parent != case.image.parent:  # a folder per subject
+            guesses.append(case.image.with_name(self.atlas.labels.name))
+        found = next((g for g in guesses if g.is_file()), None)
+        if found is None:
+            raise InputError(f"no label file for {id!r}: looked for {' and '.join(map(str, guesses))}.")
+        return Case(case.id, case.image, found)
 
 
 def _case(image: PathLike, labels: PathLike | None = None) -> Case:
@@ -379,6 +438,7 @@ def load_task(
     eval_labels: Sequence[int] | None = None,
     check: bool = True,
     n_validation: int = 5,
+    labelled: Iterable[str | Case] = (),
 ) -> OneShotTask:
     """Build a one-shot task from a `dataset.json`, a task folder, a neurite-OASIS folder, or explicit paths.
 
@@ -390,6 +450,8 @@ def load_task(
         eval_labels: the structures to score (default: the dataset's, else every label of the atlas).
         check: read every volume once to validate it (False: headers only).
         n_validation: how many neurite-OASIS subjects (the last ones) are held out as labelled evaluation volumes.
+        labelled: further labelled training volumes (`OneShotTask.with_labelled`): ids of the task's volumes or
+            `Case`s.
     """
     if source is not None:
         if atlas_image is not None or atlas_labels is not None:
@@ -408,4 +470,5 @@ def load_task(
         )
     if eval_labels is not None:
         task.eval_labels = [int(v) for v in eval_labels]
+    task = task.with_labelled(labelled) if labelled else task
     return task.check() if check else task

@@ -30,7 +30,7 @@ from ..registration import intensities
 from ..resample import foreground, resample
 from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
 from ..synthetic import SyntheticPairs
-from ..task import check_atlas, label_indices
+from ..task import label_indices, labelled_volumes
 from ..volume import Volume
 from ..warp import label_shares
 from .events import Progress
@@ -130,6 +130,8 @@ def cotrain_engine(
     validation: Sequence[tuple[Volume, Volume]] = (),
     init: str | Path | None = None,
     pseudo_model=None,
+    labelled: Sequence[tuple[Volume, Volume]] = (),
+    proceed: bool = False,
 ) -> Iterator[Progress]:
     """Co-train both branches, yielding `Progress` events; writes `checkpoint` (also on stop).
 
@@ -146,28 +148,33 @@ def cotrain_engine(
             settings, a new optimiser; e.g. with a fine-tuned registration's pseudo labels).
         pseudo_model: a co-trained `SegmentationModel` whose predictions, fused with the registration's
             (`pseudo_prior_weight`), become the pseudo labels (a self-training round).
+        labelled: further labelled (image, labels) volumes: trained on with their true labels like the atlas, each
+            a source of synthetic pairs, and registered onto every unlabelled volume with the atlas, their warped
+            labels fused (locally weighted vote) into its pseudo labels. Label sets must be the atlas's.
+        proceed: with `init`, continue its step count (`config.steps` more steps) instead of starting at 0.
     """
 
     _check_config(config := config or CotrainConfig())
-    atlas_labels = check_atlas(atlas, atlas_labels)
+    atlases = labelled_volumes(atlas, atlas_labels, labelled)
     if not unlabelled:
         raise InputError("co-training needs at least one unlabelled volume.")
-    start = starting_point(checkpoint, KIND, resume, config, init, ARCHITECTURE)
+    start = starting_point(checkpoint, KIND, resume, config, init, ARCHITECTURE, proceed)
     config = start.config
     if encoder is None and config.use_dskd and start.weights is None:
         raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")
     device, grid = resolve_device(config.device), registration.grid
-    classes = [0] + [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    classes = [0] + [int(v) for v in np.unique(atlases[0][1].array) if v != 0]
     if start.weights is not None:
         check_same_task(start.weights, checkpoint if start.state is not None else init, grid, classes)
     pseudo_source = _check_pseudo_model(pseudo_model, start.state, checkpoint, grid, classes)
-    data = yield from _training_data(atlas, atlas_labels, unlabelled, registration, pseudo_model, config, classes)
-    data.synthetic = yield from _synthetic_pairs(atlas, unlabelled, registration, data, config, device)
+    data = yield from _training_data(atlases, unlabelled, registration, pseudo_model, config, classes)
+    data.synthetic = yield from _synthetic_pairs(atlases, unlabelled, registration, data, config, device)
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     parts, encoder_config = _parts(config, start, encoder, len(classes), device)
     teacher = start.weights["teacher"] if start.weights is not None else getattr(encoder, "teacher", {}) or {}
     task = {"encoder_config": encoder_config.to_dict(), "classes": classes, "teacher": teacher,
-            "grid": grid.to_dict(), "registration": registration.state, "pseudo_model": pseudo_source}  # fmt: skip
+            "grid": grid.to_dict(), "registration": registration.state, "pseudo_model": pseudo_source,
+            "labelled": [image.name for image, _ in atlases]}  # fmt: skip
     step = _CotrainStep(parts, data, config, device, task)
     hooks = [
         Hook(config.preview_every, step.preview, "preview"),
@@ -180,33 +187,40 @@ def cotrain_engine(
 
 @dataclass
 class _Data:
-    """The training volumes on the working grid: `images[0]` the atlas, then the unlabelled ones; `targets` their
-    class-index maps (true, then pseudo labels); `shares` class shares (`label_shares`) or None; `ranges` the
-    slices with anatomy; `values` class index -> label value; `synthetic` the exact pair generator or None."""
+    """The training volumes on the working grid: `images[:n_labelled]` the labelled ones (the atlas first), then
+    the unlabelled ones; `targets` their class-index maps (true, then pseudo labels); `shares` class shares
+    (`label_shares`) or None; `ranges` the slices with anatomy; `values` class index -> label value; `synthetic`
+    one exact pair generator per labelled volume, or None."""
 
     images: list
     targets: list
     shares: list
     ranges: list
     values: np.ndarray
-    synthetic: SyntheticPairs | None = None
+    n_labelled: int = 1
+    synthetic: list[SyntheticPairs] | None = None
 
 
-def _training_data(atlas, atlas_labels, unlabelled, registration, pseudo_model, config, classes):
-    """`_Data` from the registration's pseudo labels (fused with `pseudo_model`'s), an event per volume."""
+def _training_data(atlases, unlabelled, registration, pseudo_model, config, classes):
+    """`_Data` from the registration's pseudo labels (several labelled volumes: fused; then fused with
+    `pseudo_model`'s), an event per volume."""
     import torch
 
     grid = registration.grid
-    images = [intensities(atlas, grid)[0, 0]]
-    targets = [torch.from_numpy(label_indices(resample(atlas_labels, grid).array, classes))]
-    shares = [torch.from_numpy(label_shares(atlas_labels, classes, grid)) if config.label_shares else None]
+    images = [intensities(image, grid)[0, 0] for image, _ in atlases]
+    targets = [torch.from_numpy(label_indices(resample(lab, grid).array, classes)) for _, lab in atlases]
+    shares = [torch.from_numpy(label_shares(lab, classes, grid)) if config.label_shares else None for _, lab in atlases]
+    (atlas, atlas_labels), several = atlases[0], len(atlases) > 1
     for i, volume in enumerate(unlabelled):
-        pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
+        if several:
+            pseudo = registration.fused_pseudo_labels(atlases, volume, config.refine_steps)
+        else:
+            pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
         if pseudo_model is not None:
             pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
         images.append(intensities(volume, grid)[0, 0])
         targets.append(torch.from_numpy(label_indices(pseudo, classes)))
-        share = config.label_shares and pseudo_model is None
+        share = config.label_shares and pseudo_model is None and not several  # fused labels are one per voxel
         shares.append(
             torch.from_numpy(registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps, classes))
             if share
@@ -223,27 +237,34 @@ def _training_data(atlas, atlas_labels, unlabelled, registration, pseudo_model, 
     for y in targets:
         z = np.nonzero(y.numpy().reshape(-1, y.shape[2]).any(0))[0]
         ranges.append((int(z.min()), int(z.max())) if z.size else (0, y.shape[2] - 1))
-    return _Data(images, targets, shares, ranges, np.array(classes))
+    return _Data(images, targets, shares, ranges, np.array(classes), len(atlases))
 
 
-def _synthetic_pairs(atlas, unlabelled, registration, data: _Data, config: CotrainConfig, device):
-    """The exact synthetic pair generator (None when `synthetic_probability` is 0), an event per field."""
+def _synthetic_pairs(atlases, unlabelled, registration, data: _Data, config: CotrainConfig, device):
+    """One exact synthetic pair generator per labelled volume (None when `synthetic_probability` is 0), from its
+    fields onto every unlabelled volume; an event per field."""
     if config.synthetic_probability <= 0:
         return None
-    velocities = []
-    for i, volume in enumerate(unlabelled):
-        velocities.append(registration.velocity(atlas, volume))
-        yield Progress("synthetic pairs", i + 1, len(unlabelled), message="registration fields")
-    return SyntheticPairs(
-        data.images[0].to(device),
-        data.targets[0].to(device),
-        [v.to(device) for v in velocities],
-        [u.to(device) for u in data.images[1:]],
-        registration.net.config.scaling_and_squaring_steps,
-        config.appearance,
-        config.field_mode,
-        config.synthetic_beta,
-    )
+    generators, n, done = [], data.n_labelled, 0
+    for k, (image, _) in enumerate(atlases):
+        velocities = []
+        for volume in unlabelled:
+            velocities.append(registration.velocity(image, volume))
+            done += 1
+            yield Progress("synthetic pairs", done, n * len(unlabelled), message="registration fields")
+        generators.append(
+            SyntheticPairs(
+                data.images[k].to(device),
+                data.targets[k].to(device),
+                [v.to(device) for v in velocities],
+                [u.to(device) for u in data.images[n:]],
+                registration.net.config.scaling_and_squaring_steps,
+                config.appearance,
+                config.field_mode,
+                config.synthetic_beta,
+            )
+        )
+    return generators
 
 
 def _parts(config: CotrainConfig, start, encoder, n_classes: int, device):
@@ -296,15 +317,17 @@ class _CotrainStep:
         self.augment = intensity_augmentation() if config.intensity_augment else None
 
     def _kind(self, gen) -> tuple[str, int]:
-        """What this step trains on: ("atlas" | "synthetic" | "pseudo", the volume's index in `data.images`)."""
+        """What this step trains on: ("atlas" | "synthetic" | "pseudo", the volume's index in `data.images`: a
+        labelled volume's for "atlas" and "synthetic" (the one deformed), an unlabelled one's for "pseudo")."""
         import torch
 
-        c = self.config
+        c, n = self.config, self.data.n_labelled
         draw = float(torch.rand(1, generator=gen))
         synthetic = c.atlas_probability + c.synthetic_probability
         kind = "atlas" if draw < c.atlas_probability else "synthetic" if draw < synthetic else "pseudo"
-        i = 0 if kind == "atlas" else 1 + int(torch.randint(len(self.data.images) - 1, (1,), generator=gen))
-        return kind, i
+        if kind == "pseudo":
+            return kind, n + int(torch.randint(len(self.data.images) - n, (1,), generator=gen))
+        return kind, int(torch.randint(n, (1,), generator=gen)) if n > 1 else 0
 
     def _slab(self, index: int, gen):
         """(kind, volume index, (K, X, Y) image slab, its target: (K, X, Y) class indices or (C, K, X, Y) shares)."""
@@ -312,12 +335,12 @@ class _CotrainStep:
 
         kind, i = self._kind(gen)
         d, slab = self.data, self.config.slab
-        lo, hi = d.ranges[0 if kind == "synthetic" else i]  # a synthetic pair is the atlas, deformed
+        lo, hi = d.ranges[i]  # a synthetic pair is labelled volume i, deformed
         start = lo + int(torch.randint(max(hi - lo - slab + 2, 1), (1,), generator=gen))
         start = min(start, d.images[i].shape[2] - slab) if d.images[i].shape[2] >= slab else 0
         if kind == "synthetic":
             rng = np.random.default_rng([self.config.seed, index])
-            x, y = (t.movedim(2, 0) for t in d.synthetic.sample(rng, start, min(slab, d.images[0].shape[2])))
+            x, y = (t.movedim(2, 0) for t in d.synthetic[i].sample(rng, start, min(slab, d.images[i].shape[2])))
             return kind, i, x, y
         x = d.images[i][:, :, start : start + slab].movedim(2, 0)
         share = d.shares[i]

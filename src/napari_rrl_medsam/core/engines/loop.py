@@ -114,6 +114,7 @@ class Start:
     weights: dict | None
     config: Any
     origin: str | None
+    first_step: int = 0  # a continued model's step count (`proceed`), else 0
 
 
 def starting_point(
@@ -123,6 +124,7 @@ def starting_point(
     config: Any,
     init: str | Path | None = None,
     architecture: Sequence[str] = (),
+    proceed: bool = False,
 ) -> Start:
     """Resolve a run's start: resume its checkpoint (its settings, the caller's run settings), fine-tune `init`
     (the caller's settings, `init`'s `architecture` fields) or start anew; an existing checkpoint is never replaced
@@ -135,16 +137,21 @@ def starting_point(
         config: the caller's config dataclass (copied, never changed).
         init: a checkpoint of the same kind to fine-tune from.
         architecture: the config fields that shape the model, kept from `init`.
+        proceed: with `init`, continue its step count: the run starts at `init`'s step and takes `config.steps`
+            more (e.g. a model continued with more labelled volumes).
     """
     config = copy.deepcopy(config)
     state = resume_state(checkpoint, kind, resume)
+    weights = load_checkpoint(init, kind) if init is not None and (state is None or proceed) else None
+    first = int(weights["step"]) if proceed and weights is not None else 0
+    if first:
+        config.steps += first  # a continued run ends `steps` after its model's step, also when resumed
     if state is not None:
         settings = type(config).from_dict(resumed_settings(state["config"], config))
         return Start(state, state, settings, state.get("initialised_from"))
-    if init is not None:
-        weights = load_checkpoint(init, kind)
+    if weights is not None:
         merged = type(config).from_dict(initialised_settings(weights["config"], config, architecture))
-        return Start(None, weights, merged, str(init))
+        return Start(None, weights, merged, str(init), first)
     return Start(None, None, config, None)
 
 
@@ -199,6 +206,8 @@ class Loop:
             optimiser.load_state_dict(start.state["optimizer"])
             self.step = self.saved = int(start.state["step"])
             self.elapsed = float(start.state.get("elapsed", 0.0))
+        else:
+            self.step = self.saved = start.first_step
 
     def save(self) -> Path:
         """Write the checkpoint now (atomically)."""

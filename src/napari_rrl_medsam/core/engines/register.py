@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,7 +28,7 @@ from ..models.encoder import LightEncoder
 from ..models.registration import build_registration
 from ..registration import KIND, RegistrationModel, encoder_features, intensities, registration_losses, warp_layer
 from ..resample import resample, working_grid
-from ..task import check_atlas, check_pair, label_indices
+from ..task import check_pair, label_indices, labelled_volumes
 from ..volume import Grid, Volume
 from .events import Progress
 from .loop import Hook, Loop, StepOutput, starting_point
@@ -40,18 +39,19 @@ ARCHITECTURE = ("spacing", "axis", "feature_level", "feature_size", "use_feature
 
 @dataclass
 class _Pairs:
-    """The atlas and the unlabelled volumes on the working grid, with their encoder features and the atlas's labels
-    (as a working-grid map for previews and one-hot for Dice coupling)."""
+    """The labelled volumes (the atlas first) and the unlabelled volumes on the working grid, with their encoder
+    features and the labelled volumes' labels (working-grid maps for previews, one-hot for Dice coupling)."""
 
-    atlas: Any
+    atlases: list
     targets: list
-    atlas_features: Any
+    atlas_features: list
     target_features: list
-    labels: Any
+    labels: list
     coupled: list | None  # per target: its segmentation one-hot, or None (Dice coupling)
-    atlas_onehot: Any
+    atlas_onehots: list | None
     grid: Grid
     values: list[int]  # the atlas's label values
+    names: list[str]  # the labelled volumes' names, recorded in the checkpoint
 
 
 def registration_engine(
@@ -65,6 +65,8 @@ def registration_engine(
     segmentations: Sequence[Volume | None] = (),
     init: str | Path | None = None,
     validation: Sequence[tuple[Volume, Volume]] = (),
+    labelled: Sequence[tuple[Volume, Volume]] = (),
+    proceed: bool = False,
 ) -> Iterator[Progress]:
     """Train the registration network atlas -> `targets`, yielding `Progress` events; writes `checkpoint`.
 
@@ -80,28 +82,29 @@ def registration_engine(
             run's training settings such as `dice_weight`, a new optimiser).
         validation: labelled (image, labels) volumes whose Dice (`validation_dice`) the events' metrics report
             every `validate_every` steps, as "val_dice_registration".
+        labelled: further labelled (image, labels) volumes: each step registers one of the labelled volumes (the
+            atlas or one of these, drawn at random) to an unlabelled one; their label sets must be the atlas's.
+        proceed: with `init`, continue its step count (`config.steps` more steps) instead of starting at 0.
     """
     import torch
 
     if not targets:
         raise InputError("registration training needs at least one unlabelled volume.")
-    atlas_labels = check_atlas(atlas, atlas_labels)
-    start = starting_point(checkpoint, KIND, resume, config or RegistrationTrainConfig(), init, ARCHITECTURE)
+    atlases = labelled_volumes(atlas, atlas_labels, labelled)
+    start = starting_point(checkpoint, KIND, resume, config or RegistrationTrainConfig(), init, ARCHITECTURE, proceed)
     config, device = start.config, resolve_device(start.config.device)
     torch.manual_seed(config.seed)
     net, medical = build_registration(config, start.weights, encoder)
     net, medical = net.to(device), medical.to(device) if medical is not None else None
     grid = working_grid(atlas, config.spacing)
-    label_values = [int(v) for v in np.unique(atlas_labels.array) if v != 0]
+    label_values = [int(v) for v in np.unique(atlases[0][1].array) if v != 0]
     if start.weights is not None:
         check_same_task(start.weights, checkpoint if start.state is not None else init, grid, label_values)
-    pairs = yield from _prepare(
-        atlas, atlas_labels, targets, segmentations, medical, config, grid, label_values, device
-    )
+    pairs = yield from _prepare(atlases, targets, segmentations, medical, config, grid, label_values, device)
     step = _RegistrationStep(net, medical, pairs, config, device)
     hooks = [
         Hook(config.preview_every, step.preview, "preview"),
-        Hook(config.validate_every if validation else 0, lambda _: step.validate(atlas, atlas_labels, validation)),
+        Hook(config.validate_every if validation else 0, lambda _: step.validate(atlases, validation)),
     ]
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     name = "registration training"
@@ -109,28 +112,30 @@ def registration_engine(
     yield from loop.run(modules=[net])
 
 
-def _prepare(atlas, atlas_labels, targets, segmentations, medical, config, grid, label_values, device):
-    """The training pairs on the working grid (`_Pairs`), yielding an event per target's encoder features."""
+def _prepare(atlases, targets, segmentations, medical, config, grid, label_values, device):
+    """The training pairs on the working grid (`_Pairs`), yielding an event per volume's encoder features."""
     import torch
 
-    a = intensities(atlas, grid).to(device)
+    moving = [intensities(image, grid).to(device) for image, _ in atlases]
     ts = [intensities(t, grid) for t in targets]
-    labels = resample(atlas_labels, grid).array
-    feats_a, feats_t = None, [None] * len(ts)
+    labels = [resample(lab, grid).array for _, lab in atlases]
+    feats_a, feats_t = [None] * len(moving), [None] * len(ts)
     if medical is not None:
-        feats_a, feats_t = encoder_features(medical, a, config), []
+        feats_a, feats_t = [encoder_features(medical, a, config) for a in moving], []
         for i, t in enumerate(ts):
             feats_t.append(encoder_features(medical, t, config))
             yield Progress("features", i + 1, len(ts), message="medical encoder features")
     coupled = _coupling_targets(config, targets, segmentations, label_values, grid)
-    onehot = _one_hot(labels, label_values).to(device) if coupled else None
-    work = torch.from_numpy(labels.astype(np.float32))[None, None].to(device)
-    return _Pairs(a, ts, feats_a, feats_t, work, coupled, onehot, grid, label_values)
+    onehots = [_one_hot(lab, label_values).to(device) for lab in labels] if coupled else None
+    work = [torch.from_numpy(lab.astype(np.float32))[None, None].to(device) for lab in labels]
+    names = [image.name for image, _ in atlases]
+    return _Pairs(moving, ts, feats_a, feats_t, work, coupled, onehots, grid, label_values, names)
 
 
 class _RegistrationStep:
-    """One step: the atlas registered to a random unlabelled volume (both gamma-jittered), local NCC + smoothness
-    (+ Dice coupling); and its preview (the target, the warped atlas, its pseudo labels)."""
+    """One step: a labelled volume (the atlas, or one drawn among several) registered to a random unlabelled
+    volume (both gamma-jittered), local NCC + smoothness (+ Dice coupling); and its preview (the target, the warped
+    labelled volume, its pseudo labels)."""
 
     def __init__(self, net, medical, pairs: _Pairs, config: RegistrationTrainConfig, device) -> None:
         self.net, self.medical, self.pairs, self.config, self.device = net, medical, pairs, config, device
@@ -146,24 +151,25 @@ class _RegistrationStep:
 
         p, config = self.pairs, self.config
         i = int(torch.randint(len(p.targets), (1,), generator=gen))
-        x_a, x_t = p.atlas, p.targets[i].to(self.device)
+        m = int(torch.randint(len(p.atlases), (1,), generator=gen)) if len(p.atlases) > 1 else 0
+        x_a, x_t = p.atlases[m], p.targets[i].to(self.device)
         if config.augment:
             x_a, x_t = random_gamma(x_a, gen), random_gamma(x_t, gen)
-        ddf = self.net(x_a, x_t, p.atlas_features, p.target_features[i])
+        ddf = self.net(x_a, x_t, p.atlas_features[m], p.target_features[i])
         sim, reg = self.ncc(self.warp_image(x_a, ddf), x_t), self.smooth(ddf)
         loss = sim + config.smooth_weight * reg
         terms = {"ncc": float(sim.detach()), "smooth": float(reg.detach())}
         if p.coupled and p.coupled[i] is not None:
-            dice = self.dice_loss(self.warp_image(p.atlas_onehot, ddf), p.coupled[i].to(self.device))
+            dice = self.dice_loss(self.warp_image(p.atlas_onehots[m], ddf), p.coupled[i].to(self.device))
             loss = loss + config.dice_weight * dice
             terms["dice"] = float(dice.detach())
-        return StepOutput(loss, terms, context=(i, ddf.detach()))
+        return StepOutput(loss, terms, context=(i, m, ddf.detach()))
 
-    def validate(self, atlas: Volume, atlas_labels: Volume, validation) -> dict:
+    def validate(self, atlases: list[tuple[Volume, Volume]], validation) -> dict:
         """The network's validation Dice on labelled (image, labels) pairs (`validation_dice`)."""
         p = self.pairs
         model = RegistrationModel(self.net, self.medical, self.config, p.values, p.grid, {}, self.device, {})
-        return {"val_dice_registration": validation_dice(model, atlas, atlas_labels, validation)}
+        return {"val_dice_registration": validation_dice(model, atlases, validation)}
 
     def contents(self) -> dict:
         """The checkpoint's weights and task."""
@@ -175,29 +181,33 @@ class _RegistrationStep:
             "teacher": getattr(medical, "teacher", {}) if medical is not None else {},
             "labels": self.pairs.values,
             "grid": self.pairs.grid.to_dict(),
+            "labelled": self.pairs.names,
         }
 
     def preview(self, out: StepOutput) -> dict:
         import torch
 
-        i, ddf = out.context
+        i, m, ddf = out.context
+        p = self.pairs
         with torch.no_grad():
             return {
                 "case": i,
-                "target": self.pairs.targets[i][0, 0].numpy(),
-                "warped_atlas": self.warp_image(self.pairs.atlas, ddf)[0, 0].cpu().numpy(),
-                "pseudo_labels": self.warp_labels(self.pairs.labels, ddf)[0, 0].cpu().numpy().astype(np.int32),
+                "moving": m,  # which labelled volume (0: the atlas)
+                "target": p.targets[i][0, 0].numpy(),
+                "warped_atlas": self.warp_image(p.atlases[m], ddf)[0, 0].cpu().numpy(),
+                "pseudo_labels": self.warp_labels(p.labels[m], ddf)[0, 0].cpu().numpy().astype(np.int32),
             }
 
 
-def validation_dice(model: RegistrationModel, atlas: Volume, atlas_labels: Volume, validation) -> float:
-    """Mean Dice of the atlas labels warped by `model` (the network alone, no refinement) onto each labelled
-    (image, labels) pair, on the labels' grid, over the structures of those labels."""
+def validation_dice(model: RegistrationModel, atlases: Sequence[tuple[Volume, Volume]], validation) -> float:
+    """Mean Dice of the labelled volumes' labels warped by `model` (the network alone, no refinement; several
+    fused by the local vote) onto each labelled (image, labels) pair, on the labels' grid, over the structures of
+    those labels."""
     from ..metrics import evaluate
 
     scores = []
     for image, truth in validation:
-        warped = model.register(atlas, atlas_labels, image, refine_steps=0).warped_labels
+        warped = model.register_atlases(atlases, image, refine_steps=0).labels
         warped = warped if warped.grid.same_as(truth.grid) else resample(warped, truth.grid)
         scores.append(evaluate(warped, truth, hd95=False).mean_dice)
     return float(np.mean(scores))
