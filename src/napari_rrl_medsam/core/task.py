@@ -241,13 +241,13 @@ class OneShotTask:
             raise InputError(f"the task has no unlabelled or evaluation volume {id!r} (it has {known[:8]}).")
         if case.labels is not None:
             return case
-        guesses = [self.atlas.labels.parent / case.image.name]
-        if self.atlas.image.parent == self.atlas.labels.parent != case.image.parent:  # a folder per subject
-            guesses.append(case.image.with_name(self.atlas.labels.name))
-        found = next((g for g in guesses if g.is_file()), None)
-        if found is None:
-            raise InputError(f"no label file for {id!r}: looked for {' and '.join(map(str, guesses))}.")
-        return Case(case.id, case.image, found)
+        if self.atlas.image.parent == self.atlas.labels.parent:  # a folder per subject (neurite-OASIS)
+            guess = case.image.with_name(self.atlas.labels.name)
+        else:  # a labels/ folder beside images/
+            guess = self.atlas.labels.parent / case.image.name
+        if case.image.parent == self.atlas.image.parent == guess.parent or not guess.is_file():
+            raise InputError(f"no label file for {id!r}: looked for {guess}.")
+        return Case(case.id, case.image, guess)
 
 
 def _case(image: PathLike, labels: PathLike | None = None) -> Case:
