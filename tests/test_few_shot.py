@@ -164,3 +164,27 @@ def test_a_task_takes_further_labelled_volumes_by_id(tmp_path):
         api.load_task(root, atlas="atlas", labelled=["u2"])
     with pytest.raises(InputError, match="no unlabelled or evaluation volume 'u9'"):
         api.load_task(root, atlas="atlas", labelled=["u9"])
+
+
+def test_the_cli_continues_a_run_with_a_labelled_set(tmp_path, capsys):
+    from napari_rrl_medsam.cli import main
+    from napari_rrl_medsam.core.io import save_volume
+
+    (atlas, labels), second, targets = volumes()
+    task = tmp_path / "task"
+    for name, volume in (("atlas", atlas), ("u0", targets[0]), ("u1", targets[1])):
+        save_volume(volume, task / "images" / f"{name}.nii.gz")
+    save_volume(labels, task / "labels" / "atlas.nii.gz")
+    run = tmp_path / "run"
+    api.train_one_shot(task, encoder=LightEncoder(TINY), out=run, registration=reg_config(steps=2),
+                       cotrain=cfg(steps=2), progress=False)  # fmt: skip
+    corrected = tmp_path / "labelled"  # u1 corrected and added, as the correction widget does
+    api.add_labelled(corrected, api.load_volume(task / "images" / "u1.nii.gz"), second[1], "u1")
+    out = tmp_path / "more"
+    args = ["continue", str(run), str(task), "--labelled", str(corrected), "--out", str(out)]
+    assert main([*args, "--registration-steps", "1", "--cotrain-steps", "2", "--device", "cpu"]) == 0
+    state = load_checkpoint(out / "rrl_medsam.pt")
+    assert state["step"] == 4 and state["labelled"] == ["atlas", "u1"]
+    assert "rrl_medsam.pt" in capsys.readouterr().out
+    assert main([*args, "--device", "cpu"]) == 2  # out exists: never replaced without --resume
+    assert "exists" in capsys.readouterr().err

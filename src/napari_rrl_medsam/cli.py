@@ -155,8 +155,38 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _few_shot_task(args: argparse.Namespace):
+    """The task of `args.task` and `--labelled`'s further labelled volumes: ids of the task's volumes (moved into
+    the task) or a labelled set's folder (returned, for the api's `labelled=`)."""
+    from .api import load_task
+
+    given = args.labelled or []
+    folder = len(given) == 1 and Path(given[0]).is_dir()
+    task = load_task(args.task, atlas=args.atlas, check=False, labelled=() if folder else given)
+    return task, given[0] if folder else ()
+
+
+def cmd_continue(args: argparse.Namespace) -> int:
+    from .api import CONTINUE, continue_training
+
+    task, labelled = _few_shot_task(args)
+    registration = {
+        **CONTINUE["registration"],
+        **({"steps": args.registration_steps} if args.registration_steps else {}),
+    }
+    cotrain = {**CONTINUE["cotrain"], **({"steps": args.cotrain_steps} if args.cotrain_steps else {})}
+    if args.device:
+        registration["device"] = cotrain["device"] = args.device
+    continue_training(
+        args.run, task, labelled=labelled, encoder=args.encoder, out=args.out, resume=args.resume,
+        registration=registration, cotrain=cotrain,
+    )  # fmt: skip
+    print(f"wrote {Path(args.out) / 'registration.pt'} and {Path(args.out) / 'rrl_medsam.pt'}")
+    return 0
+
+
 def cmd_train_registration(args: argparse.Namespace) -> int:
-    from .api import load_task, train_registration
+    from .api import train_registration
 
     settings = {
         k: v
@@ -171,8 +201,10 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
     }
     if args.no_features:
         settings["use_features"] = False
-    task = load_task(args.task, atlas=args.atlas, check=False)
-    train_registration(task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init, config=settings)
+    task, labelled = _few_shot_task(args)
+    train_registration(
+        task, encoder=args.encoder, out=args.out, resume=args.resume, init=args.init, config=settings, labelled=labelled
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -203,7 +235,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_cotrain(args: argparse.Namespace) -> int:
-    from .api import cotrain, load_task
+    from .api import cotrain
 
     settings = {
         k: v
@@ -219,9 +251,10 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
     for flag, key in (("no_ema", "use_mutual_ema"), ("no_prompt", "use_prompt"), ("no_dskd", "use_dskd")):
         if getattr(args, flag):
             settings[key] = False
-    task = load_task(args.task, atlas=args.atlas, check=False)
+    task, labelled = _few_shot_task(args)
     cotrain(
         task,
+        labelled=labelled,
         registration=args.registration,
         encoder=args.encoder,
         out=args.out,
@@ -276,6 +309,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         written = [save_volume(v, o, args.overwrite) for v, o in zip((result.labels, result.auto_prompt), outputs)]
         print(f"{volume.name}: {time.perf_counter() - start:.1f} s -> " + ", ".join(p.name for p in written))
     return 0
+
+
+LABELLED_HELP = (
+    "further labelled volumes (few-shot): ids of the task's volumes whose label files then count as labels, "
+    "or one labelled set's folder (images/ + labels/, as 'Add to labelled set' writes it)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-features", action="store_true", help="intensities only (ablation)")
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 50)")
     p.add_argument("--init", help="a trained registration checkpoint to fine-tune (a new run written to --out)")
+    p.add_argument("--labelled", nargs="+", metavar="ID|FOLDER", help=LABELLED_HELP)
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_train_registration)
 
@@ -388,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 25)")
     p.add_argument("--init", help="a co-trained checkpoint to fine-tune, e.g. with a fine-tuned --registration")
+    p.add_argument("--labelled", nargs="+", metavar="ID|FOLDER", help=LABELLED_HELP)
     p.add_argument(
         "--pseudo-model",
         help="a co-trained checkpoint whose predictions, fused with the registration's, "
@@ -395,6 +436,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_cotrain)
+
+    p = sub.add_parser("continue", help="continue a trained run with more labelled volumes (fine-tuning both stages)")
+    p.add_argument("run", help="the trained run's folder (registration.pt and rrl_medsam.pt)")
+    p.add_argument("task", help="the dataset.json or task folder it was trained on")
+    p.add_argument("--atlas", help="the atlas's id in a task folder where several images have labels")
+    p.add_argument("--labelled", nargs="+", metavar="ID|FOLDER", help=LABELLED_HELP)
+    p.add_argument("--out", required=True, help="a new folder for the continued registration.pt and rrl_medsam.pt")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted continuation in --out")
+    p.add_argument("--registration-steps", type=int, help="registration steps added (default 300)")
+    p.add_argument("--cotrain-steps", type=int, help="co-training steps added (default 500)")
+    p.add_argument("--encoder", help="distilled general encoder (default: the shipped one)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_continue)
 
     p = sub.add_parser("segment", help="segment volumes (files or folders) with a co-trained model")
     p.add_argument("inputs", nargs="+", help="volume files or folders of them")
@@ -469,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _resume_hint(args: argparse.Namespace) -> str:
     """Where an interrupted command left its checkpoint and how to go on, for the commands that train."""
-    if args.command in ("distill", "train-registration", "cotrain") and Path(args.out).exists():
+    if args.command in ("distill", "train-registration", "cotrain", "continue") and Path(args.out).exists():
         return f" The checkpoint {args.out} was saved; run the same command with --resume to continue."
     if args.command == "demo" and args.out:
         return f" Its models in {args.out} were saved; run the same command with --overwrite to continue."

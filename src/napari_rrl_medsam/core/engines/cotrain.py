@@ -273,7 +273,8 @@ def _parts(config: CotrainConfig, start, encoder, n_classes: int, device):
         encoder_config = EncoderConfig.from_dict(start.weights["encoder_config"])
     else:
         encoder_config = encoder.config if encoder is not None else EncoderConfig()
-    parts = build_parts(config, encoder_config, n_classes, encoder.state_dict() if encoder is not None else None)
+    general = encoder.state_dict() if encoder is not None and start.weights is None else None  # else the start's
+    parts = build_parts(config, encoder_config, n_classes, general)
     for name, module in parts.items():
         if start.weights is not None:
             module.load_state_dict(start.weights["parts"][name])
