@@ -188,3 +188,14 @@ def test_the_cli_continues_a_run_with_a_labelled_set(tmp_path, capsys):
     assert "rrl_medsam.pt" in capsys.readouterr().out
     assert main([*args, "--device", "cpu"]) == 2  # out exists: never replaced without --resume
     assert "exists" in capsys.readouterr().err
+
+
+def test_labelled_volumes_alone_train_fully_supervised(tmp_path):
+    (atlas, labels), second, targets = volumes()
+    list(registration_engine(atlas, labels, targets, tmp_path / "r.pt", config=reg_config(steps=1)))
+    registration = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
+    run = cotrain_engine(atlas, labels, [], registration, tmp_path / "s.pt", LightEncoder(TINY),
+                         cfg(steps=3, atlas_probability=1.0), labelled=[second])  # fmt: skip
+    assert [e.stage for e in run] == ["co-training"] * 3  # no pseudo labels to make
+    with pytest.raises(InputError, match="atlas_probability=1"):
+        next(cotrain_engine(atlas, labels, [], registration, tmp_path / "t.pt", LightEncoder(TINY), cfg()))

@@ -646,3 +646,42 @@ def test_three_docks_fit_a_1600_by_1000_screen(make_napari_viewer, qtbot):
     for name in ("One-shot training", "Register and segment", "Encoder distillation (DSKD)"):
         assert open_widget(viewer, name).minimumSizeHint().height() < 200
     assert window.minimumSizeHint().height() <= 1000 and window.minimumSizeHint().width() <= 1600
+
+
+def test_correct_a_result_add_it_to_the_labelled_set_and_continue_training(cotrain_widget, qtbot, tmp_path):
+    """The few-shot loop in a real viewer: train, correct a segmentation with napari's paint tool, add it to the
+    labelled set (correction widget), Continue training (training widget): the finished run fine-tuned with it."""
+    viewer, widget, _ = cotrain_widget
+    f = widget.form
+    f.registration_steps.value, f.cotrain_steps.value = 2, 2
+    f.val_image.value = f.val_labels.value = None
+    widget.start()
+    wait_done(qtbot, widget)
+    assert widget.failed is None and not widget.buttons["Continue training"].isEnabled()  # no labelled set yet
+    labels = add(viewer, phantom(shift=1.0)[1], "t0 labels")  # t0's segmentation, as Segment would give it
+    labels.selected_label, labels.brush_size = 2, 3
+    before = labels.data.copy()
+    labels.paint((10, 12, 12), 2)  # the user's correction, with napari's own brush
+    assert (labels.data != before).any()
+    correct = open_widget(viewer, "Correct with box prompts")
+    c = correct.form
+    c.image_layer.value, c.labels_layer.value, c.labelled_set.value = viewer.layers["t0"], labels, tmp_path / "set"
+    c.add.changed.emit(None)  # "Add to labelled set"
+    assert correct.labelled.text() == "labelled set: 1 volume: t0"
+    f.labelled_set.value = tmp_path / "set"
+    assert widget.buttons["Continue training"].isEnabled()
+    stages = []
+    widget.shown.connect(lambda e: stages.append((e.stage, e.step, e.total)))
+    widget.buttons["Continue training"].click()
+    wait_done(qtbot, widget)
+    assert widget.failed is None, widget.failed
+    out = tmp_path / "run+1labelled"
+    assert Path(f.out.value) == out  # the continued run is the output folder now
+    reg, model = load_checkpoint(out / "registration.pt"), load_checkpoint(out / "rrl_medsam.pt")
+    assert (reg["step"], model["step"]) == (4, 4) and model["complete"]  # the run's 2 + 2 steps each
+    assert len(model["labelled"]) == 2 and model["labelled"][-1] == "t0"  # the atlas and the corrected volume
+    assert model["initialised_from"] == str(tmp_path / "run" / "rrl_medsam.pt")
+    assert {t for s, _, t in stages if s == "pseudo labels"} == {1}  # t0 is labelled now: only t1 is unlabelled
+    assert [s for s, step, _ in stages if s == "co-training"] == ["co-training"] * 2
+    assert "live: segmentation" in viewer.layers and widget.plot.series["loss"]  # live layers and the plot, as ever
+    assert widget.buttons["Continue training"].isEnabled()  # the continued run can be continued in turn

@@ -29,6 +29,18 @@ from .layers import (
 from .runner import TrainingPanel, unfinished
 from .settings import load_settings, path_or_none, save_settings
 
+
+def continued_from(registration: Path) -> Path | None:
+    """The run folder a continuation in `registration`'s folder started from (its checkpoint says), else None."""
+    from ..api import InputError, load_checkpoint
+
+    try:
+        origin = load_checkpoint(registration).get("initialised_from") if registration.is_file() else None
+    except (InputError, OSError):
+        return None
+    return Path(origin).parent if origin and Path(origin).name == "registration.pt" else None
+
+
 # preview key -> (live layer name, kind); the engines put these arrays on the atlas's working grid
 LIVE = {
     "target": ("live: current volume", "image"),
@@ -44,10 +56,11 @@ class CotrainWidget(TrainingPanel):
     """Atlas + unlabelled volumes -> registration (pseudo labels) -> co-trained RRL-MedSAM model."""
 
     title = "co-training"
+    actions = (*TrainingPanel.actions, "Continue training")
     in_subprocess = True  # co-training runs 15-20% slower in a worker thread (see api.in_subprocess)
 
     def __init__(self, napari_viewer) -> None:
-        from ..api import QUICK, defaults
+        from ..api import CONTINUE, QUICK, defaults
 
         s, quick = load_settings(), QUICK
         recipe = (defaults("registration")["steps"], defaults("cotrain"))
@@ -82,6 +95,16 @@ class CotrainWidget(TrainingPanel):
                     nullable=True,
                     value=s.get("cotrain.folder"),
                     tooltip="a folder of unlabelled NIfTI / TIFF volumes, used with the layers selected above",
+                ),
+                FileEdit(
+                    name="labelled_set",
+                    label="labelled set",
+                    mode="d",
+                    nullable=True,
+                    value=s.get("labelled_set"),
+                    tooltip="optional: further labelled volumes (the correction widget's 'Add to labelled set'), "
+                    "trained on like the atlas (an unlabelled layer of the same name is then left out). Continue "
+                    "training fine-tunes the finished run in the output folder with them",
                 ),
                 ComboBox(
                     name="val_image",
@@ -165,6 +188,13 @@ class CotrainWidget(TrainingPanel):
         self.verdict.setWordWrap(True)
         self.body.insertWidget(self.body.count() - 1, self.verdict)
         form.out.changed.connect(lambda: self._set_state(self.state))
+        form.labelled_set.changed.connect(lambda: self._set_state(self.state))
+        self.buttons["Continue training"].clicked.connect(lambda: self.start(resume=False, job=self.continue_job))
+        self.buttons["Continue training"].setToolTip(
+            "fine-tune the finished run in the output folder with the labelled set (registration, then co-training; "
+            f"at most {CONTINUE['registration']['steps']} and {CONTINUE['cotrain']['steps']} steps added, fewer "
+            "when the form's steps are fewer), into a new folder beside it that becomes the output folder"
+        )
         self.follow_layers(napari_viewer)
 
     def paths(self) -> tuple[Path, Path]:
@@ -176,31 +206,55 @@ class CotrainWidget(TrainingPanel):
         registration, model = self.paths()
         return unfinished(model) or (registration.exists() and not model.exists())
 
-    def job(self, resume: bool) -> Callable[[], Iterator]:
-        from ..api import QUICK, working_grid
+    def idle_actions(self) -> set[str]:
+        """Continue training: with a finished run in the output folder and a labelled set chosen."""
+        registration, model = self.paths()
+        finished = model.is_file() and not unfinished(model) and not unfinished(registration)
+        return {"Continue training"} if finished and self.form.labelled_set.value else set()
 
-        f = self.form
-        if f.atlas.value is None or f.atlas_labels.value is None:
-            raise ValueError("choose the atlas image and its labels layer.")
-        atlas, labels = image_volume(f.atlas.value, "atlas"), to_volume(f.atlas_labels.value)
-        self.frame = (f.atlas.value.metadata or {}).get(FRAME, "array")  # previews overlay the atlas's frame
-        unlabelled = [
-            image_volume(layer, "unlabelled volume") for layer in f.unlabelled.value if layer is not f.atlas.value
-        ]
-        unlabelled += volume_files(f.folder.value)
-        if (f.val_image.value is None) != (f.val_labels.value is None):
-            raise ValueError("validation needs both an image and its labels layer (or neither).")
-        validation = None
-        if f.val_image.value is not None:
-            validation = (image_volume(f.val_image.value, "validation"), to_volume(f.val_labels.value))
+    def job(self, resume: bool) -> Callable[[], Iterator]:
+        """A new run (few-shot with a labelled set), or with `resume` the run in the output folder continued (a
+        continuation, `continue_job`'s, resumes as one)."""
         reg_path = self.paths()[0]
         if not resume and any(p.exists() for p in self.paths()):
             raise ValueError(
                 f"{reg_path.parent} already holds a run: press Resume to continue it, or choose another output folder."
                 if self.resumable()
                 else f"{reg_path.parent} holds a finished run (its model: {self.paths()[1].name}); choose another "
-                "output folder for a new one."
+                "output folder for a new one, or Continue training it with a labelled set."
             )
+        run = continued_from(reg_path) if resume else None
+        return self._job(reg_path.parent, resume, run)
+
+    def continue_job(self, resume: bool = False) -> Callable[[], Iterator]:
+        """The finished run in the output folder fine-tuned with the labelled set, into a new folder beside it
+        (`<run>+<n>labelled`, which becomes the output folder)."""
+        from ..api import labelled_set
+
+        run, folder = self.paths()[0].parent, self.form.labelled_set.value
+        count = len(labelled_set(folder)) if folder else 0
+        if not count:
+            raise ValueError(
+                "choose a labelled set holding corrected volumes (the correction widget's 'Add to labelled set') "
+                "to continue training with."
+            )
+        out = run.parent / f"{run.name}+{count}labelled"
+        for n in range(2, 1000):
+            if not out.exists():
+                break
+            out = run.parent / f"{run.name}+{count}labelled-{n}"
+        job = self._job(out, False, run)
+        self.form.out.value = out
+        return job
+
+    def _job(self, out: Path, resume: bool, run: Path | None) -> Callable[[], Iterator]:
+        """The training job of the form's inputs into `out`: a new run, or `run` continued (`continue_training`,
+        at most `api.CONTINUE`'s steps added per stage)."""
+        from ..api import CONTINUE, QUICK, labelled_set, working_grid
+
+        f = self.form
+        atlas, labels, unlabelled, validation = self._inputs()
+        folder = f.labelled_set.value if f.labelled_set.value and labelled_set(f.labelled_set.value) else None
         self.verdict.setText(self._budget_warning(f.cotrain_steps.value))
         self.validated = validation is not None
         device, encoder_path = f.device.value, f.encoder.value
@@ -213,27 +267,45 @@ class CotrainWidget(TrainingPanel):
             "device": device,
             **self.cotrain_settings,
         }
+        if run is not None:
+            reg["steps"] = min(reg["steps"], CONTINUE["registration"]["steps"])
+            cot["steps"] = min(cot["steps"], CONTINUE["cotrain"]["steps"])
         self.grid = working_grid(atlas, reg.get("spacing", 2.0))
         save_settings(
             **{
                 "device": device,
                 "encoder": path_or_none(encoder_path),
-                "cotrain.out": str(reg_path.parent),
+                "cotrain.out": str(out),
                 "cotrain.folder": path_or_none(f.folder.value),
+                "labelled_set": path_or_none(f.labelled_set.value),
             }
         )
-        return partial(
-            one_shot_training,
-            atlas,
-            labels,
-            unlabelled,
-            validation,
-            encoder_path,
-            reg_path.parent,
-            resume,
-            reg,
-            cot,
-        )
+        args = (atlas, labels, unlabelled, validation, encoder_path, out, resume, reg, cot, folder, run)
+        return partial(one_shot_training, *args)
+
+    def _inputs(self) -> tuple:
+        """(atlas, atlas labels, unlabelled volumes, validation pair or None) from the form's layers and folder;
+        an unlabelled layer named like a volume of the labelled set is left out (it has labels now)."""
+        from ..api import labelled_set
+
+        f = self.form
+        if f.atlas.value is None or f.atlas_labels.value is None:
+            raise ValueError("choose the atlas image and its labels layer.")
+        atlas, labels = image_volume(f.atlas.value, "atlas"), to_volume(f.atlas_labels.value)
+        self.frame = (f.atlas.value.metadata or {}).get(FRAME, "array")  # previews overlay the atlas's frame
+        named_labelled = {case.id for case in labelled_set(f.labelled_set.value)} if f.labelled_set.value else set()
+        unlabelled = [
+            image_volume(layer, "unlabelled volume")
+            for layer in f.unlabelled.value
+            if layer is not f.atlas.value and layer.name not in named_labelled
+        ]
+        unlabelled += volume_files(f.folder.value)
+        if (f.val_image.value is None) != (f.val_labels.value is None):
+            raise ValueError("validation needs both an image and its labels layer (or neither).")
+        validation = None
+        if f.val_image.value is not None:
+            validation = (image_volume(f.val_image.value, "validation"), to_volume(f.val_labels.value))
+        return atlas, labels, unlabelled, validation
 
     def _budget_warning(self, steps: int) -> str:
         from ..api import QUICK

@@ -17,15 +17,20 @@ def one_shot_training(
     resume: bool,
     registration: dict,
     cotrain: dict,
+    labelled: Path | None = None,
+    run: Path | None = None,
 ) -> Iterator:
     """`api.train_one_shot`'s events: registration (skipped when its checkpoint in `out` is complete), co-training,
-    then with `validation` the registration's and the model's Dice on it (stage "evaluation").
-    `validation`: an (image, labels) pair or None; `registration` / `cotrain`: config dicts."""
-    from ..api import train_one_shot
+    then with `validation` the registration's and the model's Dice on it (stage "evaluation"); with `run`,
+    `api.continue_training`'s: that finished run fine-tuned with the `labelled` set, into `out`.
+    `validation`: an (image, labels) pair or None; `registration` / `cotrain`: config dicts; `labelled`: a labelled
+    set's folder or None."""
+    from ..api import continue_training, train_one_shot
 
-    yield from train_one_shot(
+    common = dict(
         atlas=(atlas, atlas_labels),
         unlabelled=unlabelled,
+        labelled=labelled or (),
         encoder=encoder,
         out=out,
         resume=resume,
@@ -34,6 +39,7 @@ def one_shot_training(
         cotrain=cotrain,
         events=True,
     )
+    yield from train_one_shot(**common) if run is None else continue_training(run, **common)
 
 
 def distillation(

@@ -72,6 +72,7 @@ class TrainingPanel(QWidget, FollowsLayers, LoadsTorch):
 
     title = "training"
     ready_text = "idle"
+    actions = ("Start", "Pause", "Resume", "Stop")  # the buttons; a subclass connects those it adds
     in_subprocess = False  # run the job in a child process (`api.in_subprocess`); its job must be picklable
     shown = Signal(object)  # each Progress event once the widget has displayed it (tests, benchmarks)
 
@@ -88,7 +89,7 @@ class TrainingPanel(QWidget, FollowsLayers, LoadsTorch):
         self.checkpoint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.bar = QProgressBar()
         self.bar.setFormat("%v / %m")
-        self.buttons = {name: QPushButton(name) for name in ("Start", "Pause", "Resume", "Stop")}
+        self.buttons = {name: QPushButton(name) for name in self.actions}
         self.buttons["Start"].clicked.connect(lambda: self.start(resume=False))
         self.buttons["Pause"].clicked.connect(self.pause)
         self.buttons["Resume"].clicked.connect(self.resume)
@@ -117,6 +118,10 @@ class TrainingPanel(QWidget, FollowsLayers, LoadsTorch):
     def resumable(self) -> bool:
         return False
 
+    def idle_actions(self) -> set[str]:
+        """The subclass's own buttons that are enabled while no run is going."""
+        return set()
+
     def show_preview(self, event) -> None:
         """Show `event.preview` arrays in layers (main thread)."""
 
@@ -127,11 +132,12 @@ class TrainingPanel(QWidget, FollowsLayers, LoadsTorch):
         """Called on the main thread when a run ends (completed, stopped or failed)."""
 
     # --- controls -----------------------------------------------------------------------------------------
-    def start(self, resume: bool = False) -> ClosingWorker | None:
+    def start(self, resume: bool = False, job: Callable | None = None) -> ClosingWorker | None:
+        """Start a run: `job(resume)` (default `self.job`) collects the inputs and gives the generator function."""
         if self.worker is not None:
             return self.worker
         try:
-            job = self.job(resume)
+            job = (job or self.job)(resume)
         except Exception as exc:  # bad inputs: say so and stay usable
             show_error(f"{self.title}: {exc}")
             return None
@@ -243,7 +249,7 @@ class TrainingPanel(QWidget, FollowsLayers, LoadsTorch):
     def _set_state(self, state: str) -> None:
         self.state = state
         enabled = {
-            "idle": {"Start"} | ({"Resume"} if self.resumable() else set()),
+            "idle": {"Start"} | ({"Resume"} if self.resumable() else set()) | self.idle_actions(),
             "running": {"Pause", "Stop"},
             "paused": {"Resume", "Stop"},
             "stopping": set(),

@@ -156,8 +156,11 @@ def cotrain_engine(
 
     _check_config(config := config or CotrainConfig())
     atlases = labelled_volumes(atlas, atlas_labels, labelled)
-    if not unlabelled:
-        raise InputError("co-training needs at least one unlabelled volume.")
+    if not unlabelled and config.atlas_probability < 1:
+        raise InputError(
+            "co-training needs at least one unlabelled volume (or atlas_probability=1: the labelled volumes "
+            "alone, fully supervised)."
+        )
     start = starting_point(checkpoint, KIND, resume, config, init, ARCHITECTURE, proceed)
     config = start.config
     if encoder is None and config.use_dskd and start.weights is None:
