@@ -117,3 +117,52 @@ def test_litemedsam_segments_a_bright_structure_from_one_box():
     mask = out.array.astype(bool)
     assert dice(mask, blob) > 0.75
     assert not mask[:, :, 0].any() and not mask[:, :, -1].any()  # propagation stopped outside the blob
+
+
+def tiny_sam():
+    """segment_anything's Sam with SAM's parts at toy sizes (64 px input): what a SAM ViT-B checkpoint file builds."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, out_chans=32,
+                              norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))  # fmt: skip
+    prompts = PromptEncoder(embed_dim=32, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4)
+    transformer = TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2)
+    decoder = MaskDecoder(transformer_dim=32, transformer=transformer, iou_head_hidden_dim=16)
+    return Sam(encoder, prompts, decoder)
+
+
+def test_a_sam_vit_b_checkpoint_file_segments_boxes_with_its_normalisation(tmp_path, monkeypatch):
+    """A user's SAM ViT-B / MedSAM file: loaded strictly into segment_anything's model (here its parts at toy sizes:
+    the real 375 MB weights are not on these machines), its input normalisation chosen, boxes segmented."""
+    import segment_anything
+    import torch
+
+    from napari_rrl_medsam.core.prompting import prompt_model
+    from napari_rrl_medsam.core.teachers.sam import sam_normalise
+
+    monkeypatch.setattr(segment_anything, "build_sam_vit_b", tiny_sam)
+    path = tmp_path / "medsam_vit_b.pth"
+    torch.save(tiny_sam().state_dict(), path)
+    volume, _ = ball_volume()
+    out = api.prompt_segment(volume, box_around(14.0, (-3, 11), (-5, 9)), checkpoint=path)
+    assert out.shape == volume.shape and np.array_equal(out.affine, volume.affine)
+    assert set(np.unique(out.array)) <= {0, 1}
+    model = prompt_model(path)
+    assert model.input_size == 64 and model.normalise is None  # not the official SAM file: [0, 1] as MedSAM
+    assert prompt_model(path, normalisation="sam").normalise is sam_normalise
+    prompter = api.prompter(volume, checkpoint=path, normalisation="sam")
+    plane = prompter._to_input(prompter.image[:, :, 5])
+    rows, cols = prompter._layout
+    assert plane.shape == (1, 3, 64, 64) and plane[..., :rows, :cols].min() < 0  # normalised, then padded with 0
+    assert (plane[..., rows:, :] == 0).all() and (plane[..., :, cols:] == 0).all()
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(api.InputError, match="does not fit SAM ViT-B"):
+        api.prompter(volume, checkpoint=tmp_path / "other.pth")
+    with pytest.raises(api.InputError, match="does not exist"):
+        api.prompter(volume, checkpoint=tmp_path / "missing.pth")
+    with pytest.raises(api.InputError, match="normalisation is one of"):
+        api.prompter(volume, checkpoint=path, normalisation="imagenet")

@@ -20,7 +20,7 @@ from .layers import (
     scrolled_layout,
     to_volume,
 )
-from .settings import load_settings, save_settings
+from .settings import load_settings, path_or_none, save_settings
 from .worker import RunsInWorker
 
 BOXES = "RRL-MedSAM boxes"  # the Shapes layer the boxes are drawn in
@@ -65,6 +65,15 @@ def correction_form(v) -> Container:
                 choices=DEVICES,
                 value=s.get("device", "auto"),
                 tooltip="where LiteMedSAM runs: auto = a GPU when there is one",
+            ),
+            FileEdit(
+                name="sam_checkpoint",
+                label="SAM checkpoint",
+                mode="r",
+                nullable=True,
+                value=s.get("correct.sam_checkpoint"),
+                tooltip="optional: a SAM ViT-B checkpoint file (sam_vit_b_01ec64.pth, or a fine-tuned one such as "
+                "MedSAM's medsam_vit_b.pth; 1024 px slices, slower); empty: LiteMedSAM, shipped with the plugin",
             ),
             PushButton(name="draw", text="Draw a box"),
             PushButton(name="apply", text="Segment the box"),
@@ -117,7 +126,7 @@ class CorrectWidget(QWidget, FollowsLayers, RunsInWorker):
         self.form.labels_layer.changed.connect(self._follow_selected_label)
         self.follow_layers(v)
         self.worker = None
-        self._prompter: tuple[object, object] | None = None  # (the image's data, its prompter): embeddings kept
+        self._prompter: tuple[tuple, object] | None = None  # ((image data, checkpoint), prompter): embeddings kept
         self.load_torch()
 
     def _name_after_image(self, layer=None) -> None:
@@ -160,18 +169,21 @@ class CorrectWidget(QWidget, FollowsLayers, RunsInWorker):
             return show_error("segment the box: choose an image and a labels layer (a new one: Layers > New Labels).")
         try:
             corners = self.box_corners(image)
-            reuse = self._prompter is not None and self._prompter[0] is image.data  # same image, same embeddings
+            checkpoint = self.form.sam_checkpoint.value
+            key = (image.data, str(checkpoint))
+            # same image, same model: same embeddings
+            reuse = self._prompter is not None and self._prompter[0][0] is key[0] and self._prompter[0][1] == key[1]
             volume = None if reuse else image_volume(image, "image")
         except ValueError as exc:
             return show_error(f"segment the box: {exc}")
-        propagate, device, data = self.form.propagate.value, self.form.device.value, image.data
-        save_settings(device=device)
+        propagate, device = self.form.propagate.value, self.form.device.value
+        save_settings(**{"device": device, "correct.sam_checkpoint": path_or_none(checkpoint)})
 
         def work():
             from ..api import prompter
 
-            if volume is not None:  # a new image: the previous one's embeddings are let go
-                self._prompter = (data, prompter(volume, device))
+            if volume is not None:  # a new image or model: the previous one's embeddings are let go
+                self._prompter = (key, prompter(volume, device, checkpoint))
             return self._prompter[1].segment(corners, propagate)
 
         def done(mask) -> None:

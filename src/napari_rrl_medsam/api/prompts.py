@@ -1,4 +1,5 @@
-"""Box prompts: a SAM-family model (LiteMedSAM, shipped) segments the structure in a box and propagates it."""
+"""Box prompts: a SAM-family model (LiteMedSAM, shipped; or a SAM ViT-B / MedSAM checkpoint file) segments the
+structure in a box and propagates it."""
 
 from __future__ import annotations
 
@@ -9,23 +10,35 @@ from ..core.volume import Volume
 from .volumes import as_volume
 
 
-def prompter(volume: Volume | str | Path, device: str = "cpu"):
+def prompter(
+    volume: Volume | str | Path,
+    device: str = "cpu",
+    checkpoint: str | Path | None = None,
+    normalisation: str = "auto",
+):
     """A box prompter for one volume (`core.prompting.VolumePrompter`): `prompter.segment(box)` as
     `prompt_segment`, each axial slice's embedding computed once and kept (for a viewer: keep one per image).
 
     Args:
         volume: the image (volume or file).
         device: "cpu", "cuda" or "auto".
+        checkpoint: a SAM ViT-B checkpoint file (SAM, or a fine-tuned one such as MedSAM); None: LiteMedSAM.
+        normalisation: what such a checkpoint expects: "sam", "unit" ([0, 1], MedSAM) or "auto" ("sam" for the
+            official SAM file, else "unit").
     """
-    from ..core.prompting import VolumePrompter, litemedsam_prompt_model
+    from ..core.prompting import VolumePrompter, prompt_model
 
-    return VolumePrompter(as_volume(volume), litemedsam_prompt_model(device))
+    return VolumePrompter(as_volume(volume), prompt_model(checkpoint, device, normalisation))
 
 
 def prompt_segment(
-    volume: Volume | str | Path, box: Sequence[Sequence[float]], propagate: bool = True, device: str = "cpu"
+    volume: Volume | str | Path,
+    box: Sequence[Sequence[float]],
+    propagate: bool = True,
+    device: str = "cpu",
+    checkpoint: str | Path | None = None,
 ) -> Volume:
-    """Segment the structure inside a box with LiteMedSAM, slice by slice.
+    """Segment the structure inside a box with LiteMedSAM (or a SAM ViT-B / MedSAM `checkpoint`), slice by slice.
 
     Args:
         volume: the image (volume or file), any orientation.
@@ -34,8 +47,10 @@ def prompt_segment(
         propagate: carry the mask to the neighbouring slices (each prompted with the previous slice's mask box)
             until it vanishes; False: the box's slice only.
         device: "cpu", "cuda" or "auto".
+        checkpoint: a SAM ViT-B checkpoint file (SAM or MedSAM, `prompter`'s normalisation "auto"); None:
+            LiteMedSAM.
 
     Returns:
         A 0/1 label volume on the input's native grid and affine.
     """
-    return prompter(volume, device).segment(box, propagate)
+    return prompter(volume, device, checkpoint).segment(box, propagate)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -82,9 +83,11 @@ class SamPromptModel:
         sam: a module with `image_encoder`, `prompt_encoder` and `mask_decoder` as in segment_anything.
         input_size: the encoder's square input side (256 for LiteMedSAM, 1024 for SAM ViT-B).
         device: where it runs.
+        normalise: what the encoder expects of a (1, 3, H, W) [0, 1] image before padding (SAM: its pixel mean
+            and standard deviation); None: [0, 1] as it is (LiteMedSAM, MedSAM).
     """
 
-    def __init__(self, sam, input_size: int, device: str = "cpu") -> None:
+    def __init__(self, sam, input_size: int, device: str = "cpu", normalise=None) -> None:
         import torch
 
         from .device import resolve_device
@@ -93,7 +96,7 @@ class SamPromptModel:
         self.sam = sam.to(self.device)
         # channels-last convolutions: the TinyViT encoder takes 2.0 instead of 2.6 s per slice on 2 CPU cores
         self.sam.image_encoder.to(memory_format=torch.channels_last)
-        self.input_size = input_size
+        self.input_size, self.normalise = input_size, normalise
 
     def embed(self, image):
         import torch
@@ -134,6 +137,37 @@ def litemedsam_prompt_model(device: str = "cpu") -> SamPromptModel:
 
     model, _ = load_litemedsam_model()
     return SamPromptModel(model, 256, device)
+
+
+NORMALISATIONS = ("auto", "sam", "unit")
+
+
+def prompt_model(checkpoint: str | Path | None = None, device: str = "cpu", normalisation: str = "auto"):
+    """The box-prompt model: LiteMedSAM (None), or SAM ViT-B from a checkpoint file (SAM itself or a fine-tuned one
+    such as MedSAM), loaded once per process, file and device.
+
+    Args:
+        checkpoint: a SAM ViT-B checkpoint file; None: LiteMedSAM, shipped.
+        device: "cpu", "cuda" or "auto".
+        normalisation: the input a checkpoint expects: "sam" (SAM's pixel mean and standard deviation), "unit"
+            ([0, 1] intensities, as MedSAM was trained), "auto" ("sam" for the official SAM file, else "unit").
+    """
+    if normalisation not in NORMALISATIONS:
+        raise InputError(f"normalisation is one of {', '.join(NORMALISATIONS)}, not {normalisation!r}.")
+    if checkpoint is None:
+        return litemedsam_prompt_model(device)
+    return _checkpoint_prompt_model(str(Path(checkpoint).expanduser().resolve()), device, normalisation)
+
+
+@lru_cache(maxsize=2)
+def _checkpoint_prompt_model(checkpoint: str, device: str, normalisation: str) -> SamPromptModel:
+    from .teachers.sam import SAM_VIT_B_SHA256, load_sam_vit_b_model, sam_normalise
+
+    model, sha = load_sam_vit_b_model(checkpoint)
+    if normalisation == "auto":
+        normalisation = "sam" if sha == SAM_VIT_B_SHA256 else "unit"
+    size = getattr(model.image_encoder, "img_size", 1024)  # 1024 for SAM ViT-B
+    return SamPromptModel(model, size, device, sam_normalise if normalisation == "sam" else None)
 
 
 class VolumePrompter:
@@ -253,8 +287,11 @@ class VolumePrompter:
         shown = torch.from_numpy(np.ascontiguousarray(plane[::-1, ::-1].T))[None, None]
         rows, cols = self._layout
         shown = F.interpolate(shown, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)
+        shown = shown.expand(-1, 3, -1, -1)
+        if getattr(self.model, "normalise", None) is not None:  # then padded with zeros, as segment_anything does
+            shown = self.model.normalise(shown)
         size = self.model.input_size
-        return F.pad(shown, (0, size - cols, 0, size - rows)).expand(-1, 3, -1, -1)
+        return F.pad(shown, (0, size - cols, 0, size - rows))
 
     def _input_box(self, box: SliceBox) -> tuple[float, float, float, float]:
         """The box in input pixels (x0, y0, x1, y1): voxel edges, through the display flips and the resize."""

@@ -98,22 +98,55 @@ def _official_checkpoint(download: bool) -> tuple[Path, str]:
     return path, SAM_VIT_B_SHA256
 
 
+FIX = "give a SAM ViT-B checkpoint (e.g. sam_vit_b_01ec64.pth or a fine-tuned one), or use the `litemedsam` teacher"
+
+
+def sam_vit_b_checkpoint(checkpoint: str | Path | None = None, download: bool = True) -> tuple[Path, str]:
+    """A SAM ViT-B checkpoint file and its SHA-256: the user's (any fine-tuned SAM ViT-B, e.g. MedSAM; its hash
+    identifies it) or, with None, the official file from the cache folder (hash checked) or a verified download.
+
+    Args:
+        checkpoint: the user's file, or None.
+        download: with None and no cached file, download the official one.
+    """
+    if checkpoint is None:
+        return _official_checkpoint(download)
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise InputError(f"the SAM checkpoint {path} does not exist: {FIX}")
+    return path, file_sha256(path)
+
+
 def load_sam_vit_b(checkpoint: str | Path | None = None, device: str = "cpu", download: bool = True) -> Teacher:
     """SAM ViT-B's frozen image encoder (1024 px input, 256 x 64 x 64 embeddings).
 
     A user's ``checkpoint`` need not be the official file (fine-tuned SAMs such as MedSAM are welcome); its own
     SHA-256 becomes the teacher id. Without one, the official file is taken from the cache folder or downloaded.
     """
-    fix = "give a SAM ViT-B checkpoint (e.g. sam_vit_b_01ec64.pth or a fine-tuned one), or use the `litemedsam` teacher"
-    if checkpoint is None:
-        path, sha = _official_checkpoint(download)
-    else:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise InputError(f"the SAM checkpoint {path} does not exist: {fix}")
-        sha = file_sha256(path)
-    state = read_state_dict(path, fix)
-    encoder = load_image_encoder(sam_vit_b_encoder("meta"), state, path, "SAM ViT-B", fix, assign=True)  # meta: no init
+    path, sha = sam_vit_b_checkpoint(checkpoint, download)
+    state = read_state_dict(path, FIX)
+    encoder = load_image_encoder(sam_vit_b_encoder("meta"), state, path, "SAM ViT-B", FIX, assign=True)  # meta: no init
     return Teacher(
         encoder, "sam_vit_b", sha, input_size=1024, normalise=sam_normalise, embed_dim=256, embed_size=64, device=device
     )
+
+
+def load_sam_vit_b_model(checkpoint: str | Path | None = None, download: bool = True, build=None):
+    """The whole SAM ViT-B (image encoder, prompt encoder, mask decoder: box prompts) from a checkpoint as for
+    `load_sam_vit_b`, loaded strictly, frozen, on the CPU; returns (model, SHA-256).
+
+    Args:
+        checkpoint: a SAM ViT-B or fine-tuned (MedSAM) checkpoint file; None: the official one.
+        download: with None and no cached file, download the official one.
+        build: makes the empty model (default: segment_anything's `build_sam_vit_b`).
+    """
+    path, sha = sam_vit_b_checkpoint(checkpoint, download)
+    state = read_state_dict(path, FIX)
+    if build is None:
+        from segment_anything import build_sam_vit_b as build
+    model = build()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise InputError(f"{path} does not fit SAM ViT-B ({str(err)[:200]}): {FIX}") from err
+    return model.eval().requires_grad_(False), sha
