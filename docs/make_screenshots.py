@@ -1,11 +1,12 @@
-"""The README's screenshots of the four dock widgets, taken from a real viewer on the bundled sample.
+"""The README's screenshots of the dock widgets and the few-shot loop, from a real viewer on the bundled sample.
 
     xvfb-run -a python docs/make_screenshots.py            # writes docs/images/widget_*.png (a few minutes on CPU)
 
 Each widget does real (short) work first: a small DSKD run from the LiteMedSAM teacher, a short registration +
 co-training run, then registration, segmentation and evaluation of target03 with the model just trained (only
 8 co-training steps: its segmentation is not useful yet, so the screenshot scores and shows the pseudo labels),
-then a box around the left thalamus of target03 that LiteMedSAM segments and propagates.
+then a box around the left thalamus of target03 that LiteMedSAM segments and propagates, painted into target03's
+pseudo labels, which join a labelled set; last, the training run continued with that labelled set.
 Settings and caches go to a temporary folder.
 """
 
@@ -138,9 +139,34 @@ def main() -> None:
     boxes.add_rectangles(np.array([boxes.world_to_data(corner) for corner in corners]))
     correct.apply()
     wait(correct)
+    # the corrected result joins the labelled set: the pseudo labels with the thalamus LiteMedSAM found painted in
+    pseudo = viewer.layers["target03 pseudo labels"]
+    pseudo.data_setitem(np.nonzero(np.asarray(corrections.data) == 10), 10)
+    f.labels_layer.value = pseudo
+    f.add.changed.emit(True)
+    f.labels_layer.value = corrections
     for layer in viewer.layers:
         layer.visible = layer.name in ("target03", "target03 corrections", "RRL-MedSAM boxes")
     save(viewer, "widget_correct")
+    viewer.window.remove_dock_widget(dock)
+
+    # 5. The few-shot loop: the finished run continued with the labelled set (the corrected target03)
+    dock, train = viewer.window.add_plugin_dock_widget(plugin, "One-shot training")
+    f = train.form
+    f.atlas.value, f.atlas_labels.value = viewer.layers["atlas"], viewer.layers["atlas labels"]
+    f.unlabelled.value = [viewer.layers["target01"], viewer.layers["target02"], viewer.layers["target03"]]
+    f.encoder.value, f.device.value, f.out.value = None, "cpu", str(tmp / "run")
+    f.registration_steps.value, f.cotrain_steps.value, f.slab.value, f.image_size.value = 30, 8, 8, 64
+    f.labelled_set.value = str(tmp / "labelled")
+    train.registration_settings = {"preview_every": 5, "checkpoint_every": 10}
+    train.cotrain_settings = {"preview_every": 4, "checkpoint_every": 4}
+    train.buttons["Continue training"].click()
+    wait(train)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("live: current volume", "live: pseudo labels")
+    bar = train.findChild(QScrollArea).verticalScrollBar()
+    bar.setValue(bar.maximum() // 2)  # the labelled set, the output folder it moved to, the buttons
+    save(viewer, "widget_continue")
     viewer.close()
 
 
