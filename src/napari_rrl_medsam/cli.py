@@ -167,16 +167,12 @@ def _few_shot_task(args: argparse.Namespace):
 
 
 def cmd_continue(args: argparse.Namespace) -> int:
-    from .api import CONTINUE, continue_training
+    from .api import continue_training
 
     task, labelled = _few_shot_task(args)
-    registration = {
-        **CONTINUE["registration"],
-        **({"steps": args.registration_steps} if args.registration_steps else {}),
-    }
-    cotrain = {**CONTINUE["cotrain"], **({"steps": args.cotrain_steps} if args.cotrain_steps else {})}
-    if args.device:
-        registration["device"] = cotrain["device"] = args.device
+    device = {"device": args.device} if args.device else {}
+    registration = {**device, **({"steps": args.registration_steps} if args.registration_steps else {})}
+    cotrain = {**device, **({"steps": args.cotrain_steps} if args.cotrain_steps else {})}
     continue_training(
         args.run, task, labelled=labelled, encoder=args.encoder, out=args.out, resume=args.resume,
         registration=registration, cotrain=cotrain,

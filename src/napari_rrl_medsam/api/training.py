@@ -361,7 +361,7 @@ def continue_training(
         out: a new folder for the continued registration.pt and rrl_medsam.pt (never `run` itself).
         resume: continue an interrupted continuation in `out`.
         validation, compare, progress, events: as for `train_one_shot`.
-        registration: the registration stage's config: `steps` are the steps added (default `CONTINUE`'s).
+        registration: the registration stage's config (a dict: on top of `CONTINUE`'s): `steps` are the steps added.
         cotrain: the co-training stage's config, likewise.
 
     Returns:
@@ -373,8 +373,10 @@ def continue_training(
             raise InputError(f"{run} has no {name}: give the folder of a finished training run (its output folder).")
     if out.resolve() == run.resolve():
         raise InputError(f"write the continued run to another folder than {run}: its models are the starting point.")
-    reg_config = make_config("registration", registration or CONTINUE["registration"])
-    cot_config = make_config("cotrain", cotrain or CONTINUE["cotrain"])
+    reg_config, cot_config = (
+        make_config(stage, {**CONTINUE[stage], **(given or {})} if isinstance(given, dict) or given is None else given)
+        for stage, given in (("registration", registration), ("cotrain", cotrain))
+    )
     if not events:
         reg_config.preview_every = cot_config.preview_every = 0
     stream = _one_shot_events(
