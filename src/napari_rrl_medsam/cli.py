@@ -278,32 +278,28 @@ def _mirror_pairs(text: str | None):
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .api import InputError, load_model, load_volume, plan_outputs, save_volume, segment, volume_files
+    from .api import InputError, load_volume, segment_batch
 
     if (args.atlas_image is None) != (args.atlas_labels is None):
         raise InputError("a registration prior needs both --atlas-image and --atlas-labels (or neither).")
-    paths = []
-    for item in args.inputs:
-        paths += volume_files(item) if Path(item).is_dir() else [Path(item)]
-    if not paths:
-        raise InputError(f"no volume files (.nii.gz, .nii, .tif, .tiff) in {', '.join(args.inputs)}.")
-    endings = ("_labels.nii.gz", "_auto_prompt.nii.gz") if args.auto_prompt else ("_labels.nii.gz",)
-    plan = plan_outputs(paths, args.out, endings, args.overwrite)  # before any work
     mirror = _mirror_pairs(args.mirror)
-    model = load_model(args.model, args.device or "auto")
     atlas = (
         None
         if args.atlas_image is None
         else (load_volume(args.atlas_image), load_volume(args.atlas_labels, kind="labels"))
     )
-    for path, outputs in zip(paths, plan):
-        volume = load_volume(path)
-        start = time.perf_counter()
-        result = segment(
-            model, volume, prior_weight=args.prior_weight, mirror=mirror, atlas=atlas, refine_steps=args.refine_steps
+    batch = segment_batch(
+        args.model, args.inputs, args.out, device=args.device or "auto", auto_prompt=args.auto_prompt,
+        skip_existing=args.skip_existing, overwrite=args.overwrite, prior_weight=args.prior_weight, mirror=mirror,
+        atlas=atlas, refine_steps=args.refine_steps,
+    )  # fmt: skip
+    for path, written, seconds in batch:
+        done = (
+            "skipped (its outputs exist)"
+            if written is None
+            else f"{seconds:.1f} s -> " + ", ".join(p.name for p in written)
         )
-        written = [save_volume(v, o, args.overwrite) for v, o in zip((result.labels, result.auto_prompt), outputs)]
-        print(f"{volume.name}: {time.perf_counter() - start:.1f} s -> " + ", ".join(p.name for p in written))
+        print(f"{path.name}: {done}")
     return 0
 
 
@@ -451,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="folder for <name>_labels.nii.gz (each on its input's grid)")
     p.add_argument("--auto-prompt", action="store_true", help="also write the auto-prompt mask")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="leave out volumes whose outputs exist (a stopped batch resumes)"
+    )
     p.add_argument("--atlas-image", help="with --atlas-labels: fuse the model's registration of the atlas as a prior")
     p.add_argument("--atlas-labels")
     p.add_argument(

@@ -35,7 +35,16 @@ from ..core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
 from ..core.task import Case, OneShotTask, add_labelled, labelled_set, load_task
 from ..core.volume import Grid, Kind, Volume
 from ..data.sample import sample_task
-from .models import SHIPPED_ENCODER, embedding_preview, load_encoder, load_model, register, register_atlases, segment
+from .models import (
+    SHIPPED_ENCODER,
+    embedding_preview,
+    load_encoder,
+    load_model,
+    register,
+    register_atlases,
+    segment,
+    segment_batch,
+)
 from .prompts import prompt_segment, prompter
 from .training import CONTINUE, QUICK, continue_training, cotrain, defaults, distill, train_one_shot, train_registration
 
@@ -85,6 +94,7 @@ __all__ = [
     "sample_task",
     "save_volume",
     "segment",
+    "segment_batch",
     "set_cache_dir",
     "to_working",
     "train_one_shot",

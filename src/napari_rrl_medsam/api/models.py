@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +152,57 @@ def segment(
     result = model.segment(volume, None if prior is None else as_volume(prior, "labels"), prior_weight, mirror)
     result.registration = registered
     return result
+
+
+def segment_batch(
+    model,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    auto_prompt: bool = False,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    shard: bool = True,
+    device: str = "auto",
+    **options,
+) -> Iterator[tuple[Path, list[Path] | None, float]]:
+    """Segment many volumes into `out`: `<id>_labels.nii.gz` (and `<id>_auto_prompt.nii.gz`) on each input's own grid,
+    written atomically; every output is checked before the first volume is segmented, and the next volume is read
+    in the background while this one is segmented. Yields (input, the files written or None when skipped, seconds).
+
+    Args:
+        model: a co-trained model (`load_model`) or its file (loaded once every output has been checked).
+        inputs: volume files or folders of them.
+        out: the output folder.
+        auto_prompt: also write the auto-prompt mask.
+        skip_existing: leave out volumes whose outputs are all there (a stopped batch resumes).
+        overwrite: replace existing outputs.
+        shard: under torchrun, segment only this rank's share (every WORLD_SIZE-th volume from RANK).
+        device: where a model file is loaded ("auto": under torchrun, the GPU of this process's LOCAL_RANK).
+        options: `segment`'s (prior_weight, mirror, atlas, refine_steps).
+    """
+    import time
+
+    from ..core.batch import process_share, read_ahead
+    from ..core.device import process_device
+    from ..core.io import load_volume, plan_outputs, save_volume, volume_files
+    from ..core.volume import volume_id
+
+    paths = [p for item in inputs for p in (volume_files(item) if Path(item).is_dir() else [Path(item)])]
+    if not paths:
+        raise InputError(f"no volume files (.nii.gz, .nii, .tif, .tiff) in {', '.join(map(str, inputs))}.")
+    endings = ("_labels.nii.gz", "_auto_prompt.nii.gz") if auto_prompt else ("_labels.nii.gz",)
+    done = {p for p in paths if skip_existing and all((Path(out) / f"{volume_id(p)}{e}").exists() for e in endings)}
+    plan_outputs([p for p in paths if p not in done], out, endings, overwrite=True)  # no two inputs write one file
+    mine = process_share(paths) if shard else paths
+    todo = [p for p in mine if p not in done]
+    plan = dict(zip(todo, plan_outputs(todo, out, endings, overwrite)))  # this process's outputs, checked
+    for path in [p for p in mine if p in done]:
+        yield path, None, 0.0
+    if isinstance(model, (str, Path)):
+        model = load_model(model, process_device(device))
+    for path, volume in read_ahead(todo, load_volume):
+        start = time.perf_counter()
+        result = segment(model, volume, **options)
+        outputs = zip((result.labels, result.auto_prompt), plan[path])
+        yield path, [save_volume(v, o, overwrite) for v, o in outputs], time.perf_counter() - start

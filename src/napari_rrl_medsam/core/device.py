@@ -18,3 +18,18 @@ def resolve_device(device="auto"):
         return torch.device(device)
     except RuntimeError as exc:
         raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'.") from exc
+
+
+def process_device(device="auto") -> str:
+    """The device of this process: under torchrun with CUDA, "auto" is the GPU of its LOCAL_RANK (one per process).
+
+    Args:
+        device: as for `resolve_device`.
+    """
+    import os
+
+    import torch
+
+    if str(device) == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return str(device)

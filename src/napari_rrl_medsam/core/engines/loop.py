@@ -206,8 +206,8 @@ class Loop:
             optimiser.load_state_dict(start.state["optimizer"])
             self.step = self.saved = int(start.state["step"])
             self.elapsed = float(start.state.get("elapsed", 0.0))
-        else:
-            self.step = self.saved = start.first_step
+        else:  # a new run (a continued model: from its step); saved on the way out even before its first step
+            self.step = start.first_step
 
     def save(self) -> Path:
         """Write the checkpoint now (atomically)."""
