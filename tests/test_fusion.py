@@ -37,8 +37,10 @@ def test_the_local_vote_follows_the_atlas_that_looks_like_the_target_there():
 
 def test_label_sets_must_agree():
     check_label_sets([[0, 1, 2], [2, 1, 0]], ["a", "b"])
-    with pytest.raises(api.InputError, match=r"b lacks labels \[2\] and has labels \[5\]"):
+    with pytest.raises(api.InputError, match=r"b has labels \[5\] that a has not"):
         check_label_sets([[0, 1, 2], [0, 1, 5]], ["a", "b"])
+    with pytest.warns(UserWarning, match=r"b lacks labels \[2\] of a"):  # a structure absent in that subject
+        check_label_sets([[0, 1, 2], [0, 1]], ["a", "b"])
 
 
 def test_several_atlases_registered_onto_one_target_and_fused(tmp_path):

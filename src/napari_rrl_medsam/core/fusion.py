@@ -23,23 +23,30 @@ EPS = 1e-3  # of the MSD of [0, 1] intensities: two identical neighbourhoods do 
 
 
 def check_label_sets(label_sets: Sequence[Sequence[int]], names: Sequence[str]) -> None:
-    """Every labelled volume must hold the same structures: a clear error naming what differs.
+    """The labelled volumes must hold the first's structures (the model's label table): a label the first has not is
+    an error naming it; a structure one of them lacks (a small one absent in that subject, say FreeSurfer's 5th
+    ventricle) is a warning: its votes and training say "absent" there.
 
     Args:
         label_sets: each volume's label values (background included or not, the same way for all).
-        names: the volumes' names, for the message.
+        names: the volumes' names, for the messages.
     """
+    import warnings
+
     first = set(int(v) for v in label_sets[0])
     for values, name in zip(label_sets[1:], names[1:]):
         values = set(int(v) for v in values)
-        if values != first:
-            missing, extra = sorted(first - values), sorted(values - first)
+        missing, extra = sorted(first - values), sorted(values - first)
+        if extra:
             raise InputError(
-                f"the labelled volumes must hold the same structures: {name} "
-                + (f"lacks labels {missing}" if missing else "")
-                + (" and " if missing and extra else "")
-                + (f"has labels {extra} that {names[0]} has not" if extra else "")
-                + ". Correct its label map (or leave it out)."
+                f"{name} has labels {extra} that {names[0]} has not: the labelled volumes must hold the same "
+                f"structures as {names[0]}, which fixes the model's labels. Correct its label map (or leave it out)."
+            )
+        if missing:
+            warnings.warn(
+                f"{name} lacks labels {missing} of {names[0]}: it counts them as absent there (a small structure "
+                "absent in that subject); if they were lost by mistake, correct its label map.",
+                stacklevel=2,
             )
 
 
