@@ -183,8 +183,9 @@ def cotrain_engine(
         Hook(config.preview_every, step.preview, "preview"),
         Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
     ]
+    rates = _poly_rates(config, start.first_step)
     loop = Loop("co-training", "co-training", config, step, _optimiser(parts, config), checkpoint, KIND, start,
-                step.contents, hooks=hooks, rates=_poly_rates(config), after_step=step.exchange)  # fmt: skip
+                step.contents, hooks=hooks, rates=rates, after_step=step.exchange)  # fmt: skip
     yield from loop.run(modules=list(parts.values()))
 
 
@@ -295,13 +296,14 @@ def _optimiser(parts: dict, config: CotrainConfig):
     return torch.optim.AdamW(groups, weight_decay=1e-4)
 
 
-def _poly_rates(config: CotrainConfig):
-    """Both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay); None with constant rates."""
+def _poly_rates(config: CotrainConfig, first: int = 0):
+    """Both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay), counted from `first` (a continued model's
+    step: its added steps get a schedule of their own); None with constant rates."""
     if config.lr_schedule != "poly":
         return None
 
     def rates(step: int) -> tuple[float, float]:
-        decay = (1 - step / config.steps) ** 0.9
+        decay = (1 - (step - first) / (config.steps - first)) ** 0.9
         return config.encoder_lr * decay, config.lr * decay
 
     return rates

@@ -148,7 +148,7 @@ def starting_point(
         config.steps += first  # a continued run ends `steps` after its model's step, also when resumed
     if state is not None:
         settings = type(config).from_dict(resumed_settings(state["config"], config))
-        return Start(state, state, settings, state.get("initialised_from"))
+        return Start(state, state, settings, state.get("initialised_from"), int(state.get("first_step", 0)))
     if weights is not None:
         merged = type(config).from_dict(initialised_settings(weights["config"], config, architecture))
         return Start(None, weights, merged, str(init), first)
@@ -201,7 +201,7 @@ class Loop:
         self.optimiser, self.checkpoint, self.kind, self.origin = optimiser, Path(checkpoint), kind, start.origin
         self.contents, self.milestones, self.hooks, self.modules = contents, tuple(milestones), hooks, ()
         self.rates, self.after_step, self.amp = rates, after_step, amp
-        self.step, self.elapsed, self.saved = 0, 0.0, -1
+        self.step, self.elapsed, self.saved, self.first = 0, 0.0, -1, start.first_step
         if start.state is not None:
             optimiser.load_state_dict(start.state["optimizer"])
             self.step = self.saved = int(start.state["step"])
@@ -220,6 +220,7 @@ class Loop:
             "optimizer": self.optimiser.state_dict(),
             "elapsed": self.elapsed,
             "initialised_from": self.origin,
+            "first_step": self.first,
             **self.contents(),
         }
         path = save_checkpoint(state, self.checkpoint)
