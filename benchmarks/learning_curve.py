@@ -102,11 +102,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="work folder (models and curve.json; resumable)")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--supervised", action="store_true", help="also the fully supervised reference")
+    parser.add_argument(
+        "--variant",
+        nargs=3,
+        metavar=("NAME", "FROM", "TO"),
+        help="instead: one more row NAME, the run with FROM labelled volumes continued to TO (e.g. after a change to "
+        "the continuation), beside the curve's own",
+    )
     args = parser.parse_args()
     task = api.load_task(args.data / "oasis_like" / "dataset.json", split="oneshot", check=False)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "curve.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if args.variant:
+        name, start, n = args.variant[0], int(args.variant[1]), int(args.variant[2])
+        run = args.out / f"labelled_{n}_{name}"
+        print(f"{n} labelled volume(s), {name}: training", flush=True)
+        results[f"{n} {name}"] = {**train(task, n, args.out / f"labelled_{start}", run), **scores(task, run, n)}
+        results_path.write_text(json.dumps(results, indent=1))
+        args.counts, args.supervised = [], False
     previous = None
     for n in args.counts:
         key, run = str(n), args.out / f"labelled_{n}"
