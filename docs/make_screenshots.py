@@ -158,6 +158,7 @@ def main() -> None:
     f.encoder.value, f.device.value, f.out.value = None, "cpu", str(tmp / "run")
     f.registration_steps.value, f.cotrain_steps.value, f.slab.value, f.image_size.value = 30, 8, 8, 64
     f.labelled_set.value = str(tmp / "labelled")
+    f.val_image.value = f.val_labels.value = None  # target03, the default, is in the labelled set now
     train.registration_settings = {"preview_every": 5, "checkpoint_every": 10}
     train.cotrain_settings = {"preview_every": 4, "checkpoint_every": 4}
     train.buttons["Continue training"].click()

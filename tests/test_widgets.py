@@ -670,6 +670,10 @@ def test_correct_a_result_add_it_to_the_labelled_set_and_continue_training(cotra
     assert correct.labelled.text() == "labelled set: 1 volume: t0"
     f.labelled_set.value = tmp_path / "set"
     assert widget.buttons["Continue training"].isEnabled()
+    f.val_image.value, f.val_labels.value = viewer.layers["t0"], labels  # a volume of the labelled set
+    assert widget.start(job=widget.continue_job) is None and widget.worker is None  # refused: it is trained on
+    assert Path(f.out.value) == tmp_path / "run"
+    f.val_image.value = f.val_labels.value = None
     stages = []
     widget.shown.connect(lambda e: stages.append((e.stage, e.step, e.total)))
     widget.buttons["Continue training"].click()

@@ -304,6 +304,11 @@ class CotrainWidget(TrainingPanel):
             raise ValueError("validation needs both an image and its labels layer (or neither).")
         validation = None
         if f.val_image.value is not None:
+            if f.val_image.value.name in named_labelled:
+                raise ValueError(
+                    f"'{f.val_image.value.name}' is in the labelled set, so it is trained on: its Dice would not "
+                    "measure the model. Choose another validation volume (or none)."
+                )
             validation = (image_volume(f.val_image.value, "validation"), to_volume(f.val_labels.value))
         return atlas, labels, unlabelled, validation
 
