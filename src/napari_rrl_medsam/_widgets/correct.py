@@ -20,7 +20,7 @@ from .layers import (
     scrolled_layout,
     to_volume,
 )
-from .settings import load_settings, path_or_none, save_settings
+from .settings import labelled_set_field, load_settings, path_or_none, save_settings
 from .worker import RunsInWorker
 
 BOXES = "RRL-MedSAM boxes"  # the Shapes layer the boxes are drawn in
@@ -77,14 +77,9 @@ def correction_form(v) -> Container:
             ),
             PushButton(name="draw", text="Draw a box"),
             PushButton(name="apply", text="Segment the box"),
-            FileEdit(
-                name="labelled_set",
-                label="labelled set",
-                mode="d",
-                nullable=True,
-                value=s.get("labelled_set"),
-                tooltip="a folder collecting corrected volumes (images/ and labels/, NIfTI on each image's own "
-                "grid); the inference widget's Register fuses them all",
+            labelled_set_field(
+                "a folder collecting corrected volumes (images/ and labels/, NIfTI on each image's own grid); "
+                "the inference widget's Register fuses them all, the training widget continues its model with them"
             ),
             LineEdit(
                 name="volume_name",

@@ -27,7 +27,7 @@ from .layers import (
     to_volume,
 )
 from .runner import TrainingPanel, unfinished
-from .settings import load_settings, path_or_none, save_settings
+from .settings import labelled_set_field, load_settings, path_or_none, save_settings
 
 
 def continued_from(registration: Path) -> Path | None:
@@ -96,15 +96,10 @@ class CotrainWidget(TrainingPanel):
                     value=s.get("cotrain.folder"),
                     tooltip="a folder of unlabelled NIfTI / TIFF volumes, used with the layers selected above",
                 ),
-                FileEdit(
-                    name="labelled_set",
-                    label="labelled set",
-                    mode="d",
-                    nullable=True,
-                    value=s.get("labelled_set"),
-                    tooltip="optional: further labelled volumes (the correction widget's 'Add to labelled set'), "
+                labelled_set_field(
+                    "optional: further labelled volumes (the correction widget's 'Add to labelled set'), "
                     "trained on like the atlas (an unlabelled layer of the same name is then left out). Continue "
-                    "training fine-tunes the finished run in the output folder with them",
+                    "training fine-tunes the finished run in the output folder with them"
                 ),
                 ComboBox(
                     name="val_image",

@@ -25,7 +25,7 @@ from .layers import (
     to_volume,
     upsert,
 )
-from .settings import load_settings, path_or_none, save_settings
+from .settings import labelled_set_field, load_settings, path_or_none, save_settings
 from .worker import RunsInWorker
 
 
@@ -83,15 +83,10 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
                     choices=layer_choices(v, "image", exclude=atlas),
                     tooltip="the volume to register the atlas onto and to segment",
                 ),
-                FileEdit(
-                    name="labelled_set",
-                    label="labelled set",
-                    mode="d",
-                    nullable=True,
-                    value=s.get("labelled_set"),
-                    tooltip="optional: a folder of further labelled volumes (the correction widget's 'Add to "
+                labelled_set_field(
+                    "optional: a folder of further labelled volumes (the correction widget's 'Add to "
                     "labelled set'): Register then registers each of them too and fuses all their labels, each "
-                    "vote weighted by local image similarity (about 0.03 mean Dice per added volume, measured)",
+                    "vote weighted by local image similarity (about 0.03 mean Dice per added volume, measured)"
                 ),
                 SpinBox(
                     name="refine_steps",

@@ -43,3 +43,12 @@ def save_settings(**updates: Any) -> None:
 def path_or_none(path) -> str | None:
     """A path as the string the settings file stores (None stays None)."""
     return None if path is None else str(path)
+
+
+def labelled_set_field(tooltip: str):
+    """The *labelled set* folder field the widgets share (one saved setting, "labelled_set"), with the widget's own
+    `tooltip`."""
+    from magicgui.widgets import FileEdit
+
+    value = load_settings().get("labelled_set")
+    return FileEdit(name="labelled_set", label="labelled set", mode="d", nullable=True, value=value, tooltip=tooltip)
