@@ -183,7 +183,7 @@ def cotrain_engine(
         Hook(config.preview_every, step.preview, "preview"),
         Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
     ]
-    rates = _poly_rates(config, start.first_step)
+    rates = _poly_rates(config)
     loop = Loop("co-training", "co-training", config, step, _optimiser(parts, config), checkpoint, KIND, start,
                 step.contents, hooks=hooks, rates=rates, after_step=step.exchange)  # fmt: skip
     yield from loop.run(modules=list(parts.values()))
@@ -296,14 +296,15 @@ def _optimiser(parts: dict, config: CotrainConfig):
     return torch.optim.AdamW(groups, weight_decay=1e-4)
 
 
-def _poly_rates(config: CotrainConfig, first: int = 0):
-    """Both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay), counted from `first` (a continued model's
-    step: its added steps get a schedule of their own); None with constant rates."""
+def _poly_rates(config: CotrainConfig):
+    """Both rates times (1 - step / steps) ** 0.9 (nnU-Net's decay); None with constant rates. A continued model's
+    added steps carry on its decay over the whole count (a schedule of their own, from the full rates, measured
+    worse: docs/benchmarks.md, "Learning curve")."""
     if config.lr_schedule != "poly":
         return None
 
     def rates(step: int) -> tuple[float, float]:
-        decay = (1 - (step - first) / (config.steps - first)) ** 0.9
+        decay = (1 - step / config.steps) ** 0.9
         return config.encoder_lr * decay, config.lr * decay
 
     return rates
