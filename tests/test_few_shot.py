@@ -204,3 +204,17 @@ def test_labelled_volumes_alone_train_fully_supervised(tmp_path):
     assert [e.stage for e in run] == ["co-training"] * 3  # no pseudo labels to make
     with pytest.raises(InputError, match="atlas_probability=1"):
         next(cotrain_engine(atlas, labels, [], registration, tmp_path / "t.pt", LightEncoder(TINY), cfg()))
+
+
+def test_a_stopped_continuation_resumes_to_the_same_end(tmp_path):
+    (atlas, labels), second, targets = volumes()
+    list(registration_engine(atlas, labels, targets, tmp_path / "a.pt", config=reg_config(steps=2)))
+    run = registration_engine(atlas, labels, targets, tmp_path / "b.pt", config=reg_config(steps=3),
+                              init=tmp_path / "a.pt", proceed=True, labelled=[second])  # fmt: skip
+    assert next(run).step == 3  # the model's step count goes on
+    run.close()  # stopped: saved at step 3
+    (tmp_path / "a.pt").unlink()  # the run it started from is no longer needed to resume
+    rest = registration_engine(atlas, labels, targets, tmp_path / "b.pt", config=reg_config(steps=3), resume=True,
+                               init=tmp_path / "a.pt", proceed=True, labelled=[second])  # fmt: skip
+    assert [e.step for e in rest if e.stage == "registration"] == [4, 5]
+    assert load_checkpoint(tmp_path / "b.pt")["complete"]

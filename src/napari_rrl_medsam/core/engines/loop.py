@@ -142,13 +142,14 @@ def starting_point(
     """
     config = copy.deepcopy(config)
     state = resume_state(checkpoint, kind, resume)
-    weights = load_checkpoint(init, kind) if init is not None and (state is None or proceed) else None
-    first = int(weights["step"]) if proceed and weights is not None else 0
-    if first:
-        config.steps += first  # a continued run ends `steps` after its model's step, also when resumed
+    weights = load_checkpoint(init, kind) if init is not None and state is None else None
+    first = 0
+    if proceed:  # a continued run ends `steps` after its model's step, also when resumed
+        first = int(state.get("first_step", 0)) if state is not None else int(weights["step"]) if weights else 0
+        config.steps += first
     if state is not None:
         settings = type(config).from_dict(resumed_settings(state["config"], config))
-        return Start(state, state, settings, state.get("initialised_from"), int(state.get("first_step", 0)))
+        return Start(state, state, settings, state.get("initialised_from"), first)
     if weights is not None:
         merged = type(config).from_dict(initialised_settings(weights["config"], config, architecture))
         return Start(None, weights, merged, str(init), first)
