@@ -245,11 +245,10 @@ class CotrainWidget(TrainingPanel):
     def _job(self, out: Path, resume: bool, run: Path | None) -> Callable[[], Iterator]:
         """The training job of the form's inputs into `out`: a new run, or `run` continued (`continue_training`,
         at most `api.CONTINUE`'s steps added per stage)."""
-        from ..api import CONTINUE, QUICK, labelled_set, working_grid
+        from ..api import CONTINUE, QUICK, working_grid
 
         f = self.form
-        atlas, labels, unlabelled, validation = self._inputs()
-        folder = f.labelled_set.value if f.labelled_set.value and labelled_set(f.labelled_set.value) else None
+        atlas, labels, unlabelled, validation, folder = self._inputs()
         self.verdict.setText(self._budget_warning(f.cotrain_steps.value))
         self.validated = validation is not None
         device, encoder_path = f.device.value, f.encoder.value
@@ -279,8 +278,9 @@ class CotrainWidget(TrainingPanel):
         return partial(one_shot_training, *args)
 
     def _inputs(self) -> tuple:
-        """(atlas, atlas labels, unlabelled volumes, validation pair or None) from the form's layers and folder;
-        an unlabelled layer named like a volume of the labelled set is left out (it has labels now)."""
+        """(atlas, atlas labels, unlabelled volumes, validation pair or None, the labelled set's folder or None when
+        it holds nothing) from the form's layers and folders; an unlabelled layer named like a volume of the
+        labelled set is left out (it has labels now)."""
         from ..api import labelled_set
 
         f = self.form
@@ -289,6 +289,7 @@ class CotrainWidget(TrainingPanel):
         atlas, labels = image_volume(f.atlas.value, "atlas"), to_volume(f.atlas_labels.value)
         self.frame = (f.atlas.value.metadata or {}).get(FRAME, "array")  # previews overlay the atlas's frame
         named_labelled = {case.id for case in labelled_set(f.labelled_set.value)} if f.labelled_set.value else set()
+        folder = f.labelled_set.value if named_labelled else None
         unlabelled = [
             image_volume(layer, "unlabelled volume")
             for layer in f.unlabelled.value
@@ -305,7 +306,7 @@ class CotrainWidget(TrainingPanel):
                     "measure the model. Choose another validation volume (or none)."
                 )
             validation = (image_volume(f.val_image.value, "validation"), to_volume(f.val_labels.value))
-        return atlas, labels, unlabelled, validation
+        return atlas, labels, unlabelled, validation, folder
 
     def _budget_warning(self, steps: int) -> str:
         from ..api import QUICK

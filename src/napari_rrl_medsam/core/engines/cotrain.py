@@ -183,9 +183,8 @@ def cotrain_engine(
         Hook(config.preview_every, step.preview, "preview"),
         Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
     ]
-    rates = _poly_rates(config)
     loop = Loop("co-training", "co-training", config, step, _optimiser(parts, config), checkpoint, KIND, start,
-                step.contents, hooks=hooks, rates=rates, after_step=step.exchange)  # fmt: skip
+                step.contents, hooks=hooks, rates=_poly_rates(config), after_step=step.exchange)  # fmt: skip
     yield from loop.run(modules=list(parts.values()))
 
 
@@ -216,10 +215,7 @@ def _training_data(atlases, unlabelled, registration, pseudo_model, config, clas
     shares = [torch.from_numpy(label_shares(lab, classes, grid)) if config.label_shares else None for _, lab in atlases]
     (atlas, atlas_labels), several = atlases[0], len(atlases) > 1
     for i, volume in enumerate(unlabelled):
-        if several:
-            pseudo = registration.fused_pseudo_labels(atlases, volume, config.refine_steps)
-        else:
-            pseudo = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps)
+        pseudo = registration.fused_pseudo_labels(atlases, volume, config.refine_steps)  # one: its warped labels
         if pseudo_model is not None:
             pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
         images.append(intensities(volume, grid)[0, 0])
