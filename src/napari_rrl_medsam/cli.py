@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -491,13 +493,24 @@ def _stop(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _rank_0_speaks():
+    """Under torchrun, the other ranks' standard output goes nowhere (rank 0 prints; errors still show)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        yield
+        return
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .api import InputError
 
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
-        return args.func(args)
+        with _rank_0_speaks():
+            return args.func(args)
     except (InputError, FileNotFoundError, FileExistsError) as exc:
         print(f"rrl-medsam {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import load_checkpoint
+from ..core.engines.distributed import current
 from ..core.errors import InputError
 from ..core.task import OneShotTask
 from .models import load_encoder, load_model
@@ -326,7 +327,7 @@ def _one_shot_events(
         init=init / "rrl_medsam.pt" if init is not None else None,
         proceed=proceed,
     )
-    if compare and inputs["validation"]:
+    if compare and inputs["validation"] and current().main:  # under torchrun: rank 0 compares
         atlases = [inputs["atlas"], *more]
         yield _comparison(load_model(model_path, cotrain_config.device), atlases, inputs["validation"])
 

@@ -21,7 +21,8 @@ def resolve_device(device="auto"):
 
 
 def process_device(device="auto") -> str:
-    """The device of this process: under torchrun with CUDA, "auto" is the GPU of its LOCAL_RANK (one per process).
+    """The device of this process: under torchrun with CUDA, "auto" and "cuda" are the GPU of its LOCAL_RANK (one per
+    process).
 
     Args:
         device: as for `resolve_device`.
@@ -30,6 +31,6 @@ def process_device(device="auto") -> str:
 
     import torch
 
-    if str(device) == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+    if str(device) in ("auto", "cuda") and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     return str(device)

@@ -23,7 +23,6 @@ import numpy as np
 from ..augment import intensity_augmentation, random_gamma
 from ..checkpoint import check_same_task
 from ..configs import APPEARANCES, FIELD_MODES, CotrainConfig, EncoderConfig
-from ..device import resolve_device
 from ..errors import InputError
 from ..models.segmentation import build_segmentation, mutual_ema
 from ..registration import intensities
@@ -33,6 +32,7 @@ from ..synthetic import SyntheticPairs
 from ..task import label_indices, labelled_volumes
 from ..volume import Volume
 from ..warp import label_shares
+from .distributed import SINGLE, Process, gather, join
 from .events import Progress
 from .loop import Hook, Loop, StepOutput, starting_point
 
@@ -165,20 +165,20 @@ def cotrain_engine(
     config = start.config
     if encoder is None and config.use_dskd and start.weights is None:
         raise InputError("co-training with DSKD needs the distilled general encoder (or use_dskd=False).")
-    device, grid = resolve_device(config.device), registration.grid
+    (process, device), grid = join(config.device), registration.grid
     classes = [0] + [int(v) for v in np.unique(atlases[0][1].array) if v != 0]
     if start.weights is not None:
         check_same_task(start.weights, checkpoint if start.state is not None else init, grid, classes)
     pseudo_source = _check_pseudo_model(pseudo_model, start.state, checkpoint, grid, classes)
-    data = yield from _training_data(atlases, unlabelled, registration, pseudo_model, config, classes)
-    data.synthetic = yield from _synthetic_pairs(atlases, unlabelled, registration, data, config, device)
+    data = yield from _training_data(atlases, unlabelled, registration, pseudo_model, config, classes, process)
+    data.synthetic = yield from _synthetic_pairs(atlases, unlabelled, registration, data, config, device, process)
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     parts, encoder_config = _parts(config, start, encoder, len(classes), device)
     teacher = start.weights["teacher"] if start.weights is not None else getattr(encoder, "teacher", {}) or {}
     task = {"encoder_config": encoder_config.to_dict(), "classes": classes, "teacher": teacher,
             "grid": grid.to_dict(), "registration": registration.state, "pseudo_model": pseudo_source,
             "labelled": [image.name for image, _ in atlases]}  # fmt: skip
-    step = _CotrainStep(parts, data, config, device, task)
+    step = _CotrainStep(parts, data, config, device, task, process.rank)
     hooks = [
         Hook(config.preview_every, step.preview, "preview"),
         Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
@@ -204,35 +204,36 @@ class _Data:
     synthetic: list[SyntheticPairs] | None = None
 
 
-def _training_data(atlases, unlabelled, registration, pseudo_model, config, classes):
+def _training_data(atlases, unlabelled, registration, pseudo_model, config, classes, process: Process = SINGLE):
     """`_Data` from the registration's pseudo labels (several labelled volumes: fused; then fused with
-    `pseudo_model`'s), an event per volume."""
+    `pseudo_model`'s), an event per volume; with several processes each computes its share and all get all."""
     import torch
 
     grid = registration.grid
-    images = [intensities(image, grid)[0, 0] for image, _ in atlases]
+    images = [intensities(image, grid)[0, 0] for image in [*(image for image, _ in atlases), *unlabelled]]
     targets = [torch.from_numpy(label_indices(resample(lab, grid).array, classes)) for _, lab in atlases]
     shares = [torch.from_numpy(label_shares(lab, classes, grid)) if config.label_shares else None for _, lab in atlases]
-    (atlas, atlas_labels), several = atlases[0], len(atlases) > 1
+    (atlas, atlas_labels), n = atlases[0], len(atlases)
+    share = config.label_shares and pseudo_model is None and n == 1  # fused labels are one per voxel
+    mine = {}
     for i, volume in enumerate(unlabelled):
+        if not process.owns(i):
+            continue
         pseudo = registration.fused_pseudo_labels(atlases, volume, config.refine_steps)  # one: its warped labels
         if pseudo_model is not None:
             pseudo = pseudo_model.working_labels(volume, pseudo, config.pseudo_prior_weight)
-        images.append(intensities(volume, grid)[0, 0])
-        targets.append(torch.from_numpy(label_indices(pseudo, classes)))
-        share = config.label_shares and pseudo_model is None and not several  # fused labels are one per voxel
-        shares.append(
-            torch.from_numpy(registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps, classes))
-            if share
-            else None
-        )
+        soft = registration.pseudo_labels(atlas, atlas_labels, volume, config.refine_steps, classes) if share else None
+        mine[i] = (pseudo, soft)
         yield Progress(
             "pseudo labels",
             i + 1,
             len(unlabelled),
             message="pseudo labels (registration and model)" if pseudo_model else "registration pseudo labels",
-            preview={"case": i, "target": images[-1].numpy(), "pseudo_labels": pseudo},
+            preview={"case": i, "target": images[n + i].numpy(), "pseudo_labels": pseudo},
         )
+    for pseudo, soft in gather(mine, len(unlabelled), process):
+        targets.append(torch.from_numpy(label_indices(pseudo, classes)))
+        shares.append(torch.from_numpy(soft) if soft is not None else None)
     ranges = []  # slabs are drawn among the slices that hold some anatomy
     for y in targets:
         z = np.nonzero(y.numpy().reshape(-1, y.shape[2]).any(0))[0]
@@ -240,31 +241,30 @@ def _training_data(atlases, unlabelled, registration, pseudo_model, config, clas
     return _Data(images, targets, shares, ranges, np.array(classes), len(atlases))
 
 
-def _synthetic_pairs(atlases, unlabelled, registration, data: _Data, config: CotrainConfig, device):
+def _synthetic_pairs(atlases, unlabelled, registration, data: _Data, config: CotrainConfig, device, process=SINGLE):
     """One exact synthetic pair generator per labelled volume (None when `synthetic_probability` is 0), from its
-    fields onto every unlabelled volume; an event per field."""
+    fields onto every unlabelled volume; an event per field (each process computes its share of them)."""
     if config.synthetic_probability <= 0:
         return None
-    generators, n, done = [], data.n_labelled, 0
-    for k, (image, _) in enumerate(atlases):
-        velocities = []
-        for volume in unlabelled:
-            velocities.append(registration.velocity(image, volume))
-            done += 1
-            yield Progress("synthetic pairs", done, n * len(unlabelled), message="registration fields")
-        generators.append(
-            SyntheticPairs(
-                data.images[k].to(device),
-                data.targets[k].to(device),
-                [v.to(device) for v in velocities],
-                [u.to(device) for u in data.images[n:]],
-                registration.net.config.scaling_and_squaring_steps,
-                config.appearance,
-                config.field_mode,
-                config.synthetic_beta,
-            )
+    n, m = data.n_labelled, len(unlabelled)
+    mine = {}
+    for k in (k for k in range(n * m) if process.owns(k)):
+        mine[k] = registration.velocity(atlases[k // m][0], unlabelled[k % m]).cpu()
+        yield Progress("synthetic pairs", k + 1, n * m, message="registration fields")
+    velocities = gather(mine, n * m, process)
+    return [
+        SyntheticPairs(
+            data.images[k].to(device),
+            data.targets[k].to(device),
+            [v.to(device) for v in velocities[k * m : (k + 1) * m]],
+            [u.to(device) for u in data.images[n:]],
+            registration.net.config.scaling_and_squaring_steps,
+            config.appearance,
+            config.field_mode,
+            config.synthetic_beta,
         )
-    return generators
+        for k in range(n)
+    ]
 
 
 def _parts(config: CotrainConfig, start, encoder, n_classes: int, device):
@@ -310,10 +310,10 @@ class _CotrainStep:
     """One step on a slab of one pair (the atlas, an exact synthetic pair or an unlabelled volume with its pseudo
     labels): both branches' Dice + CE, the medical branch prompted by the general one's mask; and its preview."""
 
-    def __init__(self, parts: dict, data: _Data, config: CotrainConfig, device, task: dict) -> None:
+    def __init__(self, parts: dict, data: _Data, config: CotrainConfig, device, task: dict, rank: int = 0) -> None:
         from monai.losses import DiceCELoss
 
-        self.parts, self.data, self.config, self.device = parts, data, config, device
+        self.parts, self.data, self.config, self.device, self.rank = parts, data, config, device, rank
         self.task = task  # the checkpoint's entries that do not change
         self.labels_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.shares_loss = DiceCELoss(softmax=True)  # the targets are class shares already
@@ -342,7 +342,9 @@ class _CotrainStep:
         start = lo + int(torch.randint(max(hi - lo - slab + 2, 1), (1,), generator=gen))
         start = min(start, d.images[i].shape[2] - slab) if d.images[i].shape[2] >= slab else 0
         if kind == "synthetic":
-            rng = np.random.default_rng([self.config.seed, index])
+            rng = np.random.default_rng(
+                [self.config.seed, index, self.rank] if self.rank else [self.config.seed, index]
+            )
             x, y = (t.movedim(2, 0) for t in d.synthetic[i].sample(rng, start, min(slab, d.images[i].shape[2])))
             return kind, i, x, y
         x = d.images[i][:, :, start : start + slab].movedim(2, 0)

@@ -25,10 +25,10 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint, reading, resume_state, save_checkpoint
 from ..configs import DistillConfig, EncoderConfig
-from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import LightEncoder
 from ..volume import Volume
+from .distributed import join
 from .events import Progress
 from .loop import Loop, Start, StepOutput
 
@@ -107,7 +107,7 @@ def distill_engine(
                 "resume with the same teacher or start a new checkpoint."
             )
         config.encoder = EncoderConfig.from_dict(state["encoder_config"])
-    device = resolve_device(config.device)
+    _, device = join(config.device)
     torch.manual_seed(config.seed)
     student = LightEncoder(config.encoder).to(device)
     if state is not None:
@@ -119,7 +119,7 @@ def distill_engine(
     loop = Loop("distillation", "natural", config, step, optimiser, checkpoint, KIND, Start(state, state, config, None),
                 lambda: _weights(student, teacher), total=step.bounds[2], milestones=step.bounds[1:],
                 rates=step.rates, amp=device.type == "cuda")  # fmt: skip
-    yield from loop.run()
+    yield from loop.run(modules=[student])
 
 
 def _check_inputs(teacher, natural, medical, config: DistillConfig) -> None:

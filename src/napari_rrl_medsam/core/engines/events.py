@@ -29,15 +29,23 @@ class Progress:
 def run(events, progress: bool = True) -> Progress | None:
     """Drive an engine to the end; with `progress`, one tqdm bar per stage showing the latest losses.
 
-    Ctrl-C closes the engine (which saves its checkpoint) and re-raises.
+    Ctrl-C closes the engine (which saves its checkpoint) and re-raises. Under torchrun only rank 0 shows progress,
+    saying first how many processes train and over which backend.
     """
     from tqdm.auto import tqdm
 
-    bar, stage, last, metrics = None, None, None, {}
+    from .distributed import current
+
+    bar, stage, last, metrics, said = None, None, None, {}, False
     try:
         for last in events:
-            if not progress:
+            process = current()
+            if not progress or not process.main:
                 continue
+            if process.world > 1 and not said:
+                said = True
+                tqdm.write(f"distributed training: {process.world} processes, backend {process.backend}; rank 0 "
+                           "writes the checkpoints")  # fmt: skip
             if last.stage != stage:
                 if bar is not None:
                     bar.close()

@@ -5,7 +5,9 @@ are a loop plus handlers: the step turns (step index, the step's random generato
 optimiser step (learning rates, finite check, mixed precision), writes checkpoints every so many steps and on the
 way out (Stop, Ctrl-C, an error), and runs the hooks that are due (previews for live layers, validation metrics)
 with the trained modules in evaluation mode. Every random draw of a step comes from its generator, seeded by
-(seed, step): a resumed run draws what an uninterrupted one would.
+(seed, step) and, under torchrun, the rank: a resumed run draws what an uninterrupted one would. With several
+processes (`distributed.py`) the step runs through DistributedDataParallel and only rank 0 writes checkpoints and
+runs the hooks; every rank ends the run together.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_checkpoint, resume_state, save_checkpoint
+from .distributed import barrier, current, replicate
 from .events import Progress
 
 # settings that say how a run is driven, not what it trains: a resumed run takes them from the caller,
@@ -65,6 +68,16 @@ def check_finite(loss: Any, stage: str, step: int) -> None:
             f"{stage} diverged at step {step} (loss {value}); the weights of the steps before are "
             "saved. Check the inputs for NaN values, or resume with a lower learning rate."
         )
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of step `step`'s generator (0-based) on rank `rank`: seed * 1,000,003 + step on rank 0 (one process),
+    a 32-bit hash of (seed, step, rank) on the others (torch's CPU generator keeps 32 bits of its seed)."""
+    if rank == 0:
+        return seed * 1_000_003 + step
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -203,6 +216,7 @@ class Loop:
         self.contents, self.milestones, self.hooks, self.modules = contents, tuple(milestones), hooks, ()
         self.rates, self.after_step, self.amp = rates, after_step, amp
         self.step, self.elapsed, self.saved, self.first = 0, 0.0, -1, start.first_step
+        self.process, self.forward = current(), step
         if start.state is not None:
             optimiser.load_state_dict(start.state["optimizer"])
             self.step = self.saved = int(start.state["step"])
@@ -210,8 +224,11 @@ class Loop:
         else:  # a new run (a continued model: from its step); saved on the way out even before its first step
             self.step = start.first_step
 
-    def save(self) -> Path:
-        """Write the checkpoint now (atomically)."""
+    def save(self) -> Path | None:
+        """Write the checkpoint now (atomically; rank 0 only, other ranks return None)."""
+        if not self.process.main:
+            self.saved = self.step
+            return None
         state = {
             "kind": self.kind,
             "version": 1,
@@ -222,6 +239,7 @@ class Loop:
             "elapsed": self.elapsed,
             "initialised_from": self.origin,
             "first_step": self.first,
+            "world_size": self.process.world,
             **self.contents(),
         }
         path = save_checkpoint(state, self.checkpoint)
@@ -232,7 +250,8 @@ class Loop:
         """The training events; closing the generator (or an error) saves the checkpoint first.
 
         Args:
-            modules: the trained modules: in evaluation mode while hooks run, in training mode for the steps.
+            modules: the trained modules: in evaluation mode while hooks run, in training mode for the steps (with
+                several processes, their gradients are averaged over the ranks).
         """
         import torch
 
@@ -240,6 +259,7 @@ class Loop:
         for module in self.modules:
             module.train()
         device = _device_of(self.optimiser)
+        self.forward = replicate(self.train_step, self.modules, _parameter_device(self.optimiser), self.process)
         scaler = torch.amp.GradScaler(device, enabled=self.amp)
         try:
             while self.step < self.total:
@@ -254,14 +274,15 @@ class Loop:
         finally:
             if self.step != self.saved:
                 self.save()
+        barrier(self.process)  # the other ranks go on once rank 0's last checkpoint is written
 
     def _update(self, scaler, device: str) -> StepOutput:
         """One optimiser step; the loss is checked before the update reaches the weights."""
         import torch
 
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        gen = torch.Generator().manual_seed(step_seed(self.config.seed, self.step, self.process.rank))
         with torch.autocast(device, dtype=torch.float16, enabled=self.amp):
-            out = self.train_step(self.step, gen)
+            out = self.forward(self.step, gen)
         if not self.amp:  # under mixed precision the grad scaler skips overflowing steps itself
             check_finite(out.loss, self.name, self.step + 1)
         self.optimiser.zero_grad(set_to_none=True)
@@ -282,7 +303,7 @@ class Loop:
         """The due hooks' dicts, as `Progress` keyword arguments (modules in evaluation mode meanwhile)."""
         hooks = [h for h in self.hooks if h.every and due(self.step, h.every, self.total)]
         extras = {"preview": None, "metrics": {}}
-        if not hooks:
+        if not hooks or not self.process.main:
             return extras
         for module in self.modules:
             module.eval()
@@ -294,7 +315,14 @@ class Loop:
         return extras
 
 
+def _parameter_device(optimiser):
+    """The device of the optimiser's parameters."""
+    import torch
+
+    params = [p for group in optimiser.param_groups for p in group["params"]]
+    return params[0].device if params else torch.device("cpu")
+
+
 def _device_of(optimiser) -> str:
     """The device type ("cpu", "cuda") of the optimiser's parameters."""
-    params = [p for group in optimiser.param_groups for p in group["params"]]
-    return params[0].device.type if params else "cpu"
+    return _parameter_device(optimiser).type

@@ -22,7 +22,6 @@ import numpy as np
 from ..augment import random_gamma
 from ..checkpoint import check_same_task
 from ..configs import RegistrationTrainConfig
-from ..device import resolve_device
 from ..errors import InputError
 from ..models.encoder import LightEncoder
 from ..models.registration import build_registration
@@ -30,6 +29,7 @@ from ..registration import KIND, RegistrationModel, encoder_features, intensitie
 from ..resample import resample, working_grid
 from ..task import check_pair, label_indices, labelled_volumes
 from ..volume import Grid, Volume
+from .distributed import join
 from .events import Progress
 from .loop import Hook, Loop, StepOutput, starting_point
 
@@ -92,7 +92,8 @@ def registration_engine(
         raise InputError("registration training needs at least one unlabelled volume.")
     atlases = labelled_volumes(atlas, atlas_labels, labelled)
     start = starting_point(checkpoint, KIND, resume, config or RegistrationTrainConfig(), init, ARCHITECTURE, proceed)
-    config, device = start.config, resolve_device(start.config.device)
+    config = start.config
+    _, device = join(config.device)
     torch.manual_seed(config.seed)
     net, medical = build_registration(config, start.weights, encoder)
     net, medical = net.to(device), medical.to(device) if medical is not None else None
