@@ -120,6 +120,7 @@ def segment(
     mirror: Sequence[tuple[int, int]] | None = None,
     atlas=None,
     refine_steps: int = REFINE_STEPS,
+    auto_prompt: bool = True,
 ):
     """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
     mask M_g), both on the volume's native grid and affine.
@@ -135,6 +136,7 @@ def segment(
             registration warps the atlas labels onto `volume` (`refine_steps` instance optimisation steps) and
             they are the `prior`; `.registration` then holds that `register` result.
         refine_steps: for `atlas`.
+        auto_prompt: also the auto-prompt mask on the native grid (False: `.auto_prompt` is None; faster).
     """
     if isinstance(model, (str, Path)):
         model = load_model(model)
@@ -149,7 +151,9 @@ def segment(
     registered = None if atlas is None else register(model, atlas, volume, refine_steps)
     if registered is not None:
         prior = registered.warped_labels
-    result = model.segment(volume, None if prior is None else as_volume(prior, "labels"), prior_weight, mirror)
+    result = model.segment(
+        volume, None if prior is None else as_volume(prior, "labels"), prior_weight, mirror, auto_prompt
+    )
     result.registration = registered
     return result
 
@@ -203,6 +207,6 @@ def segment_batch(
         model = load_model(model, process_device(device))
     for path, volume in read_ahead(todo, load_volume):
         start = time.perf_counter()
-        result = segment(model, volume, **options)
+        result = segment(model, volume, auto_prompt=auto_prompt, **options)
         outputs = zip((result.labels, result.auto_prompt), plan[path])
         yield path, [save_volume(v, o, overwrite) for v, o in outputs], time.perf_counter() - start

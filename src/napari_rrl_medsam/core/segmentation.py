@@ -27,7 +27,7 @@ PRIOR_WEIGHT = 0.3
 @dataclass
 class SegmentationResult:
     labels: Volume  # final (medical branch) labels on the input's native grid
-    auto_prompt: Volume  # the general branch's coarse mask M_g, same grid
+    auto_prompt: Volume | None  # the general branch's coarse mask M_g, same grid (None when not asked for)
     working_labels: np.ndarray  # final labels on the working grid
     registration: Any = None  # the `RegistrationResult` whose labels were the prior, when `api.segment` made one
 
@@ -248,6 +248,7 @@ class SegmentationModel:
         prior: Volume | None = None,
         prior_weight: float = PRIOR_WEIGHT,
         mirror: Sequence[tuple[int, int]] | None = None,
+        auto_prompt: bool = True,
     ) -> SegmentationResult:
         """Final labels and the auto-prompt mask of `volume`, on its native grid and affine; voxels outside the
         image's foreground (`resample.foreground`: the head / body) are never labelled.
@@ -261,6 +262,8 @@ class SegmentationModel:
             mirror: (left, right) label-value pairs (e.g. `FREESURFER_LEFT_RIGHT`) for test-time mirroring: the
                 volume's left-right mirror image is segmented too and the probabilities averaged, each pair's
                 labels exchanged. Twice the network's time; for left-right symmetric anatomy such as the brain.
+            auto_prompt: also bring the auto-prompt mask onto the native grid (False: `.auto_prompt` is None, and
+                the native-grid arg-max runs once, not twice).
         """
         import torch
 
@@ -283,21 +286,12 @@ class SegmentationModel:
             prior_index = self._prior_index(prior.array, prior_weight)
         inside = foreground(x.cpu().numpy())  # nothing is labelled outside the head / body
         native = resample(Volume(inside.astype(np.uint8), self.grid.affine, "labels"), volume.grid).array > 0
-        labels, auto_prompt = (
-            Volume(
-                np.where(
-                    native,
-                    lut[
-                        argmax_resampled(
-                            probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight
-                        )
-                    ],
-                    0,
-                ).astype(np.int32),
-                volume.affine,
-                "labels",
-            )
-            for probs, fuse in ((probs_m, prior_index), (probs_g, None))
-        )
+
+        def on_native_grid(probs, fuse) -> Volume:
+            index = argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight)
+            return Volume(np.where(native, lut[index], 0).astype(np.int32), volume.affine, "labels")
+
+        labels = on_native_grid(probs_m, prior_index)
+        auto = on_native_grid(probs_g, None) if auto_prompt else None
         working = np.where(inside, lut[torch.argmax(probs_m, 0).cpu().numpy()], 0).astype(np.int32)
-        return SegmentationResult(labels, auto_prompt, working)
+        return SegmentationResult(labels, auto, working)

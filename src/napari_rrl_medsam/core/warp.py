@@ -86,17 +86,53 @@ def argmax_resampled(
     interpolated linearly (outside `source`: class 0). Deciding after interpolation keeps the detail a coarse
     grid's probabilities hold (+0.007 mean Dice against interpolating the coarse arg-max, measured).
     `prior`: class indices on `grid` (-1: none) fused as (1 - w) p_k + w [prior == k], w = `prior_weight`.
-    Classes go through in chunks so memory stays at a few volumes."""
+
+    Exact and fast: where the 8 source voxels around a voxel share their most likely class, so does every linear
+    mix of their probabilities, so only the voxels between source voxels that differ (structure boundaries) are
+    interpolated, class by class in chunks (memory: a few volumes)."""
+    coords = _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid)
+    w = float(prior_weight) if prior is not None else 0.0
+    out = _shared_class(np.argmax(probs, 0), coords)
+    if w:  # a prior for another class can change the decision there
+        out[(prior >= 0) & (prior != out)] = -1
+    todo = out == -1
+    if todo.any():
+        points = coords[:, todo][:, :, None, None]  # (3, N, 1, 1): `interpolate` samples a 3D block
+        fuse = prior[todo][:, None, None] if w else None
+        out[todo] = _argmax_interpolated(probs, points, chunk, fuse, w)[:, 0, 0]
+    return out
+
+
+def _shared_class(coarse: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """The class (`coarse`: arg-max per source voxel) of the 8 source voxels around each of `coords` when they all
+    have it; 0 where all 8 lie outside the source, -1 where they differ or some lie outside."""
+    base = np.floor(coords).astype(np.int32)
+    shape = coarse.shape
+    shared = np.full(coords.shape[1:], -2, np.int64)  # -2: not seen yet
+    outside = np.zeros(coords.shape[1:], np.int8)
+    for corner in np.ndindex(2, 2, 2):
+        index = [base[a] + corner[a] for a in range(3)]
+        out = (index[0] < 0) | (index[0] >= shape[0]) | (index[1] < 0) | (index[1] >= shape[1])
+        out |= (index[2] < 0) | (index[2] >= shape[2])
+        outside += out
+        value = coarse[tuple(np.clip(index[a], 0, shape[a] - 1) for a in range(3))]
+        shared = np.where(shared == -2, value, np.where(shared == value, shared, -1))
+    shared[outside > 0] = -1
+    shared[outside == 8] = 0
+    return shared
+
+
+def _argmax_interpolated(probs, coords, chunk: int, prior, w: float) -> np.ndarray:
+    """The most likely class at `coords` (3, *out) after linear interpolation (and the prior's vote)."""
     import torch
 
-    coords = _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid)
-    best = torch.full(grid.shape, -1.0)
-    out = torch.zeros(grid.shape, dtype=torch.int64)
-    w = float(prior_weight) if prior is not None else 0.0
+    shape = coords.shape[1:]
+    best = torch.full(shape, -1.0)
+    out = torch.zeros(shape, dtype=torch.int64)
     for start in range(0, len(probs), chunk):
         p = torch.from_numpy(interpolate(probs[start : start + chunk], coords))
         if w:
-            k = torch.arange(start, start + len(p)).view(-1, *([1] * len(grid.shape)))
+            k = torch.arange(start, start + len(p)).view(-1, *([1] * len(shape)))
             p = (1 - w) * p + w * (torch.from_numpy(prior)[None] == k)
         value, index = p.max(0)  # the first of equal maxima, as a class-by-class strict comparison would keep
         better = value > best
