@@ -1,10 +1,11 @@
 """GPU check (issue 19): every engine and segmentation on CUDA, on the OASIS-like data, in a few minutes on one GPU.
 
 For each engine (DSKD with LiteMedSAM as the teacher, registration, co-training): the first `--compare` steps of the
-same seed on the CPU and on CUDA, whose losses must agree within `--tolerance` (relative; float32 on both, so the
-differences are the kernels' rounding, growing step by step), then `--steps` steps on CUDA: steps per second, peak
-GPU memory. Then segmentation of the validation volumes with the trained model: seconds per volume. Prints one line
-per check and a table; exits 1 if a comparison fails.
+same seed on the CPU and on CUDA, whose losses must agree within `--tolerance` (relative: the kernels' rounding, and
+DSKD's mixed precision on CUDA, growing step by step), then `--steps` steps on CUDA: steps per second, peak GPU
+memory; registration and co-training once more in mixed precision (`amp`), to see whether it pays. Then segmentation
+of the validation volumes with the trained model: seconds per volume. Prints a line per check and a table; exits 1
+if a comparison fails.
 
     python benchmarks/gpu_check.py --data ../shared/data --out <work folder> [--steps 300] [--compare 5]
 
@@ -110,6 +111,10 @@ def main() -> int:
         losses, seconds, peak = run(train[engine], args.device, args.steps, args.out / f"{engine}_cuda.pt")
         rows.append((engine, args.steps, 1 / seconds, peak, losses[0], losses[-1], worst))
         print(f"{engine}: {args.steps} steps, {1 / seconds:.1f} steps/s, peak {peak:.2f} GiB", flush=True)
+        if engine != "distill" and args.device.startswith("cuda"):  # DSKD always runs in mixed precision on CUDA
+            amp = lambda settings, out, engine=engine: train[engine]({**settings, "amp": True}, out)  # noqa: E731
+            losses, seconds, peak = run(amp, args.device, args.steps, args.out / f"{engine}_amp.pt")
+            rows.append((f"{engine} amp", args.steps, 1 / seconds, peak, losses[0], losses[-1], float("nan")))
     if "cotrain" in args.engines:
         model = api.load_model(args.out / "cotrain_cuda.pt", args.device)
         api.segment(model, task.evaluation[0].load()[0])  # warm-up

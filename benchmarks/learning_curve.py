@@ -9,9 +9,12 @@ files stand in for a user's corrections in this benchmark only; they leave the u
 model is scored by segmenting the validation volumes, and its registration by registering every labelled volume
 onto them and fusing the warped labels (locally weighted vote). The fully supervised reference co-trains anew on
 the atlas and all ten training volumes with their true labels (no pseudo labels: atlas_probability 1), the recipe's
-steps. Each stage is skipped when its folder holds its models (the script resumes); figures go to `curve.json`.
+steps; `--anew N` co-trains anew (not continued) with N labelled volumes, the rest on the pseudo labels of the
+curve's registration with N. Each stage is skipped when its folder holds its models (the script resumes); figures
+go to `curve.json`.
 
     python benchmarks/learning_curve.py --data ../shared/data --out <work folder> [--counts 1 2 3 5] [--supervised]
+        [--anew 5]
 """
 
 from __future__ import annotations
@@ -60,17 +63,21 @@ def train(task, n: int, previous: Path | None, out: Path) -> dict:
     }
 
 
-def supervised(task, registration: Path, out: Path) -> dict:
-    """The fully supervised reference: every training volume labelled, the recipe's co-training anew."""
+def anew(task, n: int | None, registration: Path, out: Path) -> dict:
+    """The recipe's co-training trained anew (not continued) with `n` labelled volumes and `registration`'s pseudo
+    labels for the other training volumes; `n` None: the fully supervised reference (every training volume
+    labelled, no pseudo labels: atlas_probability 1)."""
     path = out / "rrl_medsam.pt"
     start = time.perf_counter()
     if not (path.exists() and load_checkpoint(path)["complete"]):
         out.mkdir(parents=True, exist_ok=True)
         _, cotrain = recipe()
+        k = len(task.unlabelled) + 1 if n is None else n
+        unlabelled = [c.image for c in task.unlabelled[k - 1 :]]
         api.cotrain(
-            atlas=task.atlas, unlabelled=[], labelled=labelled_cases(task, len(task.unlabelled) + 1),
-            registration=registration, out=path, resume=path.exists(), validation=False,
-            config={**cotrain, "atlas_probability": 1.0},
+            atlas=task.atlas, unlabelled=unlabelled, labelled=labelled_cases(task, k), registration=registration,
+            out=path, resume=path.exists(), validation=False,
+            config={**cotrain, **({"atlas_probability": 1.0} if n is None else {})},
         )  # fmt: skip
     state = load_checkpoint(path)
     return {"labelled": state["labelled"], "steps": [0, int(state["step"])], "seconds of steps":
@@ -103,6 +110,11 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--supervised", action="store_true", help="also the fully supervised reference")
     parser.add_argument(
+        "--anew", type=int, nargs="+", default=[], metavar="N",
+        help="also co-train anew (not continued) with N labelled volumes, on the pseudo labels of the curve's "
+        "registration with N",
+    )  # fmt: skip
+    parser.add_argument(
         "--variant",
         nargs=3,
         metavar=("NAME", "FROM", "TO"),
@@ -132,9 +144,16 @@ def main() -> None:
     if args.supervised and "supervised" not in results:
         print("fully supervised reference: training", flush=True)
         run = args.out / "supervised"
-        results["supervised"] = {**supervised(task, args.out / "labelled_1" / "registration.pt", run),
+        results["supervised"] = {**anew(task, None, args.out / "labelled_1" / "registration.pt", run),
                                  **scores(task, run, None)}  # fmt: skip
         results_path.write_text(json.dumps(results, indent=1))
+    for n in args.anew:
+        key, run = f"{n} anew", args.out / f"labelled_{n}_anew"
+        if key not in results:
+            print(f"{n} labelled volume(s), co-trained anew: training", flush=True)
+            results[key] = {**anew(task, n, args.out / f"labelled_{n}" / "registration.pt", run),
+                            **scores(task, run, None)}  # fmt: skip
+            results_path.write_text(json.dumps(results, indent=1))
     ids = [c.id for c in task.evaluation]
     print(f"\n{'labelled':<10} {'what':<13} " + " ".join(f"{i:>7}" for i in ids) + f" {'mean':>7}  steps, s of steps")
     for key, r in results.items():

@@ -3,6 +3,7 @@ validation volumes (1 mm brains), where the time goes (cProfile's top functions 
 Dice, so a faster path is seen to keep the model's figures (issue 19).
 
     python benchmarks/segmentation_speed.py --data ../shared/data --model <run>/rrl_medsam.pt [--profile] [--threads 2]
+        [--overlap 0.25]
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="a co-trained checkpoint (rrl_medsam.pt)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also cProfile one pass and print the top functions")
+    parser.add_argument("--overlap", type=float, help="slabs' overlap instead of the model's (slab_overlap)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = api.load_task(args.data / "oasis_like" / "dataset.json", split="oneshot", check=False)
     model = api.load_model(args.model, "cpu")
+    if args.overlap is not None:
+        model.config.slab_overlap = args.overlap
     api.segment(model, task.evaluation[0].load()[0])  # warm-up (first-call allocations, lazy imports)
     with tempfile.TemporaryDirectory() as out:
         profiler = cProfile.Profile() if args.profile else None

@@ -194,6 +194,7 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
             "spacing": args.spacing,
             "smooth_weight": args.smooth_weight,
             "checkpoint_every": args.checkpoint_every,
+            "amp": args.amp or None,
         }.items()
         if v is not None
     }
@@ -243,6 +244,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
             "slab": args.slab,
             "image_size": args.image_size,
             "checkpoint_every": args.checkpoint_every,
+            "amp": args.amp or None,
         }.items()
         if v is not None
     }
@@ -309,6 +311,8 @@ LABELLED_HELP = (
     "further labelled volumes (few-shot): ids of the task's volumes whose label files then count as labels, "
     "or one labelled set's folder (images/ + labels/, as 'Add to labelled set' writes it)"
 )
+
+AMP_HELP = "mixed precision (float16) on a CUDA GPU"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="a trained registration checkpoint to fine-tune (a new run written to --out)")
     p.add_argument("--labelled", nargs="+", metavar="ID|FOLDER", help=LABELLED_HELP)
     p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     p.set_defaults(func=cmd_train_registration)
 
     p = sub.add_parser("register", help="warp the atlas (and its labels) onto target volumes")
@@ -429,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are the pseudo labels (a self-training round; usually also --init)",
     )
     p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     p.set_defaults(func=cmd_cotrain)
 
     p = sub.add_parser("continue", help="continue a trained run with more labelled volumes (fine-tuning both stages)")

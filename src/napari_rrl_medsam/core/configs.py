@@ -160,6 +160,7 @@ class RegistrationTrainConfig(RegistrationSpec):
     validate_every: int = 50  # validation Dice (the network alone, native grid) every so many steps, when given
     seed: int = 0
     device: str = "auto"
+    amp: bool = False  # mixed precision (float16 autocast, a gradient scaler) on CUDA
 
 
 @dataclass
@@ -195,6 +196,7 @@ class CotrainConfig(SegmentationSpec):
     validate_every: int = 50  # validation Dice (working grid) every so many steps, when labelled volumes are given
     seed: int = 0
     device: str = "auto"
+    amp: bool = False  # mixed precision (float16 autocast, a gradient scaler) on CUDA
 
     @staticmethod
     def legacy() -> dict:

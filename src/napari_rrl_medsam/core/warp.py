@@ -92,7 +92,7 @@ def argmax_resampled(
     interpolated, class by class in chunks (memory: a few volumes)."""
     coords = _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid)
     w = float(prior_weight) if prior is not None else 0.0
-    out = _shared_class(np.argmax(probs, 0), coords)
+    out = _shared_class(_argmax(probs), coords)
     if w:  # a prior for another class can change the decision there
         out[(prior >= 0) & (prior != out)] = -1
     todo = out == -1
@@ -103,23 +103,28 @@ def argmax_resampled(
     return out
 
 
+def _argmax(probs: np.ndarray) -> np.ndarray:
+    """The first most likely class per voxel (PyTorch's threaded arg-max; numpy's tie rule)."""
+    import torch
+
+    return torch.from_numpy(probs).argmax(0).numpy()
+
+
 def _shared_class(coarse: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """The class (`coarse`: arg-max per source voxel) of the 8 source voxels around each of `coords` when they all
-    have it; 0 where all 8 lie outside the source, -1 where they differ or some lie outside."""
-    base = np.floor(coords).astype(np.int32)
-    shape = coarse.shape
-    shared = np.full(coords.shape[1:], -2, np.int64)  # -2: not seen yet
-    outside = np.zeros(coords.shape[1:], np.int8)
-    for corner in np.ndindex(2, 2, 2):
-        index = [base[a] + corner[a] for a in range(3)]
-        out = (index[0] < 0) | (index[0] >= shape[0]) | (index[1] < 0) | (index[1] >= shape[1])
-        out |= (index[2] < 0) | (index[2] >= shape[2])
-        outside += out
-        value = coarse[tuple(np.clip(index[a], 0, shape[a] - 1) for a in range(3))]
-        shared = np.where(shared == -2, value, np.where(shared == value, shared, -1))
-    shared[outside > 0] = -1
-    shared[outside == 8] = 0
-    return shared
+    have it; 0 where all 8 lie outside the source, -1 where they differ or some lie outside.
+
+    Decided once per cell of 8 neighbouring source voxels (the source padded by 2 with "outside"), then looked up
+    for each point by the cell it falls in."""
+    outside = -3
+    padded = np.pad(coarse.astype(np.int16), 2, constant_values=outside)
+    first = padded[:-1, :-1, :-1]
+    same = np.ones(first.shape, bool)
+    for corner in list(np.ndindex(2, 2, 2))[1:]:
+        same &= padded[tuple(slice(c, padded.shape[a] - 1 + c) for a, c in enumerate(corner))] == first
+    cells = np.where(same, np.where(first == outside, 0, first), -1)
+    index = [np.clip(np.floor(coords[a]).astype(np.int32) + 2, 0, cells.shape[a] - 1) for a in range(3)]
+    return cells[tuple(index)].astype(np.int64)
 
 
 def _argmax_interpolated(probs, coords, chunk: int, prior, w: float) -> np.ndarray:

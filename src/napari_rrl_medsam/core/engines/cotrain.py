@@ -184,7 +184,8 @@ def cotrain_engine(
         Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
     ]
     loop = Loop("co-training", "co-training", config, step, _optimiser(parts, config), checkpoint, KIND, start,
-                step.contents, hooks=hooks, rates=_poly_rates(config), after_step=step.exchange)  # fmt: skip
+                step.contents, hooks=hooks, rates=_poly_rates(config), after_step=step.exchange,
+                amp=config.amp and device.type == "cuda")  # fmt: skip
     yield from loop.run(modules=list(parts.values()))
 
 

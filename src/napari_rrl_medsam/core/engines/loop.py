@@ -25,7 +25,7 @@ from .events import Progress
 
 # settings that say how a run is driven, not what it trains: a resumed run takes them from the caller,
 # everything else from its checkpoint
-RUN_SETTINGS = ("steps", "device", "checkpoint_every", "preview_every", "validate_every")
+RUN_SETTINGS = ("steps", "device", "checkpoint_every", "preview_every", "validate_every", "amp")
 
 
 def resumed_settings(saved: dict, given: Any) -> dict:

@@ -109,7 +109,10 @@ def registration_engine(
     ]
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     name = "registration training"
-    loop = Loop(name, "registration", config, step, optimiser, checkpoint, KIND, start, step.contents, hooks=hooks)
+    amp = config.amp and device.type == "cuda"
+    loop = Loop(
+        name, "registration", config, step, optimiser, checkpoint, KIND, start, step.contents, hooks=hooks, amp=amp
+    )
     yield from loop.run(modules=[net])
 
 
