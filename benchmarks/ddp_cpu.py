@@ -71,7 +71,7 @@ def score(task, stage: str, run: Path) -> float:
     for case in task.evaluation:
         image, truth = case.load()
         if stage == "registration":
-            labels = api.register(model, task.atlas, image, refine_steps=0).labels
+            labels = api.register(model, task.atlas, image, refine_steps=0).warped_labels
         else:
             labels = api.segment(model, image).labels
         dice.append(api.evaluate(labels, truth, task.eval_labels, False).mean_dice)
@@ -107,8 +107,9 @@ def main() -> None:
             key, run = f"{stage} {procs}x{threads}", args.out / f"{stage}_{procs}x{threads}.pt"
             if key in results:
                 continue
-            print(f"{key}: training", flush=True)
-            wall = launch(args, stage, procs, threads, run)
+            done = run.exists() and load_checkpoint(run)["complete"]
+            print(f"{key}: {'trained before' if done else 'training'}", flush=True)
+            wall = None if done else launch(args, stage, procs, threads, run)
             state = load_checkpoint(run)
             steps, elapsed = int(state["step"]), float(state["elapsed"])
             results[key] = {"processes": procs, "threads": threads, "steps": steps, "samples": steps * procs,
@@ -120,7 +121,7 @@ def main() -> None:
     for key, r in results.items():
         rate = r["steps"] / r["seconds of steps"]
         print(f"{key:<22} {r['steps']:6d} {r['samples']:8d} {r['seconds of steps']:11.0f} {rate:8.3f} "
-              f"{rate * r['processes']:10.3f} {r['wall seconds']:7.0f} {r['dice']:6.3f}")  # fmt: skip
+              f"{rate * r['processes']:10.3f} {r['wall seconds'] or float('nan'):7.0f} {r['dice']:6.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -85,20 +85,28 @@ def anew(task, n: int | None, registration: Path, out: Path) -> dict:
 
 
 def scores(task, run: Path, n: int | None) -> dict:
-    """Mean Dice per validation volume of the model and (n labelled volumes) of its fused registration."""
+    """Mean Dice per validation volume of the model, (n labelled volumes) of its fused registration and of the model
+    with that fused registration as its prior (`segment(atlas=, labelled=)`, weight 0.3)."""
     model = api.load_model(run / "rrl_medsam.pt")
     atlases = [task.atlas, *labelled_cases(task, n)] if n else []
-    out: dict[str, dict] = {"model": {}, "registration": {}}
+    out: dict[str, dict] = {"model": {}, "registration": {}, "model + prior": {}}
+
+    def dice(labels, truth) -> float:
+        return api.evaluate(labels, truth, task.eval_labels, False).mean_dice
+
     for case in task.evaluation:
         image, truth = case.load()
         t = time.perf_counter()
-        out["model"][case.id] = api.evaluate(api.segment(model, image).labels, truth, task.eval_labels, False).mean_dice
+        out["model"][case.id] = dice(api.segment(model, image, auto_prompt=False).labels, truth)
         seconds = time.perf_counter() - t
         line = f"  {case.id}: model {out['model'][case.id]:.3f} ({seconds:.0f} s)"
         if atlases:
-            fused = api.register_atlases(model, atlases, image).labels
-            out["registration"][case.id] = api.evaluate(fused, truth, task.eval_labels, False).mean_dice
+            fused = api.segment(model, image, atlas=atlases[0], labelled=atlases[1:], auto_prompt=False)
+            registration = fused.registration.labels if len(atlases) > 1 else fused.registration.warped_labels
+            out["registration"][case.id] = dice(registration, truth)
+            out["model + prior"][case.id] = dice(fused.labels, truth)
             line += f", registration ({n} fused) {out['registration'][case.id]:.3f}"
+            line += f", model + that prior {out['model + prior'][case.id]:.3f}"
         print(line, flush=True)
     return out
 
@@ -109,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="work folder (models and curve.json; resumable)")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--supervised", action="store_true", help="also the fully supervised reference")
+    parser.add_argument("--rescore", action="store_true", help="score the curve's trained runs again (new metrics)")
     parser.add_argument(
         "--anew", type=int, nargs="+", default=[], metavar="N",
         help="also co-train anew (not continued) with N labelled volumes, on the pseudo labels of the curve's "
@@ -136,6 +145,10 @@ def main() -> None:
     previous = None
     for n in args.counts:
         key, run = str(n), args.out / f"labelled_{n}"
+        if key in results and args.rescore:
+            print(f"{n} labelled volume(s): scoring again", flush=True)
+            results[key].update(scores(task, run, n))
+            results_path.write_text(json.dumps(results, indent=1))
         if key not in results:
             print(f"{n} labelled volume(s): training", flush=True)
             results[key] = {**train(task, n, previous, run), **scores(task, run, n)}
@@ -157,7 +170,7 @@ def main() -> None:
     ids = [c.id for c in task.evaluation]
     print(f"\n{'labelled':<10} {'what':<13} " + " ".join(f"{i:>7}" for i in ids) + f" {'mean':>7}  steps, s of steps")
     for key, r in results.items():
-        for what in ("registration", "model"):
+        for what in ("registration", "model", "model + prior"):
             if r.get(what):
                 values = [r[what][i] for i in ids]
                 cost = f"  {r['steps']}, {[round(s) for s in r['seconds of steps']]}" if what == "model" else ""

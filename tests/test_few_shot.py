@@ -218,3 +218,19 @@ def test_a_stopped_continuation_resumes_to_the_same_end(tmp_path):
                                init=tmp_path / "a.pt", proceed=True, labelled=[second])  # fmt: skip
     assert [e.step for e in rest if e.stage == "registration"] == [4, 5]
     assert load_checkpoint(tmp_path / "b.pt")["complete"]
+
+
+def test_segment_fuses_every_labelled_volume_into_its_registration_prior(tmp_path):
+    (atlas, labels), second, targets = volumes()
+    list(registration_engine(atlas, labels, targets, tmp_path / "r.pt", config=reg_config(steps=2)))
+    registration = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
+    list(cotrain_engine(atlas, labels, targets, registration, tmp_path / "m.pt", LightEncoder(TINY), cfg(steps=1)))
+    model = api.load_model(tmp_path / "m.pt", "cpu")
+    target = named(phantom(shift=4.0)[0], "target")  # the second labelled volume's anatomy
+    alone = api.segment(model, target, atlas=(atlas, labels), refine_steps=0, prior_weight=0.45)
+    fused = api.segment(model, target, atlas=(atlas, labels), labelled=[second], refine_steps=0, prior_weight=0.45)
+    assert len(fused.registration.results) == 2 and alone.registration.warped_labels is not None
+    truth = second[1].array
+    assert dice(fused.labels.array == 2, truth == 2) > dice(alone.labels.array == 2, truth == 2) + 0.2
+    with pytest.raises(InputError, match="give atlas= too"):
+        api.segment(model, target, labelled=[second])

@@ -451,6 +451,10 @@ def test_register_with_a_labelled_set_fuses_every_labelled_volume(make_napari_vi
     fused = np.asarray(viewer.layers["target03 pseudo labels"].data)
     agree = lambda a: (a == truth)[truth > 0].mean()  # noqa: E731
     assert agree(fused) > 0.9 and agree(fused) > agree(single) + 0.1
+    f.prior.value = True  # Segment with the registration prior: the labelled set's labels fused into it too
+    f.segment.changed.emit(True)
+    qtbot.waitUntil(lambda: widget.worker is None and "prior of 2 labelled" in widget.status.text(), timeout=LONG)
+    assert agree(np.asarray(viewer.layers["target03 RRL-MedSAM + prior labels"].data)) > 0.8
 
 
 def test_choosers_offer_what_fits_and_default_to_the_next_step(make_napari_viewer, qtbot, tmp_path, notifications):

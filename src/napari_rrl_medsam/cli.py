@@ -286,6 +286,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if (args.atlas_image is None) != (args.atlas_labels is None):
         raise InputError("a registration prior needs both --atlas-image and --atlas-labels (or neither).")
+    if args.labelled and args.atlas_image is None:
+        raise InputError("--labelled fuses into the registration prior: give --atlas-image and --atlas-labels too.")
     mirror = _mirror_pairs(args.mirror)
     atlas = (
         None
@@ -295,7 +297,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     batch = segment_batch(
         args.model, args.inputs, args.out, device=args.device or "auto", auto_prompt=args.auto_prompt,
         skip_existing=args.skip_existing, overwrite=args.overwrite, prior_weight=args.prior_weight, mirror=mirror,
-        atlas=atlas, refine_steps=args.refine_steps,
+        atlas=atlas, refine_steps=args.refine_steps, labelled=args.labelled or (),
     )  # fmt: skip
     for path, written, seconds in batch:
         done = (
@@ -460,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--atlas-image", help="with --atlas-labels: fuse the model's registration of the atlas as a prior")
     p.add_argument("--atlas-labels")
+    p.add_argument(
+        "--labelled",
+        metavar="FOLDER",
+        help="a labelled set's folder: its volumes are registered too and all warped labels fused into the prior",
+    )
     p.add_argument(
         "--prior-weight", type=float, default=PRIOR_WEIGHT, help="weight of that prior (default: %(default)s)"
     )

@@ -86,7 +86,8 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
                 labelled_set_field(
                     "optional: a folder of further labelled volumes (the correction widget's 'Add to "
                     "labelled set'): Register then registers each of them too and fuses all their labels, each "
-                    "vote weighted by local image similarity (about 0.03 mean Dice per added volume, measured)"
+                    "vote weighted by local image similarity (about 0.03 mean Dice per added volume, measured); "
+                    "Segment with the registration prior fuses those labels into its prior"
                 ),
                 SpinBox(
                     name="refine_steps",
@@ -217,8 +218,9 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
 
     def segment(self) -> None:
         """Final labels (medical branch) and the auto-prompt mask (general branch), placed like the target; with
-        "registration prior", the atlas's warped labels fused into the final labels (`api.segment(prior=)`); with
-        "mirror", test-time mirroring with FreeSurfer's left / right pairs (`api.segment(mirror=)`)."""
+        "registration prior", the atlas's warped labels (with a labelled set: every labelled volume's, fused) fused
+        into the final labels (`api.segment(atlas=, labelled=)`); with "mirror", test-time mirroring with
+        FreeSurfer's left / right pairs (`api.segment(mirror=)`)."""
         prior, mirror = self.form.prior.value, self.form.mirror.value
         try:
             layers = self._inputs("model", "target", *(("atlas", "atlas_labels") if prior else ()))
@@ -230,9 +232,10 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
         except ValueError as exc:
             return show_error(f"segment: {exc}")
         steps, model_file = self.form.refine_steps.value, Path(str(self.form.model.value)).name
+        folder = self.form.labelled_set.value if prior else None
 
         def work():
-            from ..api import FREESURFER_LEFT_RIGHT, segment
+            from ..api import FREESURFER_LEFT_RIGHT, labelled_set, segment
 
             model = self._load_model()
             if not hasattr(model, "segment"):
@@ -241,14 +244,18 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
                     "Choose the co-trained model, rrl_medsam.pt in the training widget's output folder."
                 )
             pairs = FREESURFER_LEFT_RIGHT if mirror else None
-            return segment(model, target, mirror=pairs, atlas=atlas, refine_steps=steps)
+            more = [case.load() for case in labelled_set(folder)] if folder else []
+            result = segment(model, target, mirror=pairs, atlas=atlas, refine_steps=steps, labelled=more)
+            return result, len(more) + 1
 
-        def done(result) -> None:
+        def done(outputs) -> None:
+            result, count = outputs
             what = "RRL-MedSAM + prior labels" if prior else "RRL-MedSAM labels"
             auto = like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels")
             upsert(self.viewer, *auto, "result", visible=False)
             self.show_result(like_layer(result.labels, like, f"{like.name} {what}", "labels"), like)
-            self.status.setText(f"segmented {like.name}" + (" with the registration prior" if prior else ""))
+            source = "the registration prior" if count == 1 else f"the registration prior of {count} labelled volumes"
+            self.status.setText(f"segmented {like.name}" + (f" with {source}" if prior else ""))
 
         self._run("segment", work, done)
 

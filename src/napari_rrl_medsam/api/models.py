@@ -11,7 +11,7 @@ from ..core.errors import InputError
 from ..core.registration import REFINE_STEPS
 from ..core.segmentation import PRIOR_WEIGHT
 from ..core.volume import Volume
-from .volumes import as_volume, atlas_pair
+from .volumes import as_volume, atlas_pair, labelled_pairs
 
 SHIPPED_ENCODER = Path(__file__).parent.parent / "data" / "weights" / "general_encoder.pt"
 
@@ -121,6 +121,7 @@ def segment(
     atlas=None,
     refine_steps: int = REFINE_STEPS,
     auto_prompt: bool = True,
+    labelled: Sequence | str | Path = (),
 ):
     """Segment `volume` with a co-trained model: `.labels` (final) and `.auto_prompt` (the general branch's
     mask M_g), both on the volume's native grid and affine.
@@ -136,6 +137,9 @@ def segment(
             registration warps the atlas labels onto `volume` (`refine_steps` instance optimisation steps) and
             they are the `prior`; `.registration` then holds that `register` result.
         refine_steps: for `atlas`.
+        labelled: with `atlas`, further labelled volumes ((image, labels) pairs, `Case`s or a labelled set's
+            folder): all are registered onto `volume` and their warped labels fused (`register_atlases`, local
+            vote) into the prior; `.registration` then holds the `register_atlases` result.
         auto_prompt: also the auto-prompt mask on the native grid (False: `.auto_prompt` is None; faster).
     """
     if isinstance(model, (str, Path)):
@@ -147,10 +151,17 @@ def segment(
         )
     if atlas is not None and prior is not None:
         raise InputError("give either a prior label map or an atlas to register as the prior, not both.")
+    if labelled and atlas is None:
+        raise InputError("labelled volumes fuse into the registration prior with the atlas: give atlas= too.")
     volume = as_volume(volume)
-    registered = None if atlas is None else register(model, atlas, volume, refine_steps)
-    if registered is not None:
+    if atlas is not None and labelled:
+        registered = register_atlases(model, [atlas, *labelled_pairs(labelled)], volume, refine_steps=refine_steps)
+        prior = registered.labels
+    elif atlas is not None:
+        registered = register(model, atlas, volume, refine_steps)
         prior = registered.warped_labels
+    else:
+        registered = None
     result = model.segment(
         volume, None if prior is None else as_volume(prior, "labels"), prior_weight, mirror, auto_prompt
     )
