@@ -40,7 +40,7 @@ def worker(args) -> None:
 
     task = api.load_task(args.data / "oasis_like" / "dataset.json", split="oneshot", check=False)
     config = {**recipe(args.worker), "steps": args.steps, "device": "cpu"}
-    common = dict(out=args.run, config=config, validation=False, resume=args.run.exists())
+    common = dict(out=args.checkpoint_file, config=config, validation=False, resume=args.checkpoint_file.exists())
     if args.worker == "registration":
         api.train_registration(task, **common)
     else:
@@ -52,7 +52,7 @@ def launch(args, stage: str, procs: int, threads: int, run: Path) -> float:
     steps = getattr(args, f"samples_{stage}") // procs
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     me = [str(Path(__file__).resolve()), "--data", str(args.data), "--out", str(args.out), "--worker", stage,
-          "--steps", str(steps), "--run", str(run), "--registration", str(args.registration)]  # fmt: skip
+          "--steps", str(steps), "--checkpoint-file", str(run), "--registration", str(args.registration)]  # fmt: skip
     if procs > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *me]
     else:
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["registration", "cotrain"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

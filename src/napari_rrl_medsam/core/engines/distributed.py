@@ -50,7 +50,7 @@ def current() -> Process:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return Process()
+        return SINGLE
     return Process(dist.get_rank(), dist.get_world_size(), dist.get_backend())
 
 
