@@ -194,7 +194,7 @@ def segment_batch(
         overwrite: replace existing outputs.
         shard: under torchrun, segment only this rank's share (every WORLD_SIZE-th volume from RANK).
         device: where a model file is loaded ("auto": under torchrun, the GPU of this process's LOCAL_RANK).
-        options: `segment`'s (prior_weight, mirror, atlas, refine_steps).
+        options: `segment`'s (prior_weight, mirror, atlas, labelled, refine_steps).
     """
     import time
 
