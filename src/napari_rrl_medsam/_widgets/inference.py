@@ -190,9 +190,9 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
         save_settings(labelled_set=path_or_none(folder))
 
         def work():
-            from ..api import labelled_set, register, register_atlases
+            from ..api import register, register_atlases
 
-            more = [case.load() for case in labelled_set(folder)] if folder else []
+            more = labelled_volumes(folder)
             if more:  # multi-atlas: the maps shown are the atlas's own registration's
                 fused = register_atlases(self._load_model(), [(atlas, labels), *more], target, "local", steps)
                 result, pseudo, count = fused.results[0], fused.labels, len(fused.results)
@@ -235,7 +235,7 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
         folder = self.form.labelled_set.value if prior else None
 
         def work():
-            from ..api import FREESURFER_LEFT_RIGHT, labelled_set, segment
+            from ..api import FREESURFER_LEFT_RIGHT, segment
 
             model = self._load_model()
             if not hasattr(model, "segment"):
@@ -244,7 +244,7 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
                     "Choose the co-trained model, rrl_medsam.pt in the training widget's output folder."
                 )
             pairs = FREESURFER_LEFT_RIGHT if mirror else None
-            more = [case.load() for case in labelled_set(folder)] if folder else []
+            more = labelled_volumes(folder)
             result = segment(model, target, mirror=pairs, atlas=atlas, refine_steps=steps, labelled=more)
             return result, len(more) + 1
 
@@ -305,6 +305,13 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
             if not path:
                 return None
         return self.evaluation.to_csv(path, overwrite=True)  # the save dialog asked before replacing a file
+
+
+def labelled_volumes(folder) -> list:
+    """The (image, labels) volumes of the labelled set in `folder` (none: no folder, or nothing added yet)."""
+    from ..api import labelled_set
+
+    return [case.load() for case in labelled_set(folder)] if folder else []
 
 
 def label_names(source: str | None) -> dict[int, str] | None:

@@ -287,11 +287,14 @@ class SegmentationModel:
         inside = foreground(x.cpu().numpy())  # nothing is labelled outside the head / body
         native = resample(Volume(inside.astype(np.uint8), self.grid.affine, "labels"), volume.grid).array > 0
 
-        def on_native_grid(probs, fuse) -> Volume:
-            index = argmax_resampled(probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight)
+        def on_native_grid(probs, fuse, coarse=None) -> Volume:
+            index = argmax_resampled(
+                probs.cpu().numpy(), self.grid, volume.grid, prior=fuse, prior_weight=prior_weight, coarse=coarse
+            )
             return Volume(np.where(native, lut[index], 0).astype(np.int32), volume.affine, "labels")
 
-        labels = on_native_grid(probs_m, prior_index)
+        coarse = torch.argmax(probs_m, 0).cpu().numpy()  # the working grid's labels, and the native grid's start
+        labels = on_native_grid(probs_m, prior_index, coarse)
         auto = on_native_grid(probs_g, None) if auto_prompt else None
-        working = np.where(inside, lut[torch.argmax(probs_m, 0).cpu().numpy()], 0).astype(np.int32)
+        working = np.where(inside, lut[coarse], 0).astype(np.int32)
         return SegmentationResult(labels, auto, working)

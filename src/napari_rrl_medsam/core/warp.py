@@ -81,6 +81,7 @@ def argmax_resampled(
     chunk: int = 8,
     prior: np.ndarray | None = None,
     prior_weight: float = 0.0,
+    coarse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Index of the most likely class at each voxel of `grid`, from class probabilities (C, *source.shape)
     interpolated linearly (outside `source`: class 0). Deciding after interpolation keeps the detail a coarse
@@ -89,10 +90,10 @@ def argmax_resampled(
 
     Exact and fast: where the 8 source voxels around a voxel share their most likely class, so does every linear
     mix of their probabilities, so only the voxels between source voxels that differ (structure boundaries) are
-    interpolated, class by class in chunks (memory: a few volumes)."""
+    interpolated, class by class in chunks (memory: a few volumes). `coarse`: `probs`'s arg-max, when at hand."""
     coords = _mapped_centres(np.linalg.solve(source.affine, grid.affine), grid)
     w = float(prior_weight) if prior is not None else 0.0
-    out = _shared_class(_argmax(probs), coords)
+    out = _shared_class(_argmax(probs) if coarse is None else coarse, coords)
     if w:  # a prior for another class can change the decision there
         out[(prior >= 0) & (prior != out)] = -1
     todo = out == -1
