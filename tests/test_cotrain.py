@@ -306,3 +306,48 @@ def test_nothing_is_labelled_outside_the_image_foreground(setup, monkeypatch):
     for labels in (result.labels.array, result.auto_prompt.array):
         assert (labels[level > 0.2] == model.classes[1]).all()  # the anatomy: labelled as predicted
         assert (labels[level < 0.005] == 0).all() and labels[0, 0, 0] == 0  # the air around it: never
+
+
+def test_views_cut_slabs_across_each_axis_and_prediction_averages_them(setup, monkeypatch):
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    from napari_rrl_medsam.core.engines import cotrain as engine
+    from napari_rrl_medsam.core.segmentation import _view_probabilities, predict_probabilities
+
+    with pytest.raises(InputError, match="views"):
+        cfg(views="axial,oblique")
+    seen = []
+    slab = engine._CotrainStep._slab
+
+    def recording(self, index, gen):
+        out = slab(self, index, gen)
+        seen.append((self.data, *out))
+        return out
+
+    monkeypatch.setattr(engine._CotrainStep, "_slab", recording)
+    config = cfg(views="coronal,axial", steps=8)
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "v.pt", encoder, config))
+    axes = []
+    for data, kind, i, x, y in seen:  # each slab and its labels are the same slices of one view of the volume
+        found = [
+            (a, s)
+            for a in (0, 1, 2)
+            for s in range(data.images[i].shape[a] - 3)
+            if torch.equal(x, data.images[i].movedim(a, 0)[s : s + 4])
+            and torch.equal(y, data.targets[i].movedim(a, 0)[s : s + 4])
+        ]
+        assert found, (kind, i)
+        axes.append(found[0][0])
+    assert set(axes) == {1, 2}  # coronal and axial slabs, no sagittal ones
+    assert engine.anatomy_ranges(np.pad(np.ones((2, 3, 4), int), ((1, 0), (0, 2), (3, 1)))) == ((1, 2), (0, 2), (3, 6))
+    model = SegmentationModel.load(tmp / "v.pt", device="cpu")
+    assert model.config.views == "coronal,axial"
+    volume = torch.rand(20, 24, 16)  # not a cube: a view's axes put back wrongly would not fit
+    coronal = _view_probabilities(model.parts, volume, model.config, 1)
+    # the coronal view of the volume is the axial view of the volume with its last two axes exchanged
+    permuted = _view_probabilities(model.parts, volume.permute(0, 2, 1).contiguous(), model.config, 2)
+    for c, p in zip(coronal, permuted):
+        assert c.shape == (3, 20, 24, 16) and torch.allclose(c, p.permute(0, 1, 3, 2), atol=1e-5)
+    axial = _view_probabilities(model.parts, volume, model.config, 2)
+    both = predict_probabilities(model.parts, volume, model.config)
+    for b, c, a in zip(both, coronal, axial):
+        assert torch.allclose(b, (c + a) / 2) and not torch.allclose(c, a, atol=1e-3)

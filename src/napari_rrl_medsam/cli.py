@@ -243,6 +243,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
             "device": args.device,
             "slab": args.slab,
             "image_size": args.image_size,
+            "views": args.views,
             "checkpoint_every": args.checkpoint_every,
             "amp": args.amp or None,
         }.items()
@@ -424,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--slab", type=int, help="consecutive slices per step")
     p.add_argument("--image-size", type=int, help="encoder input size per slice")
+    p.add_argument(
+        "--views",
+        help="slice orientations, comma-separated: axial (default), coronal, sagittal; prediction averages them",
+    )
     p.add_argument("--no-ema", action="store_true", help="ablation: no mutual EMA")
     p.add_argument("--no-prompt", action="store_true", help="ablation: no auto-prompt")
     p.add_argument("--no-dskd", action="store_true", help="ablation: random general encoder")

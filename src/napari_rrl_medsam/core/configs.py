@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .errors import InputError
 from .settings import check_settings
 
 # instance optimisation steps per pair, wherever a face registers without being told: +0.04 mean Dice over the
@@ -105,6 +106,27 @@ class RegistrationSpec:
         return cls(**d)
 
 
+# the working grid's voxel axis each view's slabs run along (the grid is RAS: 0 left-right, 1 posterior-anterior,
+# 2 inferior-superior)
+VIEW_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def view_axes(views: str) -> list[int]:
+    """The voxel axes of comma-separated view names (`SegmentationSpec.views`), in the order given.
+
+    Args:
+        views: e.g. "axial" or "axial,coronal".
+    """
+    names = [v.strip() for v in views.split(",") if v.strip()]
+    wrong = [v for v in names if v not in VIEW_AXES]
+    if not names or wrong or len(set(names)) < len(names):
+        raise InputError(
+            f"views must name each of {', '.join(VIEW_AXES)} at most once, comma-separated (e.g. 'axial,coronal'), "
+            f"not {views!r}."
+        )
+    return [VIEW_AXES[v] for v in names]
+
+
 @dataclass
 class SegmentationSpec:
     """The segmentation model as checkpoints record it: its decoders and how it sees a volume.
@@ -119,6 +141,10 @@ class SegmentationSpec:
             Dice measured), or "running" = the running averages (the usual eval mode).
         slab_overlap: prediction: consecutive slabs overlap by this fraction, probabilities averaged (+0.003
             Dice for about 1.3x the segmentation time, measured).
+        views: the slice orientations slabs are cut in, comma-separated, of the RAS working grid: "axial"
+            (slabs along inferior-superior), "coronal" (posterior-anterior), "sagittal" (left-right; its slices
+            cannot tell left from right structures). Training draws one view per step; prediction averages the
+            views' probabilities (the network's time once per view).
     """
 
     slab: int = 8
@@ -128,9 +154,11 @@ class SegmentationSpec:
     prompt_residual: bool = True
     norm_statistics: str = "slab"
     slab_overlap: float = 0.5
+    views: str = "axial"
 
     def __post_init__(self) -> None:
         check_settings(self)
+        view_axes(self.views)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -77,9 +77,20 @@ def predict_probabilities(parts: dict, volume, config):
     """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each.
 
     `parts`: the encoders and decoders (`build_segmentation`); `config`: their `SegmentationSpec`. Slabs of `slab`
-    axial slices go through both branches as in training (MONAI's sliding window along the slices, slabs
-    overlapping by `slab_overlap` and averaged); batch norm uses each slab's statistics when
-    `norm_statistics` is "slab"."""
+    slices of each of the spec's `views` (axial: along the last axis) go through both branches as in training
+    (MONAI's sliding window along the slices, slabs overlapping by `slab_overlap` and averaged); the views'
+    probabilities are averaged. Batch norm uses each slab's statistics when `norm_statistics` is "slab"."""
+    from .configs import view_axes
+
+    axes = view_axes(config.views)
+    probs = [_view_probabilities(parts, volume, config, axis) for axis in axes]
+    if len(probs) == 1:
+        return probs[0]
+    return tuple(sum(p[b] for p in probs) / len(probs) for b in range(2))
+
+
+def _view_probabilities(parts: dict, volume, config, axis: int):
+    """Both branches' probabilities (C, X, Y, Z) from slabs of the slices across voxel axis `axis`."""
     from contextlib import nullcontext
 
     import torch
@@ -88,7 +99,7 @@ def predict_probabilities(parts: dict, volume, config):
     from .models.segmentation import slab_features, slab_statistics
 
     general, medical = parts["general"], parts["medical"]
-    x = volume.movedim(2, 0)[None, None]  # axial slices first: (1, 1, Z, X, Y)
+    x = volume.movedim(axis, 0)[None, None]  # the view's slices first: (1, 1, K, P, Q)
     shape = tuple(x.shape[3:])
 
     def branches(window):
@@ -102,7 +113,7 @@ def predict_probabilities(parts: dict, volume, config):
         probs_g, probs_m = sliding_window_inference(
             x, (config.slab, *shape), 1, branches, overlap=(config.slab_overlap, 0, 0)
         )
-    return probs_g[0].movedim(1, 3), probs_m[0].movedim(1, 3)
+    return probs_g[0].movedim(1, axis + 1), probs_m[0].movedim(1, axis + 1)
 
 
 def left_right_axis(grid: Grid) -> int:

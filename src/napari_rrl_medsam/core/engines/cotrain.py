@@ -2,12 +2,13 @@
 atlas's true labels), with mutual EMA between the two encoders after every optimiser step.
 
 Pseudo labels are computed once at the start by the registration model (on the atlas's working grid).
-Each step trains on a slab of `slab` consecutive axial slices of one pair: the atlas with its true labels
-(probability `atlas_probability`), an exact synthetic pair (`synthetic_probability`: the atlas image and labels
-warped by one sampled field, the image restyled after an unlabelled volume; `core/synthetic.py`), or else an
-unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general branch -> M_g (Dice + CE),
-medical branch with M_g (detached: a prompt is an input, as in SAM) as dense mask prompt -> final mask
-(Dice + CE), optionally a consistency term between the branches. Ablations: `use_dskd=False` (random E_g),
+Each step trains on a slab of `slab` consecutive slices (axial, or across an axis drawn from `views`) of one pair:
+the atlas with its true labels (probability `atlas_probability`), an exact synthetic pair (`synthetic_probability`:
+the atlas image and labels warped by one sampled field, the image restyled after an unlabelled volume;
+`core/synthetic.py`), or else an unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general
+branch -> M_g (Dice + CE), medical branch with M_g (detached: a prompt is an input, as in SAM) as dense mask prompt
+-> final mask (Dice + CE), optionally a consistency term between the branches.
+Ablations: `use_dskd=False` (random E_g),
 `use_mutual_ema=False`, `use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`. Events carry
 previews: the current volume's pseudo labels and auto-prompt mask.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..augment import intensity_augmentation, random_gamma
 from ..checkpoint import check_same_task
-from ..configs import APPEARANCES, FIELD_MODES, CotrainConfig, EncoderConfig
+from ..configs import APPEARANCES, FIELD_MODES, CotrainConfig, EncoderConfig, view_axes
 from ..errors import InputError
 from ..models.segmentation import build_segmentation, mutual_ema
 from ..registration import intensities
@@ -37,7 +38,9 @@ from .events import Progress
 from .loop import Hook, Loop, StepOutput, starting_point
 
 # the settings that shape the networks (or what they were trained to see): a fine-tuned run keeps its init's
-ARCHITECTURE = ("decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size", "norm_statistics")
+ARCHITECTURE = (
+    "decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size", "norm_statistics", "views"
+)  # fmt: skip
 
 
 def build_parts(config: CotrainConfig, encoder_config: EncoderConfig, n_classes: int, general_state=None):
@@ -235,11 +238,18 @@ def _training_data(atlases, unlabelled, registration, pseudo_model, config, clas
     for pseudo, soft in gather(mine, len(unlabelled), process):
         targets.append(torch.from_numpy(label_indices(pseudo, classes)))
         shares.append(torch.from_numpy(soft) if soft is not None else None)
-    ranges = []  # slabs are drawn among the slices that hold some anatomy
-    for y in targets:
-        z = np.nonzero(y.numpy().reshape(-1, y.shape[2]).any(0))[0]
-        ranges.append((int(z.min()), int(z.max())) if z.size else (0, y.shape[2] - 1))
+    ranges = [anatomy_ranges(y.numpy()) for y in targets]  # slabs are drawn among the slices with anatomy
     return _Data(images, targets, shares, ranges, np.array(classes), len(atlases))
+
+
+def anatomy_ranges(target: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Per voxel axis of a (X, Y, Z) class-index map, the first and last slice across it that hold a structure
+    (the whole axis when none does)."""
+    ranges = []
+    for axis, n in enumerate(target.shape):
+        held = np.nonzero(np.moveaxis(target, axis, 0).reshape(n, -1).any(1))[0]
+        ranges.append((int(held.min()), int(held.max())) if held.size else (0, n - 1))
+    return tuple(ranges)
 
 
 def _synthetic_pairs(atlases, unlabelled, registration, data: _Data, config: CotrainConfig, device, process=SINGLE):
@@ -319,6 +329,7 @@ class _CotrainStep:
         self.labels_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.shares_loss = DiceCELoss(softmax=True)  # the targets are class shares already
         self.augment = intensity_augmentation() if config.intensity_augment else None
+        self.axes = view_axes(config.views)
 
     def _kind(self, gen) -> tuple[str, int]:
         """What this step trains on: ("atlas" | "synthetic" | "pseudo", the volume's index in `data.images`: a
@@ -333,25 +344,39 @@ class _CotrainStep:
             return kind, n + int(torch.randint(len(self.data.images) - n, (1,), generator=gen))
         return kind, int(torch.randint(n, (1,), generator=gen)) if n > 1 else 0
 
+    def _view(self, kind: str, gen) -> int:
+        """The voxel axis this step's slab runs along: one of the views, drawn when there are several (synthetic
+        pairs are axial slabs: `SyntheticPairs.sample`)."""
+        import torch
+
+        if kind == "synthetic":
+            return 2
+        if len(self.axes) == 1:
+            return self.axes[0]
+        return self.axes[int(torch.randint(len(self.axes), (1,), generator=gen))]
+
     def _slab(self, index: int, gen):
-        """(kind, volume index, (K, X, Y) image slab, its target: (K, X, Y) class indices or (C, K, X, Y) shares)."""
+        """(kind, volume index, (K, P, Q) image slab, its target: (K, P, Q) class indices or (C, K, P, Q) shares):
+        K slices across the view's axis."""
         import torch
 
         kind, i = self._kind(gen)
-        d, slab = self.data, self.config.slab
-        lo, hi = d.ranges[i]  # a synthetic pair is labelled volume i, deformed
+        axis = self._view(kind, gen)
+        d, slab, n = self.data, self.config.slab, self.data.images[i].shape[axis]
+        lo, hi = d.ranges[i][axis]  # a synthetic pair is labelled volume i, deformed
         start = lo + int(torch.randint(max(hi - lo - slab + 2, 1), (1,), generator=gen))
-        start = min(start, d.images[i].shape[2] - slab) if d.images[i].shape[2] >= slab else 0
+        start = min(start, n - slab) if n >= slab else 0
         if kind == "synthetic":
             rng = np.random.default_rng(
                 [self.config.seed, index, self.rank] if self.rank else [self.config.seed, index]
             )
-            x, y = (t.movedim(2, 0) for t in d.synthetic[i].sample(rng, start, min(slab, d.images[i].shape[2])))
+            x, y = (t.movedim(2, 0) for t in d.synthetic[i].sample(rng, start, min(slab, n)))
             return kind, i, x, y
-        x = d.images[i][:, :, start : start + slab].movedim(2, 0)
+        x = d.images[i].movedim(axis, 0)[start : start + slab]
         share = d.shares[i]
-        y = share[..., start : start + slab].movedim(3, 1) if share is not None else None
-        return kind, i, x, y if y is not None else d.targets[i][:, :, start : start + slab].movedim(2, 0)
+        if share is not None:
+            return kind, i, x, share.movedim(axis + 1, 1)[:, start : start + slab]
+        return kind, i, x, d.targets[i].movedim(axis, 0)[start : start + slab]
 
     def _augmented(self, x, gen):
         import torch
