@@ -226,3 +226,39 @@ def test_the_registration_velocity_integrates_to_its_field(setup):  # noqa: F811
     velocity = registration.velocity(atlas, targets[0])
     ddf = registration.net.displacement(velocity[None], registration.grid.shape)[0].numpy()
     assert np.allclose(ddf, registration.field(atlas, targets[0], refine_steps=0).to_voxels(), atol=1e-4)
+
+
+def test_structure_contrast_moves_each_structure_by_its_own_offset_and_keeps_the_labels(setup, monkeypatch):  # noqa: F811
+    from napari_rrl_medsam.core import augment
+    from napari_rrl_medsam.core.augment import structure_contrast
+    from napari_rrl_medsam.core.engines import cotrain
+
+    x = torch.full((3, 24, 24), 0.5)
+    y = torch.zeros(3, 24, 24, dtype=torch.long)
+    y[:, 2:10, 2:10], y[:, 14:22, 12:22] = 1, 2
+    kept = y.clone()
+    out = structure_contrast(x, y, 0.1, torch.Generator().manual_seed(3))
+    assert torch.equal(y, kept)  # labels untouched
+    inside1, inside2, far = out[:, 5, 5] - 0.5, out[:, 18, 17] - 0.5, out[:, 0, 23] - 0.5
+    assert torch.allclose(inside1, inside1[0].expand(3)) and torch.allclose(inside2, inside2[0].expand(3))
+    assert abs(float(inside1[0] - inside2[0])) > 1e-3 and torch.all(far.abs() < 1e-6)  # own offsets; background kept
+    again = structure_contrast(x, y, 0.1, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again) and torch.equal(structure_contrast(x, y, 0.0, torch.Generator()), x)
+    # blurred: the offset map has no step at a structure's edge
+    step = (out[0, 5, 9] - out[0, 5, 10]).abs()
+    assert step < (inside1[0]).abs()
+    # class shares (C, K, P, Q) give the same offsets as the class indices they one-hot encode
+    shares = torch.nn.functional.one_hot(y, 3).permute(3, 0, 1, 2).float()
+    assert torch.allclose(structure_contrast(x, shares, 0.1, torch.Generator().manual_seed(3)), out, atol=1e-6)
+    # the engine's switch: off by default, on with structure_contrast > 0
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    calls = []
+    monkeypatch.setattr(cotrain, "structure_contrast", lambda *a: calls.append(a[2]) or augment.structure_contrast(*a))
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "sc0.pt", encoder, cfg(steps=2)))
+    assert calls == []
+    list(
+        cotrain_engine(
+            atlas, atlas_labels, targets, registration, tmp / "sc.pt", encoder, cfg(steps=2, structure_contrast=0.1)
+        )
+    )
+    assert calls == [0.1, 0.1]

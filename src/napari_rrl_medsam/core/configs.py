@@ -210,6 +210,8 @@ class CotrainConfig(SegmentationSpec):
     synthetic_beta: float = 0.3  # Beta(b, b) of the field and style weights (BRBS)
     pseudo_weight: float = 1.0  # loss weight of the (unlabelled image, pseudo label) steps (IST: 0.1)
     intensity_augment: bool = False  # MONAI random bias field, contrast, histogram shift, blur, noise
+    # per-structure random intensity offsets, N(0, this) per class, blurred (`augment.structure_contrast`); 0: off
+    structure_contrast: float = 0.0
     # train on each class's share of each working-grid voxel (the native atlas labels' partial volumes, warped:
     # `warp.label_shares`) instead of one nearest label; synthetic pairs and fused self-training labels stay nearest
     label_shares: bool = False

@@ -41,6 +41,7 @@ NON_NEGATIVE = (
     "consistency_weight",
     "weight_decay",
     "pseudo_weight",
+    "structure_contrast",
 )
 SHARES = ("atlas_probability", "synthetic_probability", "replay", "ema_alpha", "min_lr_ratio", "slab_overlap")
 

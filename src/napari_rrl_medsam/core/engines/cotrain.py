@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..augment import intensity_augmentation, random_gamma
+from ..augment import intensity_augmentation, random_gamma, structure_contrast
 from ..checkpoint import check_same_task
 from ..configs import APPEARANCES, FIELD_MODES, CotrainConfig, EncoderConfig, view_axes
 from ..errors import InputError
@@ -396,6 +396,8 @@ class _CotrainStep:
 
         kind, i, x, y = self._slab(index, gen)
         c, parts = self.config, self.parts
+        if c.structure_contrast > 0:
+            x = structure_contrast(x, y, c.structure_contrast, gen)
         xs = to_square(self._augmented(x, gen), c.image_size).to(self.device)
         if y.dim() == 4:  # class shares, (C, K, X, Y) -> (1, C, K, S, S)
             ys, loss_fn = shares_to_square(y, c.image_size)[None].to(self.device), self.shares_loss
