@@ -165,7 +165,7 @@ def main() -> None:
         if key not in results:
             print(f"{n} labelled volume(s), co-trained anew: training", flush=True)
             results[key] = {**anew(task, n, args.out / f"labelled_{n}" / "registration.pt", run),
-                            **scores(task, run, None)}  # fmt: skip
+                            **scores(task, run, n)}  # fmt: skip
             results_path.write_text(json.dumps(results, indent=1))
     ids = [c.id for c in task.evaluation]
     print(f"\n{'labelled':<10} {'what':<13} " + " ".join(f"{i:>7}" for i in ids) + f" {'mean':>7}  steps, s of steps")
