@@ -7,10 +7,9 @@ the atlas with its true labels (probability `atlas_probability`), an exact synth
 the atlas image and labels warped by one sampled field, the image restyled after an unlabelled volume;
 `core/synthetic.py`), or else an unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general
 branch -> M_g (Dice + CE), medical branch with M_g (detached: a prompt is an input, as in SAM) as dense mask prompt
--> final mask (Dice + CE), optionally a consistency term between the branches.
-Ablations: `use_dskd=False` (random E_g),
-`use_mutual_ema=False`, `use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`. Events carry
-previews: the current volume's pseudo labels and auto-prompt mask.
+-> final mask (Dice + CE), optionally a consistency term between the branches. Ablations: `use_dskd=False`
+(random E_g), `use_mutual_ema=False`, `use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`.
+Events carry previews: the current volume's pseudo labels and auto-prompt mask.
 """
 
 from __future__ import annotations
