@@ -294,7 +294,7 @@ def test_nothing_is_labelled_outside_the_image_foreground(setup, monkeypatch):
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "fg.pt", encoder, cfg(steps=1)))
     model = SegmentationModel.load(tmp / "fg.pt", device="cpu")
 
-    def everywhere(parts, x, config):
+    def everywhere(parts, x, config, keep_general=True):
         p = torch.zeros(len(model.classes), *x.shape)
         p[1] = 1.0
         return p, p
@@ -351,3 +351,9 @@ def test_views_cut_slabs_across_each_axis_and_prediction_averages_them(setup, mo
     both = predict_probabilities(model.parts, volume, model.config)
     for b, c, a in zip(both, coronal, axial):
         assert torch.allclose(b, (c + a) / 2) and not torch.allclose(c, a, atol=1e-3)
+    # without the general branch's mask (it still prompts): the same final probabilities and labels, no auto-prompt
+    only = predict_probabilities(model.parts, volume, model.config, keep_general=False)
+    assert only[0] is None and torch.allclose(only[1], both[1], atol=1e-6)
+    full, lean = model.segment(targets[0]), model.segment(targets[0], auto_prompt=False)
+    assert lean.auto_prompt is None and np.array_equal(full.labels.array, lean.labels.array)
+    assert np.array_equal(full.working_labels, lean.working_labels)

@@ -73,8 +73,10 @@ def from_square(p, shape: tuple[int, int]):
     return p[..., top : top + h, left : left + w]
 
 
-def predict_probabilities(parts: dict, volume, config):
-    """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each.
+def predict_probabilities(parts: dict, volume, config, keep_general: bool = True):
+    """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each (the
+    general branch's None with `keep_general=False`: it still prompts the medical branch, but its mask is not
+    brought back and averaged: less work where only the final labels are wanted).
 
     `parts`: the encoders and decoders (`build_segmentation`); `config`: their `SegmentationSpec`. Slabs of `slab`
     slices of each of the spec's `views` (axial: along the last axis) go through both branches as in training
@@ -83,13 +85,13 @@ def predict_probabilities(parts: dict, volume, config):
     from .configs import view_axes
 
     axes = view_axes(config.views)
-    probs = [_view_probabilities(parts, volume, config, axis) for axis in axes]
+    probs = [_view_probabilities(parts, volume, config, axis, keep_general) for axis in axes]
     if len(probs) == 1:
         return probs[0]
-    return tuple(sum(p[b] for p in probs) / len(probs) for b in range(2))
+    return tuple(None if probs[0][b] is None else sum(p[b] for p in probs) / len(probs) for b in range(2))
 
 
-def _view_probabilities(parts: dict, volume, config, axis: int):
+def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bool = True):
     """Both branches' probabilities (C, X, Y, Z) from slabs of the slices across voxel axis `axis`."""
     from contextlib import nullcontext
 
@@ -106,14 +108,14 @@ def _view_probabilities(parts: dict, volume, config, axis: int):
         s = to_square(window[0, 0], config.image_size)
         probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
         logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
-        return from_square(probs_g[0], shape)[None], from_square(torch.softmax(logits_m, 1)[0], shape)[None]
+        final = from_square(torch.softmax(logits_m, 1)[0], shape)[None]
+        return (from_square(probs_g[0], shape)[None], final) if keep_general else final
 
     norm = slab_statistics(general, medical) if config.norm_statistics == "slab" else nullcontext()
     with torch.no_grad(), norm:
-        probs_g, probs_m = sliding_window_inference(
-            x, (config.slab, *shape), 1, branches, overlap=(config.slab_overlap, 0, 0)
-        )
-    return probs_g[0].movedim(1, axis + 1), probs_m[0].movedim(1, axis + 1)
+        out = sliding_window_inference(x, (config.slab, *shape), 1, branches, overlap=(config.slab_overlap, 0, 0))
+    probs_g, probs_m = out if keep_general else (None, out)
+    return None if probs_g is None else probs_g[0].movedim(1, axis + 1), probs_m[0].movedim(1, axis + 1)
 
 
 def left_right_axis(grid: Grid) -> int:
@@ -166,15 +168,16 @@ def mirror_index(pairs: Sequence[tuple[int, int]], classes: list[int]) -> np.nda
     return swap
 
 
-def mirror_averaged(parts: dict, volume, config, axis: int, swap: np.ndarray):
+def mirror_averaged(parts: dict, volume, config, axis: int, swap: np.ndarray, keep_general: bool = True):
     """Both branches' probabilities (C, X, Y, Z), averaged with those of the volume's mirror image along `axis`
-    (flipped back, left and right classes exchanged by `swap`, from `mirror_index`): test-time mirroring."""
+    (flipped back, left and right classes exchanged by `swap`, from `mirror_index`): test-time mirroring.
+    `keep_general` as in `predict_probabilities`."""
     import torch
 
-    own = predict_probabilities(parts, volume, config)
-    seen = predict_probabilities(parts, volume.flip(axis), config)
+    own = predict_probabilities(parts, volume, config, keep_general)
+    seen = predict_probabilities(parts, volume.flip(axis), config, keep_general)
     index = torch.as_tensor(swap, device=own[1].device)
-    return tuple((p + q.flip(axis + 1)[index]) / 2 for p, q in zip(own, seen))
+    return tuple(None if p is None else (p + q.flip(axis + 1)[index]) / 2 for p, q in zip(own, seen))
 
 
 class SegmentationModel:
@@ -235,11 +238,8 @@ class SegmentationModel:
         prior_index = None if prior is None else self._prior_index(prior, prior_weight)
         for module in self.parts.values():
             module.eval()
-        probs = (
-            predict_probabilities(self.parts, intensities(volume, self.grid)[0, 0].to(self.device), self.config)[1]
-            .cpu()
-            .numpy()
-        )
+        x = intensities(volume, self.grid)[0, 0].to(self.device)
+        probs = predict_probabilities(self.parts, x, self.config, keep_general=False)[1].cpu().numpy()
         return np.array(self.classes)[
             argmax_resampled(probs, self.grid, self.grid, prior=prior_index, prior_weight=prior_weight)
         ].astype(np.int32)
@@ -285,10 +285,11 @@ class SegmentationModel:
         p = self.parts
         for module in p.values():
             module.eval()
+        swap = None if mirror is None else mirror_index(mirror, self.classes)
         probs_g, probs_m = (
-            predict_probabilities(p, x, self.config)
-            if mirror is None
-            else mirror_averaged(p, x, self.config, left_right_axis(self.grid), mirror_index(mirror, self.classes))
+            predict_probabilities(p, x, self.config, auto_prompt)
+            if swap is None
+            else mirror_averaged(p, x, self.config, left_right_axis(self.grid), swap, auto_prompt)
         )
         lut = np.array(self.classes)
         prior_index = None
