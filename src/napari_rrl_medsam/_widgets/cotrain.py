@@ -137,7 +137,7 @@ class CotrainWidget(TrainingPanel):
                     max=10**6,
                     value=quick["cotrain"]["steps"],
                     tooltip=f"{budget}, at constant rates; real scans: {recipe[1]['steps']} at "
-                    f"{recipe[1]['image_size']} px (the recipe, about 35 minutes on 2 cores). Far fewer steps give "
+                    f"{recipe[1]['image_size']} px (the recipe, about 30 minutes on 2 cores). Far fewer steps give "
                     "a model below its registration",
                 ),
                 SpinBox(
@@ -329,7 +329,7 @@ class CotrainWidget(TrainingPanel):
                 "The model is better: segment with rrl_medsam.pt (Register and segment)."
                 if better
                 else "The registration is better: use Register's pseudo labels, or Segment with the registration "
-                "prior ticked, or train longer (the recipe: 1,500 co-training steps at 128 px)."
+                "prior ticked, or train longer (the recipe: 2,200 co-training steps at 128 px)."
             )
         )
 

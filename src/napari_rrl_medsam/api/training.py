@@ -21,7 +21,7 @@ from .volumes import as_task, as_volume, training_volumes, validation_pairs
 # The quick budget, what the demo and the co-training widget start from: about 7 minutes for the bundled sample on
 # 2 CPU cores, a model above its registration on the evaluation target (benchmarks/demo_budget.py). Constant rates:
 # a short run's model is the model of a longer run at that step. Every other setting is the configs' default, the
-# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 1,500 co-training steps at 128 px).
+# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 2,200 co-training steps at 128 px).
 QUICK = {"registration": {"steps": 150}, "cotrain": {"steps": 600, "image_size": 96, "lr_schedule": "constant"}}
 # Continuing a trained model with more labelled volumes (`continue_training`): the steps added to each stage.
 CONTINUE = {"registration": {"steps": 300}, "cotrain": {"steps": 500}}
