@@ -92,7 +92,8 @@ def predict_probabilities(parts: dict, volume, config, keep_general: bool = True
 
 
 def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bool = True):
-    """Both branches' probabilities (C, X, Y, Z) from slabs of the slices across voxel axis `axis`."""
+    """Both branches' probabilities (C, X, Y, Z) from slabs of the slices across voxel axis `axis` (the general
+    branch's None without `keep_general`)."""
     from contextlib import nullcontext
 
     import torch

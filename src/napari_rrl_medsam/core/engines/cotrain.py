@@ -22,7 +22,7 @@ import numpy as np
 
 from ..augment import intensity_augmentation, random_gamma, structure_contrast
 from ..checkpoint import check_same_task
-from ..configs import APPEARANCES, FIELD_MODES, CotrainConfig, EncoderConfig, view_axes
+from ..configs import APPEARANCES, FIELD_MODES, VIEW_AXES, CotrainConfig, EncoderConfig, view_axes
 from ..errors import InputError
 from ..models.segmentation import build_segmentation, mutual_ema
 from ..registration import intensities
@@ -349,7 +349,7 @@ class _CotrainStep:
         import torch
 
         if kind == "synthetic":
-            return 2
+            return VIEW_AXES["axial"]
         if len(self.axes) == 1:
             return self.axes[0]
         return self.axes[int(torch.randint(len(self.axes), (1,), generator=gen))]
