@@ -3,7 +3,7 @@ validation volumes (1 mm brains), where the time goes (cProfile's top functions 
 Dice, so a faster path is seen to keep the model's figures (issue 19).
 
     python benchmarks/segmentation_speed.py --data ../shared/data --model <run>/rrl_medsam.pt [--profile] [--threads 2]
-        [--overlap 0.25]
+        [--overlap 0.25] [--precision float32]
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also cProfile one pass and print the top functions")
     parser.add_argument("--overlap", type=float, help="slabs' overlap instead of the model's (slab_overlap)")
+    parser.add_argument("--precision", default="auto", choices=api.PRECISIONS, help="the networks' arithmetic")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = api.load_task(args.data / "oasis_like" / "dataset.json", split="oneshot", check=False)
-    model = api.load_model(args.model, "cpu")
+    model = api.load_model(args.model, "cpu", args.precision)
     if args.overlap is not None:
         model.config.slab_overlap = args.overlap
     api.segment(model, task.evaluation[0].load()[0])  # warm-up (first-call allocations, lazy imports)
@@ -54,7 +55,8 @@ def main() -> None:
         print(f"  {name:<20} {s:6.2f} s  Dice {d:.3f}")
     n = len(seconds)
     print(f"{n} volumes: {wall:.1f} s, {wall / n:.2f} s per volume, {60 * n / wall:.1f} volumes per minute; "
-          f"mean Dice {np.mean(dice):.3f} ({args.threads} threads)")  # fmt: skip
+          f"mean Dice {np.mean(dice):.3f} ({args.threads} threads, precision {args.precision}: autocast "
+          f"{model.dtype or 'none'})")  # fmt: skip
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
 

@@ -53,8 +53,8 @@ def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identicall
     assert preview["auto_prompt"].shape == atlas.shape
     state = load_checkpoint(tmp / "a.pt", "rrl-medsam")
     assert state["classes"] == [0, 1, 2] and state["teacher"]["id"] == "tiny-0"
-    model = SegmentationModel.load(tmp / "a.pt", device="cpu")
-    again = SegmentationModel.load(tmp / "a.pt", device="cpu")
+    model = SegmentationModel.load(tmp / "a.pt", device="cpu", precision="float32")  # as the validation computes
+    again = SegmentationModel.load(tmp / "a.pt", device="cpu", precision="float32")
     target = targets[0]
     a, b = model.segment(target), again.segment(target)
     assert np.array_equal(a.labels.array, b.labels.array)  # the checkpoint round-trips
@@ -76,6 +76,35 @@ def test_cotraining_runs_with_previews_and_a_checkpoint_that_predicts_identicall
     assert training[-1].metrics["val_dice"] == pytest.approx(expected, abs=1e-6)
     assert 0 <= training[-1].metrics["val_dice_general"] <= 1
     assert model.register(atlas, atlas_labels, target).warped_labels.shape == target.shape
+
+
+def test_prediction_in_bfloat16_autocasts_the_networks_and_keeps_the_labels(setup, monkeypatch):
+    from napari_rrl_medsam.core import device
+
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "p.pt", encoder, cfg(preview_every=0)))
+    exact = SegmentationModel.load(tmp / "p.pt", device="cpu", precision="float32")
+    fast = SegmentationModel.load(tmp / "p.pt", device="cpu", precision="bfloat16")
+    assert exact.dtype is None and fast.dtype is torch.bfloat16
+    seen = []
+    for model in (exact, fast):
+        conv = next(m for m in model.parts["medical"].modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    a, b = exact.segment(targets[0]), fast.segment(targets[0])
+    assert set(seen) == {torch.float32, torch.bfloat16}  # each model's networks ran in its own type
+    assert b.labels.array.dtype == np.int32 and np.array_equal(b.labels.affine, targets[0].affine)
+    assert (a.labels.array == b.labels.array).mean() > 0.99 and b.auto_prompt.shape == targets[0].shape
+    assert (exact.working_labels(targets[0]) == fast.working_labels(targets[0])).mean() > 0.99
+    fast.precision = "float32"  # settable after loading, as the slabs' overlap
+    assert fast.dtype is None and np.array_equal(fast.segment(targets[0]).labels.array, a.labels.array)
+    with pytest.raises(InputError, match="unknown precision 'half'"):
+        fast.precision = "half"
+    with pytest.raises(InputError, match="float16 is for CUDA"):
+        SegmentationModel.load(tmp / "p.pt", device="cpu", precision="float16")
+    for native, expected in ((False, None), (True, torch.bfloat16)):  # "auto" follows what the CPU computes natively
+        monkeypatch.setattr(device, "cpu_has_bfloat16", lambda native=native: native)
+        assert device.inference_dtype("cpu", "auto") is expected
+    assert device.inference_dtype("cpu", "float32") is None
 
 
 def test_stop_and_resume(setup):
@@ -294,7 +323,7 @@ def test_nothing_is_labelled_outside_the_image_foreground(setup, monkeypatch):
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "fg.pt", encoder, cfg(steps=1)))
     model = SegmentationModel.load(tmp / "fg.pt", device="cpu")
 
-    def everywhere(parts, x, config, keep_general=True):
+    def everywhere(parts, x, config, keep_general=True, dtype=None):
         p = torch.zeros(len(model.classes), *x.shape)
         p[1] = 1.0
         return p, p

@@ -296,7 +296,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         else (load_volume(args.atlas_image), load_volume(args.atlas_labels, kind="labels"))
     )
     batch = segment_batch(
-        args.model, args.inputs, args.out, device=args.device or "auto", auto_prompt=args.auto_prompt,
+        args.model, args.inputs, args.out, device=args.device or "auto", precision=args.precision,
+        auto_prompt=args.auto_prompt,
         skip_existing=args.skip_existing, overwrite=args.overwrite, prior_weight=args.prior_weight, mirror=mirror,
         atlas=atlas, refine_steps=args.refine_steps, labelled=args.labelled or (),
     )  # fmt: skip
@@ -319,7 +320,7 @@ AMP_HELP = "mixed precision (float16) on a CUDA GPU"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .api import PRIOR_WEIGHT, QUICK, REFINE_STEPS
+    from .api import PRECISIONS, PRIOR_WEIGHT, QUICK, REFINE_STEPS
 
     parser = argparse.ArgumentParser(
         prog="rrl-medsam", description="One-shot 3D medical image segmentation guided by SAM (RRL-MedSAM)."
@@ -489,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the networks' arithmetic: auto (default) = bfloat16 where the GPU or CPU computes it natively "
+        "(about 1.5x faster on such a CPU, the same Dice), else float32",
+    )
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("info", help="print the geometry of volume files")

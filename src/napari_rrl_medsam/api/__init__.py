@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.checkpoint import load_checkpoint
 from ..core.configs import REFINE_STEPS, CotrainConfig, DistillConfig, RegistrationTrainConfig
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.files import check_output, check_output_folder
 from ..core.io import is_volume_path, load_volume, plan_outputs, save_volume, volume_files
@@ -57,6 +58,7 @@ __all__ = [
     "InputError",
     "Kind",
     "OneShotTask",
+    "PRECISIONS",
     "PRIOR_WEIGHT",
     "QUICK",
     "REFINE_STEPS",

@@ -46,13 +46,16 @@ def embedding_preview(checkpoint: str | Path, volume: Volume | str | Path) -> np
     return _preview(checkpoint, as_volume(volume))
 
 
-def load_model(path: str | Path, device: str = "auto"):
+def load_model(path: str | Path, device: str = "auto", precision: str = "auto"):
     """A trained model from its checkpoint: a `RegistrationModel` (registration stage) or a
     `SegmentationModel` (co-trained RRL-MedSAM, which also registers).
 
     Args:
         path: a registration or co-training checkpoint (read once).
         device: "auto", "cpu", "cuda", ...
+        precision: a co-trained model's arithmetic when it segments: "auto" (bfloat16 autocast where the GPU or CPU
+            computes it natively, else float32), "float32", "bfloat16" or "float16" (CUDA); also settable later as
+            `model.precision`.
     """
     from ..core.checkpoint import model_from_checkpoint
     from ..core.registration import KIND as REGISTRATION
@@ -67,6 +70,8 @@ def load_model(path: str | Path, device: str = "auto"):
                 f"{path} is a {state['kind']!r} checkpoint, not a model: distillation checkpoints are encoders "
                 "(api.load_encoder)."
             )
+        if state["kind"] == SEGMENTATION:
+            return SegmentationModel.from_state(state, device, precision)
         return models[state["kind"]].from_state(state, device)
 
     return model_from_checkpoint(path, None, build)
@@ -179,6 +184,7 @@ def segment_batch(
     overwrite: bool = False,
     shard: bool = True,
     device: str = "auto",
+    precision: str = "auto",
     **options,
 ) -> Iterator[tuple[Path, list[Path] | None, float]]:
     """Segment many volumes into `out`: `<id>_labels.nii.gz` (and `<id>_auto_prompt.nii.gz`) on each input's own grid,
@@ -194,6 +200,7 @@ def segment_batch(
         overwrite: replace existing outputs.
         shard: under torchrun, segment only this rank's share (every WORLD_SIZE-th volume from RANK).
         device: where a model file is loaded ("auto": under torchrun, the GPU of this process's LOCAL_RANK).
+        precision: a model file's arithmetic (`load_model`); a loaded model keeps its own.
         options: `segment`'s (prior_weight, mirror, atlas, labelled, refine_steps).
     """
     import time
@@ -215,7 +222,7 @@ def segment_batch(
     for path in [p for p in mine if p in done]:
         yield path, None, 0.0
     if isinstance(model, (str, Path)):
-        model = load_model(model, process_device(device))
+        model = load_model(model, process_device(device), precision)
     for path, volume in read_ahead(todo, load_volume):
         start = time.perf_counter()
         result = segment(model, volume, auto_prompt=auto_prompt, **options)

@@ -34,3 +34,38 @@ def process_device(device="auto") -> str:
     if str(device) in ("auto", "cuda") and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     return str(device)
+
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so that bfloat16 convolutions are faster than
+    float32 ones rather than emulated and slower."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def inference_dtype(device, precision: str = "auto"):
+    """The autocast dtype of a network's forward pass at inference on `device` (None: float32 throughout).
+
+    Args:
+        device: a torch.device (or its name) the network runs on.
+        precision: "float32"; "bfloat16" or "float16" (autocast: convolutions in that type, softmax, logs and
+            sums in float32); "auto": bfloat16 on a CUDA GPU that has it (float16 on an older one) and on a CPU
+            that computes it natively (`cpu_has_bfloat16`), else float32.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    kind = torch.device(device).type
+    if precision == "auto":
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if kind == "cpu" and cpu_has_bfloat16() else None
+    if precision == "float16" and kind == "cpu":
+        raise InputError("float16 is for CUDA GPUs; on the CPU use precision 'bfloat16' or 'float32'.")
+    return None if precision == "float32" else getattr(torch, precision)

@@ -73,10 +73,11 @@ def from_square(p, shape: tuple[int, int]):
     return p[..., top : top + h, left : left + w]
 
 
-def predict_probabilities(parts: dict, volume, config, keep_general: bool = True):
+def predict_probabilities(parts: dict, volume, config, keep_general: bool = True, dtype=None):
     """(X, Y, Z) normalised working-grid tensor -> class probabilities of both branches, (C, X, Y, Z) each (the
     general branch's None with `keep_general=False`: it still prompts the medical branch, but its mask is not
-    brought back and averaged: less work where only the final labels are wanted).
+    brought back and averaged: less work where only the final labels are wanted). With `dtype` (bfloat16 or
+    float16, `device.inference_dtype`) the networks run under autocast; the probabilities stay float32.
 
     `parts`: the encoders and decoders (`build_segmentation`); `config`: their `SegmentationSpec`. Slabs of `slab`
     slices of each of the spec's `views` (axial: along the last axis) go through both branches as in training
@@ -85,15 +86,15 @@ def predict_probabilities(parts: dict, volume, config, keep_general: bool = True
     from .configs import view_axes
 
     axes = view_axes(config.views)
-    probs = [_view_probabilities(parts, volume, config, axis, keep_general) for axis in axes]
+    probs = [_view_probabilities(parts, volume, config, axis, keep_general, dtype) for axis in axes]
     if len(probs) == 1:
         return probs[0]
     return tuple(None if probs[0][b] is None else sum(p[b] for p in probs) / len(probs) for b in range(2))
 
 
-def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bool = True):
+def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bool = True, dtype=None):
     """Both branches' probabilities (C, X, Y, Z) from slabs of the slices across voxel axis `axis` (the general
-    branch's None without `keep_general`)."""
+    branch's None without `keep_general`; autocast to `dtype` unless None)."""
     from contextlib import nullcontext
 
     import torch
@@ -107,10 +108,11 @@ def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bo
 
     def branches(window):
         s = to_square(window[0, 0], config.image_size)
-        probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
-        logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
-        final = from_square(torch.softmax(logits_m, 1)[0], shape)[None]
-        return (from_square(probs_g[0], shape)[None], final) if keep_general else final
+        with torch.autocast(s.device.type, dtype=dtype, enabled=dtype is not None):
+            probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
+            logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
+        final = from_square(torch.softmax(logits_m.float(), 1)[0], shape)[None]
+        return (from_square(probs_g[0].float(), shape)[None], final) if keep_general else final
 
     norm = slab_statistics(general, medical) if config.norm_statistics == "slab" else nullcontext()
     with torch.no_grad(), norm:
@@ -169,37 +171,62 @@ def mirror_index(pairs: Sequence[tuple[int, int]], classes: list[int]) -> np.nda
     return swap
 
 
-def mirror_averaged(parts: dict, volume, config, axis: int, swap: np.ndarray, keep_general: bool = True):
+def mirror_averaged(parts: dict, volume, config, axis: int, swap: np.ndarray, keep_general: bool = True, dtype=None):
     """Both branches' probabilities (C, X, Y, Z), averaged with those of the volume's mirror image along `axis`
     (flipped back, left and right classes exchanged by `swap`, from `mirror_index`): test-time mirroring.
-    `keep_general` as in `predict_probabilities`."""
+    `keep_general` and `dtype` as in `predict_probabilities`."""
     import torch
 
-    own = predict_probabilities(parts, volume, config, keep_general)
-    seen = predict_probabilities(parts, volume.flip(axis), config, keep_general)
+    own = predict_probabilities(parts, volume, config, keep_general, dtype)
+    seen = predict_probabilities(parts, volume.flip(axis), config, keep_general, dtype)
     index = torch.as_tensor(swap, device=own[1].device)
     return tuple(None if p is None else (p + q.flip(axis + 1)[index]) / 2 for p, q in zip(own, seen))
 
 
 class SegmentationModel:
-    """A co-trained RRL-MedSAM model: encoders, decoders, label table and its registration model."""
+    """A co-trained RRL-MedSAM model: encoders, decoders, label table and its registration model.
+
+    `precision` ("auto", "float32", "bfloat16", "float16"; `device.inference_dtype`) is the networks' arithmetic at
+    prediction: "auto" is bfloat16 where the hardware computes it natively, float32 elsewhere.
+    """
 
     def __init__(
-        self, parts: dict, config, classes: list[int], grid: Grid, registration, teacher: dict, device
+        self,
+        parts: dict,
+        config,
+        classes: list[int],
+        grid: Grid,
+        registration,
+        teacher: dict,
+        device,
+        precision: str = "auto",
     ) -> None:
         self.parts, self.config, self.classes = parts, config, classes
         self.grid, self.registration, self.teacher, self.device = grid, registration, teacher, device
+        self.precision = precision
         self.source = "a co-trained model"  # its checkpoint file, once loaded from one
 
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        from .device import inference_dtype
+
+        self.dtype = inference_dtype(self.device, value)  # the autocast type (None: float32); checks the name
+        self._precision = value
+
     @classmethod
-    def load(cls, path, device: str = "auto") -> SegmentationModel:
+    def load(cls, path, device: str = "auto", precision: str = "auto") -> SegmentationModel:
         from .checkpoint import model_from_checkpoint
 
-        return model_from_checkpoint(path, KIND, lambda state: cls.from_state(state, device))
+        return model_from_checkpoint(path, KIND, lambda state: cls.from_state(state, device, precision))
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "auto") -> SegmentationModel:
-        """The model a co-training checkpoint's contents (`load_checkpoint`) describe, on `device`."""
+    def from_state(cls, state: dict, device: str = "auto", precision: str = "auto") -> SegmentationModel:
+        """The model a co-training checkpoint's contents (`load_checkpoint`) describe, on `device`, predicting in
+        `precision`."""
         from .device import resolve_device
         from .models.encoder import EncoderConfig
         from .models.segmentation import SegmentationSpec, build_segmentation
@@ -213,7 +240,8 @@ class SegmentationModel:
             module.to(dev).eval()
         grid = Grid.from_dict(state["grid"])
         registration = RegistrationModel.from_state(state["registration"], device)
-        return cls(parts, config, list(state["classes"]), grid, registration, dict(state["teacher"]), dev)
+        teacher = dict(state["teacher"])
+        return cls(parts, config, list(state["classes"]), grid, registration, teacher, dev, precision)
 
     def register(self, *args, **kwargs):
         """The co-trained model's registration (see `RegistrationModel.register`)."""
@@ -240,7 +268,7 @@ class SegmentationModel:
         for module in self.parts.values():
             module.eval()
         x = intensities(volume, self.grid)[0, 0].to(self.device)
-        probs = predict_probabilities(self.parts, x, self.config, keep_general=False)[1].cpu().numpy()
+        probs = predict_probabilities(self.parts, x, self.config, False, self.dtype)[1].cpu().numpy()
         return np.array(self.classes)[
             argmax_resampled(probs, self.grid, self.grid, prior=prior_index, prior_weight=prior_weight)
         ].astype(np.int32)
@@ -288,9 +316,9 @@ class SegmentationModel:
             module.eval()
         swap = None if mirror is None else mirror_index(mirror, self.classes)
         probs_g, probs_m = (
-            predict_probabilities(p, x, self.config, auto_prompt)
+            predict_probabilities(p, x, self.config, auto_prompt, self.dtype)
             if swap is None
-            else mirror_averaged(p, x, self.config, left_right_axis(self.grid), swap, auto_prompt)
+            else mirror_averaged(p, x, self.config, left_right_axis(self.grid), swap, auto_prompt, self.dtype)
         )
         lut = np.array(self.classes)
         prior_index = None
