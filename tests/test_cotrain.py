@@ -107,6 +107,28 @@ def test_prediction_in_bfloat16_autocasts_the_networks_and_keeps_the_labels(setu
     assert device.inference_dtype("cpu", "float32") is None
 
 
+def test_mixed_precision_on_a_cpu_trains_in_bfloat16_only_where_the_cpu_has_it(setup, monkeypatch):
+    from napari_rrl_medsam.core import device
+
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    for native in (True, False):
+        monkeypatch.setattr(device, "cpu_has_bfloat16", lambda native=native: native)
+        seen = []
+        record = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, args, out: seen.append(out.dtype) if isinstance(m, torch.nn.Conv2d) else None
+        )
+        try:
+            list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / f"amp{native}.pt", encoder,
+                                cfg(steps=2, amp=True, preview_every=0)))  # fmt: skip
+        finally:
+            record.remove()
+        assert seen and (torch.bfloat16 in seen) is native and (torch.float32 in seen) is not native
+        weights = [v for part in load_checkpoint(tmp / f"amp{native}.pt", "rrl-medsam")["parts"].values() for v in
+                   part.values() if v.is_floating_point()]  # fmt: skip
+        assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)  # float32 weights, trained
+    assert device.training_dtype("cpu", False) is None and device.training_dtype("cuda", True) is torch.float16
+
+
 def test_stop_and_resume(setup):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     run = cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "b.pt", encoder, cfg(steps=5))

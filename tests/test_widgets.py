@@ -288,7 +288,10 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     assert [e.step for e in resumed] == list(range(saved["step"] + 1, 9))
     assert load_checkpoint(tmp_path / "run" / "rrl_medsam.pt", "rrl-medsam")["complete"]
     assert not widget.buttons["Resume"].isEnabled() and widget.buttons["Start"].isEnabled()
-    assert widget.verdict.text().startswith("Warning: 8 co-training steps are fewer than the quick budget's 600")
+    from napari_rrl_medsam.api import QUICK
+
+    quick = QUICK["cotrain"]["steps"]
+    assert widget.verdict.text().startswith(f"Warning: 8 co-training steps are fewer than the quick budget's {quick}")
     assert "No validation volume was given" in widget.verdict.text()
 
 

@@ -316,7 +316,10 @@ LABELLED_HELP = (
     "or one labelled set's folder (images/ + labels/, as 'Add to labelled set' writes it)"
 )
 
-AMP_HELP = "mixed precision (float16) on a CUDA GPU"
+AMP_HELP = (
+    "mixed precision: float16 on a CUDA GPU, bfloat16 on a CPU that computes it natively (AVX512-BF16 or AMX); "
+    "float32 on other CPUs"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -188,7 +188,7 @@ class RegistrationTrainConfig(RegistrationSpec):
     validate_every: int = 50  # validation Dice (the network alone, native grid) every so many steps, when given
     seed: int = 0
     device: str = "auto"
-    amp: bool = False  # mixed precision (float16 autocast, a gradient scaler) on CUDA
+    amp: bool = False  # mixed precision: float16 (a gradient scaler) on CUDA, bfloat16 on a CPU that has it natively
 
 
 @dataclass
@@ -228,7 +228,7 @@ class CotrainConfig(SegmentationSpec):
     validate_every: int = 50  # validation Dice (working grid) every so many steps, when labelled volumes are given
     seed: int = 0
     device: str = "auto"
-    amp: bool = False  # mixed precision (float16 autocast, a gradient scaler) on CUDA
+    amp: bool = False  # mixed precision: float16 (a gradient scaler) on CUDA, bfloat16 on a CPU that has it natively
 
     @staticmethod
     def legacy() -> dict:

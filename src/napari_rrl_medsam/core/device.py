@@ -69,3 +69,21 @@ def inference_dtype(device, precision: str = "auto"):
     if precision == "float16" and kind == "cpu":
         raise InputError("float16 is for CUDA GPUs; on the CPU use precision 'bfloat16' or 'float32'.")
     return None if precision == "float32" else getattr(torch, precision)
+
+
+def training_dtype(device, amp: bool):
+    """The autocast dtype of a training step on `device` (None: float32 throughout).
+
+    Args:
+        device: a torch.device (or its name) the step runs on.
+        amp: mixed precision asked for: float16 on CUDA (with a gradient scaler), bfloat16 on a CPU that computes it
+            natively (`cpu_has_bfloat16`); on another CPU float32 (emulated bfloat16 is slower).
+    """
+    import torch
+
+    if not amp:
+        return None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.float16
+    return torch.bfloat16 if kind == "cpu" and cpu_has_bfloat16() else None

@@ -23,6 +23,7 @@ import numpy as np
 from ..augment import intensity_augmentation, random_gamma, structure_contrast
 from ..checkpoint import check_same_task
 from ..configs import APPEARANCES, FIELD_MODES, VIEW_AXES, CotrainConfig, EncoderConfig, view_axes
+from ..device import training_dtype
 from ..errors import InputError
 from ..models.segmentation import build_segmentation, mutual_ema
 from ..registration import intensities
@@ -187,7 +188,7 @@ def cotrain_engine(
     ]
     loop = Loop("co-training", "co-training", config, step, _optimiser(parts, config), checkpoint, KIND, start,
                 step.contents, hooks=hooks, rates=_poly_rates(config), after_step=step.exchange,
-                amp=config.amp and device.type == "cuda")  # fmt: skip
+                autocast=training_dtype(device, config.amp))  # fmt: skip
     yield from loop.run(modules=list(parts.values()))
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..checkpoint import load_checkpoint, reading, resume_state, save_checkpoint
 from ..configs import DistillConfig, EncoderConfig
+from ..device import training_dtype
 from ..errors import InputError
 from ..models.encoder import LightEncoder
 from ..volume import Volume
@@ -118,7 +119,7 @@ def distill_engine(
     optimiser = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loop = Loop("distillation", "natural", config, step, optimiser, checkpoint, KIND, Start(state, state, config, None),
                 lambda: _weights(student, teacher), total=step.bounds[2], milestones=step.bounds[1:],
-                rates=step.rates, amp=device.type == "cuda")  # fmt: skip
+                rates=step.rates, autocast=training_dtype(device, device.type == "cuda"))  # fmt: skip
     yield from loop.run(modules=[student])
 
 

@@ -189,7 +189,8 @@ class Loop:
         hooks: previews and validation.
         rates: per parameter group learning rates at a step index (None: constant).
         after_step: called after each optimiser step (e.g. mutual EMA).
-        amp: mixed precision (float16 autocast around the step, a gradient scaler; CUDA only).
+        autocast: the step's autocast dtype (`device.training_dtype`): float16 (with a gradient scaler) or
+            bfloat16; None: float32.
     """
 
     def __init__(
@@ -208,13 +209,13 @@ class Loop:
         hooks: Sequence[Hook] = (),
         rates: Callable[[int], Sequence[float]] | None = None,
         after_step: Callable[[], None] | None = None,
-        amp: bool = False,
+        autocast: Any = None,
     ) -> None:
         self.name, self.stage, self.config, self.train_step = name, stage, config, step
         self.total = config.steps if total is None else total
         self.optimiser, self.checkpoint, self.kind, self.origin = optimiser, Path(checkpoint), kind, start.origin
         self.contents, self.milestones, self.hooks, self.modules = contents, tuple(milestones), hooks, ()
-        self.rates, self.after_step, self.amp = rates, after_step, amp
+        self.rates, self.after_step, self.autocast = rates, after_step, autocast
         self.step, self.elapsed, self.saved, self.first = 0, 0.0, -1, start.first_step
         self.process, self.forward = current(), step
         if start.state is not None:
@@ -260,7 +261,7 @@ class Loop:
             module.train()
         device = _device_of(self.optimiser)
         self.forward = replicate(self.train_step, self.modules, _parameter_device(self.optimiser), self.process)
-        scaler = torch.amp.GradScaler(device, enabled=self.amp)
+        scaler = torch.amp.GradScaler(device, enabled=self.autocast is torch.float16)
         try:
             while self.step < self.total:
                 started = time.perf_counter()
@@ -281,9 +282,9 @@ class Loop:
         import torch
 
         gen = torch.Generator().manual_seed(step_seed(self.config.seed, self.step, self.process.rank))
-        with torch.autocast(device, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device, dtype=self.autocast, enabled=self.autocast is not None):
             out = self.forward(self.step, gen)
-        if not self.amp:  # under mixed precision the grad scaler skips overflowing steps itself
+        if self.autocast is not torch.float16:  # in float16 the grad scaler skips overflowing steps itself
             check_finite(out.loss, self.name, self.step + 1)
         self.optimiser.zero_grad(set_to_none=True)
         scaler.scale(out.loss).backward()

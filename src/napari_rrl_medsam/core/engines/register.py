@@ -22,6 +22,7 @@ import numpy as np
 from ..augment import random_gamma
 from ..checkpoint import check_same_task
 from ..configs import RegistrationTrainConfig
+from ..device import training_dtype
 from ..errors import InputError
 from ..models.encoder import LightEncoder
 from ..models.registration import build_registration
@@ -109,10 +110,11 @@ def registration_engine(
     ]
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     name = "registration training"
-    amp = config.amp and device.type == "cuda"
+    autocast = training_dtype(device, config.amp)
     loop = Loop(
-        name, "registration", config, step, optimiser, checkpoint, KIND, start, step.contents, hooks=hooks, amp=amp
-    )
+        name, "registration", config, step, optimiser, checkpoint, KIND, start, step.contents, hooks=hooks,
+        autocast=autocast,
+    )  # fmt: skip
     yield from loop.run(modules=[net])
 
 
