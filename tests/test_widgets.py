@@ -618,7 +618,11 @@ def test_each_setting_has_one_default_that_every_face_reads(make_napari_viewer):
     segment = build_parser().parse_args(["segment", "x.nii.gz", "--model", "m.pt", "--out", "o"])
     assert (segment.prior_weight, segment.refine_steps) == (api.PRIOR_WEIGHT, api.REFINE_STEPS)
     assert segment.precision == "auto" == inspect.signature(api.load_model).parameters["precision"].default
-    assert api.defaults("registration")["steps"] == 1000 and recipe["steps"] == 2200  # the recipe's, not a face's
+    assert api.defaults("registration")["steps"] == 1000 and recipe["steps"] == 3300  # the recipe's, not a face's
+    assert recipe["amp"] and not api.defaults("registration")["amp"]  # co-training in mixed precision by default
+    cotrain_cli = ["cotrain", "t.json", "--registration", "r.pt"]
+    assert build_parser().parse_args([*cotrain_cli, "--no-amp"]).amp is False
+    assert build_parser().parse_args(cotrain_cli).amp is None  # not given: the config's default
     with pytest.raises(api.InputError, match="stage"):
         api.defaults("segment")
 

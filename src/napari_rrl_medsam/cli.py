@@ -194,7 +194,7 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
             "spacing": args.spacing,
             "smooth_weight": args.smooth_weight,
             "checkpoint_every": args.checkpoint_every,
-            "amp": args.amp or None,
+            "amp": args.amp,
         }.items()
         if v is not None
     }
@@ -245,7 +245,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
             "image_size": args.image_size,
             "views": args.views,
             "checkpoint_every": args.checkpoint_every,
-            "amp": args.amp or None,
+            "amp": args.amp,
         }.items()
         if v is not None
     }
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="a trained registration checkpoint to fine-tune (a new run written to --out)")
     p.add_argument("--labelled", nargs="+", metavar="ID|FOLDER", help=LABELLED_HELP)
     p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help=AMP_HELP + " (default: off)")
     p.set_defaults(func=cmd_train_registration)
 
     p = sub.add_parser("register", help="warp the atlas (and its labels) onto target volumes")
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are the pseudo labels (a self-training round; usually also --init)",
     )
     p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help=AMP_HELP + " (default: on)")
     p.set_defaults(func=cmd_cotrain)
 
     p = sub.add_parser("continue", help="continue a trained run with more labelled volumes (fine-tuning both stages)")

@@ -329,7 +329,7 @@ class CotrainWidget(TrainingPanel):
                 "The model is better: segment with rrl_medsam.pt (Register and segment)."
                 if better
                 else "The registration is better: use Register's pseudo labels, or Segment with the registration "
-                "prior ticked, or train longer (the recipe: 2,200 co-training steps at 128 px)."
+                "prior ticked, or train longer (the recipe: 3,300 co-training steps at 128 px)."
             )
         )
 

@@ -22,10 +22,10 @@ from .volumes import as_task, as_volume, training_volumes, validation_pairs
 # 2 CPU cores that compute bfloat16 natively (co-training in mixed precision, `amp`), a model above its registration
 # on every target (benchmarks/demo_budget.py, docs/benchmarks.md). Constant rates: a short run's model is the model of
 # a longer run at that step. Every other setting is the configs' default, the
-# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 2,200 co-training steps at 128 px).
+# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 3,300 co-training steps at 128 px).
 QUICK = {
     "registration": {"steps": 150},
-    "cotrain": {"steps": 900, "image_size": 96, "lr_schedule": "constant", "amp": True},
+    "cotrain": {"steps": 900, "image_size": 96, "lr_schedule": "constant"},
 }
 # Continuing a trained model with more labelled volumes (`continue_training`): the steps added to each stage.
 CONTINUE = {"registration": {"steps": 300}, "cotrain": {"steps": 500}}
