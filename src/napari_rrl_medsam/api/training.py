@@ -21,8 +21,8 @@ from .volumes import as_task, as_volume, training_volumes, validation_pairs
 # The quick budget, what the demo and the co-training widget start from: under 7 minutes for the bundled sample on
 # 2 CPU cores that compute bfloat16 natively (co-training in mixed precision, `amp`), a model above its registration
 # on every target (benchmarks/demo_budget.py, docs/benchmarks.md). Constant rates: a short run's model is the model of
-# a longer run at that step. Every other setting is the configs' default, the
-# recipe for real data (`defaults`; training/cotrain.json: 1,000 registration and 3,300 co-training steps at 128 px).
+# a longer run at that step. Every other setting is the configs' default, the recipe for real data (`defaults`;
+# training/cotrain.json: 1,000 registration and 3,300 co-training steps at 128 px).
 QUICK = {
     "registration": {"steps": 150},
     "cotrain": {"steps": 900, "image_size": 96, "lr_schedule": "constant"},

@@ -83,7 +83,4 @@ def training_dtype(device, amp: bool):
 
     if not amp:
         return None
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.float16
-    return torch.bfloat16 if kind == "cpu" and cpu_has_bfloat16() else None
+    return torch.float16 if torch.device(device).type == "cuda" else inference_dtype(device, "auto")
