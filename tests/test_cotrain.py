@@ -200,6 +200,30 @@ def test_ablation_switches_remove_their_component(setup, monkeypatch):
         next(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "e.pt", None, cfg()))
 
 
+def test_the_full_resolution_correction_trains_saves_and_is_a_cli_switch(setup, monkeypatch):
+    from napari_rrl_medsam import api
+    from napari_rrl_medsam.cli import main
+
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "f.pt", encoder, cfg(full_resolution=True)))
+    model = SegmentationModel.load(tmp / "f.pt", device="cpu", precision="float32")
+    assert model.config.full_resolution
+    for name in ("decoder_g", "ap"):
+        stage = model.parts[name].full if name == "decoder_g" else model.parts[name].decoder.full
+        assert stage.net[-1].weight.abs().sum() > 0  # started at zero, trained
+    assert model.segment(targets[0]).labels.shape == targets[0].shape
+    from napari_rrl_medsam.core.engines import cotrain
+
+    plain = cotrain.build_parts(cfg(), TINY, 3)  # the switch off (the default): no stage at all
+    assert plain["decoder_g"].full is None and plain["ap"].decoder.full is None
+    seen = []
+    monkeypatch.setattr(api, "cotrain", lambda *a, config=None, **k: seen.append(config))
+    cli = ["cotrain", str(tmp / "none.json"), "--registration", "r.pt"]
+    monkeypatch.setattr("napari_rrl_medsam.cli._few_shot_task", lambda args: (None, None))
+    assert main([*cli, "--full-resolution"]) == 0 and seen[-1]["full_resolution"] is True
+    assert main(cli) == 0 and "full_resolution" not in seen[-1]  # not given: the recipe's (off)
+
+
 def test_label_shares_switch_trains_on_partial_volumes(setup, monkeypatch):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     import monai.losses

@@ -52,6 +52,38 @@ def test_decoders_give_logits_at_slice_resolution_and_the_prompt_matters():
         assert torch.equal(no_prompt(feats, prompt_a), no_prompt(feats, prompt_b))
 
 
+def test_a_full_resolution_stage_starts_as_the_decoder_without_it_then_sees_the_image():
+    from napari_rrl_medsam.core.configs import SegmentationSpec
+
+    torch.manual_seed(0)
+    feats = slab_features(LightEncoder(CFG).eval(), torch.rand(4, 3, 32, 32))
+    image_a, image_b = torch.rand(1, 1, 4, 32, 32), torch.rand(1, 1, 4, 32, 32)
+    full = SlabDecoder(CFG.channels, n_classes=3, width=8, full_resolution=True).eval()
+    coarse = SlabDecoder(CFG.channels, n_classes=3, width=8).eval()  # the switch off: no stage, image unread
+    assert coarse.full is None
+    coarse.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("full.")})
+    with torch.no_grad():
+        assert torch.equal(coarse(feats, image=image_a), coarse(feats, image=image_b))
+        assert torch.allclose(full(feats, image=image_a), coarse(feats))  # a new stage adds zero
+        for p in full.full.net[-1].parameters():  # as after training: a non-zero correction
+            torch.nn.init.normal_(p, std=0.5)
+        out_a, out_b = full(feats, image=image_a), full(feats, image=image_b)
+    assert out_a.shape == (1, 3, 4, 32, 32)
+    assert not torch.allclose(out_a, out_b, atol=1e-4)  # the image moves the logits
+    edited = image_a.clone()
+    edited[..., 2, 10, 10] += 1.0  # one pixel of one slice: the stage is in-plane (per-slice convolutions)
+    with torch.no_grad():
+        change = (full(feats, image=edited) - out_a).abs().amax(1)[0]  # (K, S, S)
+    assert change[2, 10, 10] > 0 and change[[0, 1, 3]].sum() == 0  # the other slices untouched
+    with pytest.raises(ValueError, match="image"):
+        full(feats)
+    ap = APDecoder(CFG.channels, 3, 8, full_resolution=True).eval()
+    with torch.no_grad():
+        assert ap(feats, torch.softmax(out_a, 1), image=image_a).shape == (1, 3, 4, 32, 32)
+    assert not SegmentationSpec().full_resolution  # an option; checkpoints from before it read as without
+    assert not SegmentationSpec.from_dict({"decoder_width": 8}).full_resolution
+
+
 def test_a_residual_ap_decoder_adds_the_prompt_as_a_log_prior():
     torch.manual_seed(0)
     feats = slab_features(LightEncoder(CFG).eval(), torch.rand(3, 3, 32, 32))

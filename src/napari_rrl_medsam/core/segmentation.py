@@ -100,7 +100,7 @@ def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bo
     import torch
     from monai.inferers import sliding_window_inference
 
-    from .models.segmentation import slab_features, slab_statistics
+    from .models.segmentation import branch_logits, slab_statistics
 
     general, medical = parts["general"], parts["medical"]
     x = volume.movedim(axis, 0)[None, None]  # the view's slices first: (1, 1, K, P, Q)
@@ -109,8 +109,7 @@ def _view_probabilities(parts: dict, volume, config, axis: int, keep_general: bo
     def branches(window):
         s = to_square(window[0, 0], config.image_size)
         with torch.autocast(s.device.type, dtype=dtype, enabled=dtype is not None):
-            probs_g = torch.softmax(parts["decoder_g"](slab_features(general, s)), 1)
-            logits_m = parts["ap"](slab_features(medical, s), probs_g if config.use_prompt else None)
+            _, probs_g, logits_m = branch_logits(parts, s, config.use_prompt)
         final = from_square(torch.softmax(logits_m.float(), 1)[0], shape)[None]
         return (from_square(probs_g[0].float(), shape)[None], final) if keep_general else final
 

@@ -39,7 +39,8 @@ from .loop import Hook, Loop, StepOutput, starting_point
 
 # the settings that shape the networks (or what they were trained to see): a fine-tuned run keeps its init's
 ARCHITECTURE = (
-    "decoder_width", "use_prompt", "prompt_residual", "use_dskd", "slab", "image_size", "norm_statistics", "views"
+    "decoder_width", "use_prompt", "prompt_residual", "full_resolution", "use_dskd", "slab", "image_size",
+    "norm_statistics", "views",
 )  # fmt: skip
 
 
@@ -392,7 +393,7 @@ class _CotrainStep:
     def __call__(self, index: int, gen) -> StepOutput:
         import torch
 
-        from ..models.segmentation import slab_features
+        from ..models.segmentation import branch_logits
 
         kind, i, x, y = self._slab(index, gen)
         c, parts = self.config, self.parts
@@ -403,9 +404,7 @@ class _CotrainStep:
             ys, loss_fn = shares_to_square(y, c.image_size)[None].to(self.device), self.shares_loss
         else:
             ys, loss_fn = labels_to_square(y, c.image_size)[None, None].to(self.device), self.labels_loss
-        logits_g = parts["decoder_g"](slab_features(parts["general"], xs))
-        probs_g = torch.softmax(logits_g, 1)
-        logits_m = parts["ap"](slab_features(parts["medical"], xs), probs_g.detach() if c.use_prompt else None)
+        logits_g, probs_g, logits_m = branch_logits(parts, xs, c.use_prompt)
         loss_g, loss_m = loss_fn(logits_g, ys), loss_fn(logits_m, ys)
         loss = (loss_g + loss_m) * (c.pseudo_weight if kind == "pseudo" else 1.0)
         terms = {"general": float(loss_g.detach()), "medical": float(loss_m.detach())}
