@@ -195,7 +195,6 @@ def cmd_train_registration(args: argparse.Namespace) -> int:
             "smooth_weight": args.smooth_weight,
             "checkpoint_every": args.checkpoint_every,
             "amp": args.amp,
-            "full_resolution": args.full_resolution or None,
         }.items()
         if v is not None
     }
