@@ -250,11 +250,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    for flag, key in (
-        ("no_ema", "use_mutual_ema"),
-        ("no_prompt", "use_prompt"),
-        ("no_dskd", "use_dskd"),
-    ):
+    for flag, key in (("no_ema", "use_mutual_ema"), ("no_prompt", "use_prompt"), ("no_dskd", "use_dskd")):
         if getattr(args, flag):
             settings[key] = False
     task, labelled = _few_shot_task(args)
