@@ -203,17 +203,15 @@ def test_ablation_switches_remove_their_component(setup, monkeypatch):
 def test_the_full_resolution_correction_trains_saves_and_is_a_cli_switch(setup, monkeypatch):
     from napari_rrl_medsam import api
     from napari_rrl_medsam.cli import main
+    from napari_rrl_medsam.core.engines import cotrain
 
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "f.pt", encoder, cfg(full_resolution=True)))
     model = SegmentationModel.load(tmp / "f.pt", device="cpu", precision="float32")
     assert model.config.full_resolution
-    for name in ("decoder_g", "ap"):
-        stage = model.parts[name].full if name == "decoder_g" else model.parts[name].decoder.full
+    for stage in (model.parts["decoder_g"].full, model.parts["ap"].decoder.full):
         assert stage.net[-1].weight.abs().sum() > 0  # started at zero, trained
     assert model.segment(targets[0]).labels.shape == targets[0].shape
-    from napari_rrl_medsam.core.engines import cotrain
-
     plain = cotrain.build_parts(cfg(), TINY, 3)  # the switch off (the default): no stage at all
     assert plain["decoder_g"].full is None and plain["ap"].decoder.full is None
     seen = []

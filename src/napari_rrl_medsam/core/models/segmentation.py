@@ -9,8 +9,7 @@
 Slices keep their own resolution through the 2D encoder; 3D convolutions (kernel 3 across slices) mix
 neighbouring slices, upsampling is in-plane only. With `full_resolution` each decoder adds to its logits (from
 stride 2, upsampled) a correction computed at the slices' own resolution from the image itself (the encoder's
-first level is at stride 2). Inputs and outputs live in the encoder's square slice space
-(S x S per slice).
+first level is at stride 2). Inputs and outputs live in the encoder's square slice space (S x S per slice).
 
 `SegmentationSpec` (core/configs.py) holds what shapes the decoders and how the model sees a volume (slab, slice
 size, batch-norm statistics); `build_segmentation(spec, ...)` makes the four parts, for inference and training
