@@ -111,6 +111,7 @@ def test_settings_are_coerced_or_refused_when_given():
         ({"atlas_probability": 1.5}, "between 0 and 1"),
         ({"lr": float("nan")}, "finite"),
         ({"use_prompt": "no"}, "must be a bool"),
+        ({"image_size": 127}, "image_size must be even"),
     ):
         with pytest.raises(InputError, match=match):
             CotrainConfig(**bad)

@@ -75,6 +75,11 @@ def test_a_full_resolution_stage_starts_as_the_decoder_without_it_then_sees_the_
     with torch.no_grad():
         change = (full(feats, image=edited) - out_a).abs().amax(1)[0]  # (K, S, S)
     assert change[2, 10, 10] > 0 and change[[0, 1, 3]].sum() == 0  # the other slices untouched
+    with torch.no_grad():  # one pixel per logit: the 4 pixels of one stride-2 position get their own values
+        dot = torch.zeros(1, 1, 1, 8, 8)
+        dot[..., 2, 2] = 1.0
+        cell = full.full(torch.zeros(1, 8, 1, 4, 4), dot)[0, :, 0, 2:4, 2:4].reshape(3, 4)
+    assert cell.shape == (3, 4) and len({tuple(v.tolist()) for v in cell.T}) == 4
     with pytest.raises(ValueError, match="image"):
         full(feats)
     ap = APDecoder(CFG.channels, 3, 8, full_resolution=True).eval()

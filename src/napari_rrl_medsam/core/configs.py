@@ -163,6 +163,8 @@ class SegmentationSpec:
     def __post_init__(self) -> None:
         check_settings(self)
         view_axes(self.views)
+        if self.image_size % 2:  # the decoders' logits come from half the slice's side, upsampled by 2
+            raise InputError(f"image_size must be even, not {self.image_size}: use {self.image_size + 1}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
