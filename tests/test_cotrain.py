@@ -222,6 +222,45 @@ def test_the_full_resolution_correction_trains_saves_and_is_a_cli_switch(setup, 
     assert main(cli) == 0 and "full_resolution" not in seen[-1]  # not given: the recipe's (off)
 
 
+def test_mirroring_flips_half_the_slabs_left_right_and_exchanges_left_and_right_labels(setup, monkeypatch):
+    from napari_rrl_medsam.cli import main
+    from napari_rrl_medsam.core.engines import cotrain as engine
+
+    tmp, atlas, atlas_labels, targets, registration, encoder = setup
+    with pytest.raises(InputError, match="mirror pairs"):
+        cfg(mirror="1-2")
+    seen = []
+    mirrored = engine._CotrainStep._mirrored
+
+    def recording(self, x, y, axis, gen):
+        out = mirrored(self, x, y, axis, gen)
+        seen.append((self.mirror[0], axis, x, y, *out))
+        return out
+
+    monkeypatch.setattr(engine._CotrainStep, "_mirrored", recording)
+    config = cfg(mirror="1:2", views="axial,sagittal", steps=16)
+    list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "m.pt", encoder, config))
+    flipped = 0
+    for lr, axis, x, y, x_out, y_out in seen:
+        assert lr == 0  # the working grid is RAS: voxel axis 0 runs left-right
+        dim = 0 if axis == lr else 1  # the (K, P, Q) slab of an axial view has left-right as P
+        if torch.equal(x_out, x):
+            assert torch.equal(y_out, y)
+            continue
+        flipped += 1
+        assert torch.equal(x_out, x.flip(dim))
+        swapped = torch.tensor([0, 2, 1])[y.flip(dim)]  # classes 1 and 2 (label values 1, 2) exchanged
+        assert torch.equal(y_out, swapped) and (y == 1).any()
+    assert 0 < flipped < len(seen) == 16
+    assert SegmentationModel.load(tmp / "m.pt", device="cpu").segment(targets[0]).labels.shape == targets[0].shape
+    configs = []
+    monkeypatch.setattr("napari_rrl_medsam.api.cotrain", lambda *a, config=None, **k: configs.append(config))
+    monkeypatch.setattr("napari_rrl_medsam.cli._few_shot_task", lambda args: (None, None))
+    cli = ["cotrain", str(tmp / "none.json"), "--registration", "r.pt"]
+    assert main([*cli, "--mirror", "freesurfer"]) == 0 and configs[-1]["mirror"] == "freesurfer"
+    assert main(cli) == 0 and "mirror" not in configs[-1]  # not given: the recipe's (off)
+
+
 def test_label_shares_switch_trains_on_partial_volumes(setup, monkeypatch):
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     import monai.losses
@@ -400,7 +439,7 @@ def test_views_cut_slabs_across_each_axis_and_prediction_averages_them(setup, mo
     config = cfg(views="coronal,axial", steps=8)
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "v.pt", encoder, config))
     axes = []
-    for data, kind, i, x, y in seen:  # each slab and its labels are the same slices of one view of the volume
+    for data, kind, i, axis, x, y in seen:  # each slab and its labels are the same slices of one view of the volume
         found = [
             (a, s)
             for a in (0, 1, 2)
@@ -408,8 +447,8 @@ def test_views_cut_slabs_across_each_axis_and_prediction_averages_them(setup, mo
             if torch.equal(x, data.images[i].movedim(a, 0)[s : s + 4])
             and torch.equal(y, data.targets[i].movedim(a, 0)[s : s + 4])
         ]
-        assert found, (kind, i)
-        axes.append(found[0][0])
+        assert found and found[0][0] == axis, (kind, i)
+        axes.append(axis)
     assert set(axes) == {1, 2}  # coronal and axial slabs, no sagittal ones
     assert engine.anatomy_ranges(np.pad(np.ones((2, 3, 4), int), ((1, 0), (0, 2), (3, 1)))) == ((1, 2), (0, 2), (3, 6))
     model = SegmentationModel.load(tmp / "v.pt", device="cpu")

@@ -142,7 +142,8 @@ def test_mirror_index_exchanges_each_pair_and_refuses_a_value_in_two_pairs():
     import numpy as np
 
     from napari_rrl_medsam.api import InputError
-    from napari_rrl_medsam.core.segmentation import FREESURFER_LEFT_RIGHT, mirror_index
+    from napari_rrl_medsam.core.configs import FREESURFER_LEFT_RIGHT
+    from napari_rrl_medsam.core.segmentation import mirror_index
 
     classes = [0, 2, 16, 41, 17, 53, 5]  # 44 (the partner of 5) is not among them: 5 stays itself
     assert mirror_index(FREESURFER_LEFT_RIGHT, classes).tolist() == [0, 3, 2, 1, 5, 4, 6]

@@ -247,6 +247,7 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
             "checkpoint_every": args.checkpoint_every,
             "amp": args.amp,
             "full_resolution": args.full_resolution or None,
+            "mirror": args.mirror,
         }.items()
         if v is not None
     }
@@ -271,16 +272,9 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
 
 def _mirror_pairs(text: str | None):
     """--mirror's value: "freesurfer" or left:right label pairs, "2:41,3:42"."""
-    from .api import FREESURFER_LEFT_RIGHT, InputError
+    from .api import mirror_pairs
 
-    if text is None or text.lower() == "freesurfer":
-        return None if text is None else FREESURFER_LEFT_RIGHT
-    try:
-        return [tuple(int(v) for v in pair.split(":")) for pair in text.split(",")]
-    except ValueError:
-        raise InputError(
-            f"--mirror takes 'freesurfer' or left:right label pairs such as 2:41,3:42, not {text!r}."
-        ) from None
+    return None if text is None else mirror_pairs(text)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -442,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decoders add a correction computed at full slice resolution from the image "
         "(a little more accurate, each step about 1.5x slower on a CPU)",
+    )
+    p.add_argument(
+        "--mirror",
+        metavar="PAIRS",
+        help="left-right mirroring of half the training slabs, left and right labels exchanged: 'freesurfer' "
+        "(aseg labels) or left:right label pairs, e.g. 2:41,3:42",
     )
     p.add_argument("--checkpoint-every", type=int, help="save the checkpoint every so many steps (default 25)")
     p.add_argument("--init", help="a co-trained checkpoint to fine-tune, e.g. with a fine-tuned --registration")

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checkpoint import load_checkpoint
-from ..core.configs import REFINE_STEPS, CotrainConfig, DistillConfig, RegistrationTrainConfig
+from ..core.configs import (
+    FREESURFER_LEFT_RIGHT,
+    REFINE_STEPS,
+    CotrainConfig,
+    DistillConfig,
+    RegistrationTrainConfig,
+    mirror_pairs,
+)
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.files import check_output, check_output_folder
@@ -32,7 +39,7 @@ from ..core.io import is_volume_path, load_volume, plan_outputs, save_volume, vo
 from ..core.metrics import Evaluation
 from ..core.metrics import evaluate as _evaluate
 from ..core.resample import normalise_intensity, reorient_canonical, resample, same_voxels, to_working, working_grid
-from ..core.segmentation import FREESURFER_LEFT_RIGHT, PRIOR_WEIGHT
+from ..core.segmentation import PRIOR_WEIGHT
 from ..core.task import Case, OneShotTask, add_labelled, labelled_set, load_task
 from ..core.volume import Grid, Kind, Volume
 from ..data.sample import sample_task
@@ -84,6 +91,7 @@ __all__ = [
     "load_model",
     "load_task",
     "load_volume",
+    "mirror_pairs",
     "normalise_intensity",
     "plan_outputs",
     "prompt_segment",

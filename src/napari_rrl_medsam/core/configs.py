@@ -106,6 +106,50 @@ class RegistrationSpec:
         return cls(**d)
 
 
+# FreeSurfer's left / right structure pairs (cerebral white matter, cortex, lateral and inferior lateral
+# ventricles, cerebellar white matter and cortex, thalamus, caudate, putamen, pallidum, hippocampus, amygdala,
+# accumbens, ventral DC, vessel, choroid plexus), for aseg-style labels: test-time mirroring
+# (`segment(mirror=FREESURFER_LEFT_RIGHT)`) and training-time mirroring (`CotrainConfig.mirror="freesurfer"`)
+FREESURFER_LEFT_RIGHT = (
+    (2, 41),
+    (3, 42),
+    (4, 43),
+    (5, 44),
+    (7, 46),
+    (8, 47),
+    (10, 49),
+    (11, 50),
+    (12, 51),
+    (13, 52),
+    (17, 53),
+    (18, 54),
+    (26, 58),
+    (28, 60),
+    (30, 62),
+    (31, 63),
+)
+
+
+def mirror_pairs(text: str) -> tuple[tuple[int, int], ...]:
+    """Left / right label pairs from their text: "freesurfer" (`FREESURFER_LEFT_RIGHT`), or left:right label
+    values, "2:41,3:42"; "" for none.
+
+    Args:
+        text: the pairs as the CLI's `--mirror` and `CotrainConfig.mirror` take them.
+    """
+    if not text.strip():
+        return ()
+    if text.strip().lower() == "freesurfer":
+        return FREESURFER_LEFT_RIGHT
+    try:
+        pairs = tuple(tuple(int(v) for v in pair.split(":")) for pair in text.split(","))
+    except ValueError:
+        pairs = ()
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise InputError(f"mirror pairs are 'freesurfer' or left:right label values such as 2:41,3:42, not {text!r}.")
+    return pairs  # type: ignore[return-value]
+
+
 # the working grid's voxel axis each view's slabs run along (the grid is RAS: 0 left-right, 1 posterior-anterior,
 # 2 inferior-superior)
 VIEW_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -223,6 +267,9 @@ class CotrainConfig(SegmentationSpec):
     # train on each class's share of each working-grid voxel (the native atlas labels' partial volumes, warped:
     # `warp.label_shares`) instead of one nearest label; synthetic pairs and fused self-training labels stay nearest
     label_shares: bool = False
+    # left-right mirroring of the training slabs ("" off; "freesurfer" or "2:41,3:42": `mirror_pairs`): half the
+    # slabs flipped along the working grid's left-right axis, left and right labels exchanged
+    mirror: str = ""
     consistency_weight: float = 0.0
     refine_steps: int = REFINE_STEPS  # instance optimisation when computing pseudo labels
     # with a `pseudo_model` (a co-trained model: a self-training round), the registration's share of the fused
@@ -237,6 +284,10 @@ class CotrainConfig(SegmentationSpec):
     # mixed precision: float16 (a gradient scaler) on CUDA, bfloat16 on a CPU that has it natively (1.5x faster
     # steps there, the same Dice); float32 on other CPUs
     amp: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        mirror_pairs(self.mirror)
 
     @staticmethod
     def legacy() -> dict:

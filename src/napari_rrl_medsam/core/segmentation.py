@@ -125,29 +125,6 @@ def left_right_axis(grid: Grid) -> int:
     return int(np.argmax(np.abs(grid.affine[0, :3])))
 
 
-# FreeSurfer's left / right structure pairs (cerebral white matter, cortex, lateral and inferior lateral
-# ventricles, cerebellar white matter and cortex, thalamus, caudate, putamen, pallidum, hippocampus, amygdala,
-# accumbens, ventral DC, vessel, choroid plexus): `segment(mirror=FREESURFER_LEFT_RIGHT)` for aseg-style labels
-FREESURFER_LEFT_RIGHT = (
-    (2, 41),
-    (3, 42),
-    (4, 43),
-    (5, 44),
-    (7, 46),
-    (8, 47),
-    (10, 49),
-    (11, 50),
-    (12, 51),
-    (13, 52),
-    (17, 53),
-    (18, 54),
-    (26, 58),
-    (28, 60),
-    (30, 62),
-    (31, 63),
-)
-
-
 def mirror_index(pairs: Sequence[tuple[int, int]], classes: list[int]) -> np.ndarray:
     """Class index -> the class index of its mirror structure, from (left, right) label-value pairs.
 

@@ -5,10 +5,11 @@ Pseudo labels are computed once at the start by the registration model (on the a
 Each step trains on a slab of `slab` consecutive slices (axial, or across an axis drawn from `views`) of one pair:
 the atlas with its true labels (probability `atlas_probability`), an exact synthetic pair (`synthetic_probability`:
 the atlas image and labels warped by one sampled field, the image restyled after an unlabelled volume;
-`core/synthetic.py`), or else an unlabelled volume with its pseudo labels (loss times `pseudo_weight`): general
-branch -> M_g (Dice + CE), medical branch with M_g (detached: a prompt is an input, as in SAM) as dense mask prompt
--> final mask (Dice + CE), optionally a consistency term between the branches. Ablations: `use_dskd=False`
-(random E_g), `use_mutual_ema=False`, `use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`.
+`core/synthetic.py`), or else an unlabelled volume with its pseudo labels (loss times `pseudo_weight`); with
+`mirror`, half the slabs are flipped left-right, left and right labels exchanged. General branch -> M_g (Dice +
+CE), medical branch with M_g (detached: a prompt is an input, as in SAM) as dense mask prompt -> final mask (Dice +
+CE), optionally a consistency term between the branches. Ablations: `use_dskd=False` (random E_g),
+`use_mutual_ema=False`, `use_prompt=False`, `synthetic_probability=0`, `intensity_augment=False`.
 Events carry previews: the current volume's pseudo labels and auto-prompt mask.
 """
 
@@ -22,13 +23,21 @@ import numpy as np
 
 from ..augment import intensity_augmentation, random_gamma, structure_contrast
 from ..checkpoint import check_same_task
-from ..configs import APPEARANCES, FIELD_MODES, VIEW_AXES, CotrainConfig, EncoderConfig, view_axes
+from ..configs import APPEARANCES, FIELD_MODES, VIEW_AXES, CotrainConfig, EncoderConfig, mirror_pairs, view_axes
 from ..device import training_dtype
 from ..errors import InputError
 from ..models.segmentation import build_segmentation, mutual_ema
 from ..registration import intensities
 from ..resample import foreground, resample
-from ..segmentation import KIND, labels_to_square, predict_probabilities, shares_to_square, to_square
+from ..segmentation import (
+    KIND,
+    labels_to_square,
+    left_right_axis,
+    mirror_index,
+    predict_probabilities,
+    shares_to_square,
+    to_square,
+)
 from ..synthetic import SyntheticPairs
 from ..task import label_indices, labelled_volumes
 from ..volume import Volume
@@ -182,7 +191,8 @@ def cotrain_engine(
     task = {"encoder_config": encoder_config.to_dict(), "classes": classes, "teacher": teacher,
             "grid": grid.to_dict(), "registration": registration.state, "pseudo_model": pseudo_source,
             "labelled": [image.name for image, _ in atlases]}  # fmt: skip
-    step = _CotrainStep(parts, data, config, device, task, process.rank)
+    mirror = (left_right_axis(grid), mirror_index(mirror_pairs(config.mirror), classes)) if config.mirror else None
+    step = _CotrainStep(parts, data, config, device, task, process.rank, mirror)
     hooks = [
         Hook(config.preview_every, step.preview, "preview"),
         Hook(config.validate_every if validation else 0, lambda _: step.validate(validation)),
@@ -322,10 +332,16 @@ class _CotrainStep:
     """One step on a slab of one pair (the atlas, an exact synthetic pair or an unlabelled volume with its pseudo
     labels): both branches' Dice + CE, the medical branch prompted by the general one's mask; and its preview."""
 
-    def __init__(self, parts: dict, data: _Data, config: CotrainConfig, device, task: dict, rank: int = 0) -> None:
+    def __init__(
+        self, parts: dict, data: _Data, config: CotrainConfig, device, task: dict, rank: int = 0, mirror=None
+    ) -> None:
+        """`mirror`: None, or (the working grid's left-right voxel axis, class index -> its mirror's:
+        `mirror_index`) to flip half the slabs left-right (`config.mirror`)."""
+        import torch
         from monai.losses import DiceCELoss
 
         self.parts, self.data, self.config, self.device, self.rank = parts, data, config, device, rank
+        self.mirror = None if mirror is None else (mirror[0], torch.as_tensor(mirror[1], dtype=torch.long))
         self.task = task  # the checkpoint's entries that do not change
         self.labels_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.shares_loss = DiceCELoss(softmax=True)  # the targets are class shares already
@@ -357,8 +373,8 @@ class _CotrainStep:
         return self.axes[int(torch.randint(len(self.axes), (1,), generator=gen))]
 
     def _slab(self, index: int, gen):
-        """(kind, volume index, (K, P, Q) image slab, its target: (K, P, Q) class indices or (C, K, P, Q) shares):
-        K slices across the view's axis."""
+        """(kind, volume index, the view's voxel axis, (K, P, Q) image slab, its target: (K, P, Q) class indices or
+        (C, K, P, Q) shares): K slices across the view's axis."""
         import torch
 
         kind, i = self._kind(gen)
@@ -372,12 +388,26 @@ class _CotrainStep:
                 [self.config.seed, index, self.rank] if self.rank else [self.config.seed, index]
             )
             x, y = (t.movedim(2, 0) for t in d.synthetic[i].sample(rng, start, min(slab, n)))
-            return kind, i, x, y
+            return kind, i, axis, x, y
         x = d.images[i].movedim(axis, 0)[start : start + slab]
         share = d.shares[i]
         if share is not None:
-            return kind, i, x, share.movedim(axis + 1, 1)[:, start : start + slab]
-        return kind, i, x, d.targets[i].movedim(axis, 0)[start : start + slab]
+            return kind, i, axis, x, share.movedim(axis + 1, 1)[:, start : start + slab]
+        return kind, i, axis, x, d.targets[i].movedim(axis, 0)[start : start + slab]
+
+    def _mirrored(self, x, y, axis: int, gen):
+        """The slab and its target flipped left-right with probability 1/2 (with `mirror`), left and right classes
+        exchanged: the mirror image of the volume, a plausible other subject with exact labels."""
+        import torch
+
+        if self.mirror is None or float(torch.rand(1, generator=gen)) >= 0.5:
+            return x, y
+        lr, swap = self.mirror
+        dim = 0 if lr == axis else 1 + [a for a in range(3) if a != axis].index(lr)  # in the (K, P, Q) slab
+        swap = swap.to(y.device)
+        if y.dim() == 4:  # class shares (C, K, P, Q)
+            return x.flip(dim), y.flip(dim + 1)[swap]
+        return x.flip(dim), swap[y.flip(dim).long()]
 
     def _augmented(self, x, gen):
         import torch
@@ -395,7 +425,8 @@ class _CotrainStep:
 
         from ..models.segmentation import branch_logits
 
-        kind, i, x, y = self._slab(index, gen)
+        kind, i, axis, x, y = self._slab(index, gen)
+        x, y = self._mirrored(x, y, axis, gen)
         c, parts = self.config, self.parts
         if c.structure_contrast > 0:
             x = structure_contrast(x, y, c.structure_contrast, gen)
