@@ -29,6 +29,21 @@ def setup(tmp_path_factory):
     return tmp, atlas, atlas_labels, targets, RegistrationModel.load(tmp / "reg.pt", device="cpu"), encoder
 
 
+def recorded(monkeypatch, name: str) -> list:
+    """The calls of `_CotrainStep.<name>` from now on, as (the step, its arguments, what it returned)."""
+    from napari_rrl_medsam.core.engines.cotrain import _CotrainStep
+
+    calls, method = [], getattr(_CotrainStep, name)
+
+    def recording(self, *args):
+        out = method(self, *args)
+        calls.append((self, args, out))
+        return out
+
+    monkeypatch.setattr(_CotrainStep, name, recording)
+    return calls
+
+
 def cfg(**kw):
     base = dict(
         steps=4, slab=4, image_size=32, decoder_width=8, checkpoint_every=100, preview_every=2, device="cpu", lr=3e-3
@@ -224,26 +239,17 @@ def test_the_full_resolution_correction_trains_saves_and_is_a_cli_switch(setup, 
 
 def test_mirroring_flips_half_the_slabs_left_right_and_exchanges_left_and_right_labels(setup, monkeypatch):
     from napari_rrl_medsam.cli import main
-    from napari_rrl_medsam.core.engines import cotrain as engine
 
     tmp, atlas, atlas_labels, targets, registration, encoder = setup
     with pytest.raises(InputError, match="mirror pairs"):
         cfg(mirror="1-2")
-    seen = []
-    mirrored = engine._CotrainStep._mirrored
-
-    def recording(self, x, y, axis, gen):
-        out = mirrored(self, x, y, axis, gen)
-        seen.append((self.mirror[0], axis, x, y, *out))
-        return out
-
-    monkeypatch.setattr(engine._CotrainStep, "_mirrored", recording)
+    seen = recorded(monkeypatch, "_mirrored")
     config = cfg(mirror="1:2", views="axial,sagittal", steps=16)
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "m.pt", encoder, config))
     flipped = 0
-    for lr, axis, x, y, x_out, y_out in seen:
-        assert lr == 0  # the working grid is RAS: voxel axis 0 runs left-right
-        dim = 0 if axis == lr else 1  # the (K, P, Q) slab of an axial view has left-right as P
+    for step, (x, y, axis, _), (x_out, y_out) in seen:
+        assert step.mirror[0] == 0  # the working grid is RAS: voxel axis 0 runs left-right
+        dim = 0 if axis == 0 else 1  # the (K, P, Q) slab of an axial view has left-right as P
         if torch.equal(x_out, x):
             assert torch.equal(y_out, y)
             continue
@@ -427,19 +433,12 @@ def test_views_cut_slabs_across_each_axis_and_prediction_averages_them(setup, mo
 
     with pytest.raises(InputError, match="views"):
         cfg(views="axial,oblique")
-    seen = []
-    slab = engine._CotrainStep._slab
-
-    def recording(self, index, gen):
-        out = slab(self, index, gen)
-        seen.append((self.data, *out))
-        return out
-
-    monkeypatch.setattr(engine._CotrainStep, "_slab", recording)
+    seen = recorded(monkeypatch, "_slab")
     config = cfg(views="coronal,axial", steps=8)
     list(cotrain_engine(atlas, atlas_labels, targets, registration, tmp / "v.pt", encoder, config))
     axes = []
-    for data, kind, i, axis, x, y in seen:  # each slab and its labels are the same slices of one view of the volume
+    for step, _, (kind, i, axis, x, y) in seen:  # each slab and its labels: the same slices of one view of the volume
+        data = step.data
         found = [
             (a, s)
             for a in (0, 1, 2)

@@ -182,8 +182,8 @@ class SegmentationSpec:
         use_prompt: the AP decoder takes the general branch's mask as a prompt (False: the ablation).
         prompt_residual: AP logits + log M_g: the AP decoder corrects the prompt (see `APDecoder`).
         full_resolution: each decoder's logits (from half resolution, upsampled) get a correction computed at
-            the slices' own resolution from the image (`FullResolutionStage`): measured +0.004 mean Dice (real01
-            +0.010) on the OASIS-like benchmark in fewer steps, but each CPU step costs about 1.5x (off by default).
+            the slices' own resolution from the image (`FullResolutionStage`): measured +0.002 to +0.004 mean Dice
+            (two seeds) on the OASIS-like benchmark in fewer steps, but each CPU step costs about 1.4x (off by default).
         norm_statistics: prediction's batch norm: "slab" = each slab's own statistics, as in training (+0.017
             Dice measured), or "running" = the running averages (the usual eval mode).
         slab_overlap: prediction: consecutive slabs overlap by this fraction, probabilities averaged (+0.003
