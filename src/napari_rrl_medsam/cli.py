@@ -270,21 +270,14 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mirror_pairs(text: str | None):
-    """--mirror's value: "freesurfer" or left:right label pairs, "2:41,3:42"."""
-    from .api import mirror_pairs
-
-    return None if text is None else mirror_pairs(text)
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .api import InputError, load_volume, segment_batch
+    from .api import InputError, load_volume, mirror_pairs, segment_batch
 
     if (args.atlas_image is None) != (args.atlas_labels is None):
         raise InputError("a registration prior needs both --atlas-image and --atlas-labels (or neither).")
     if args.labelled and args.atlas_image is None:
         raise InputError("--labelled fuses into the registration prior: give --atlas-image and --atlas-labels too.")
-    mirror = _mirror_pairs(args.mirror)
+    mirror = None if args.mirror is None else mirror_pairs(args.mirror)
     atlas = (
         None
         if args.atlas_image is None
@@ -435,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-resolution",
         action="store_true",
         help="decoders add a correction computed at full slice resolution from the image "
-        "(a little more accurate, each step about 1.5x slower on a CPU)",
+        "(a little more accurate, each step about 1.4x slower on a CPU)",
     )
     p.add_argument(
         "--mirror",

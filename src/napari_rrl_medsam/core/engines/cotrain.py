@@ -191,7 +191,8 @@ def cotrain_engine(
     task = {"encoder_config": encoder_config.to_dict(), "classes": classes, "teacher": teacher,
             "grid": grid.to_dict(), "registration": registration.state, "pseudo_model": pseudo_source,
             "labelled": [image.name for image, _ in atlases]}  # fmt: skip
-    mirror = (left_right_axis(grid), mirror_index(mirror_pairs(config.mirror), classes)) if config.mirror else None
+    pairs = mirror_pairs(config.mirror)
+    mirror = (left_right_axis(grid), mirror_index(pairs, classes)) if pairs else None
     step = _CotrainStep(parts, data, config, device, task, process.rank, mirror)
     hooks = [
         Hook(config.preview_every, step.preview, "preview"),
