@@ -270,6 +270,18 @@ def cmd_cotrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_propagate(args: argparse.Namespace) -> int:
+    from .api import InputError, load_task, propagate_atlases
+
+    if bool(args.task) == bool(args.inputs):
+        raise InputError("give the unlabelled volumes either as files / folders or as --task, one of the two.")
+    volumes = load_task(args.task, check=False) if args.task else args.inputs
+    for name, segmented in propagate_atlases(args.model, volumes, args.out, args.overwrite):
+        print(f"{name}: {'segmented' if segmented else 'kept (already in the folder)'}")
+    print(f"wrote {args.out}: use it as 'segment --labelled {args.out}' with --atlas-image and --atlas-labels")
+    return 0
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .api import InputError, load_volume, mirror_pairs, segment_batch
 
@@ -474,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labelled",
         metavar="FOLDER",
-        help="a labelled set's folder: its volumes are registered too and all warped labels fused into the prior",
+        help="a labelled set's folder (or 'propagate''s): its volumes are registered too and all warped labels "
+        "fused into the prior",
     )
     p.add_argument(
         "--prior-weight", type=float, default=PRIOR_WEIGHT, help="weight of that prior (default: %(default)s)"
@@ -501,6 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(about 1.5x faster on such a CPU, the same Dice), else float32",
     )
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser(
+        "propagate",
+        help="propagated atlases: segment the unlabelled volumes with a co-trained model into a folder that "
+        "'segment --labelled' fuses into its registration prior",
+    )
+    p.add_argument("inputs", nargs="*", help="unlabelled volume files or folders of them")
+    p.add_argument("--task", help="or a dataset.json or task folder: its unlabelled volumes")
+    p.add_argument("--model", required=True, help="the co-trained model")
+    p.add_argument("--out", required=True, help="the folder (images/, labels/, propagated.json); a stopped run resumes")
+    p.add_argument("--overwrite", action="store_true", help="segment again the volumes already in --out")
+    p.set_defaults(func=cmd_propagate)
 
     p = sub.add_parser("info", help="print the geometry of volume files")
     p.add_argument("paths", nargs="+")

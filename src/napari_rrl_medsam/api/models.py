@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.propagation import is_propagated
 from ..core.registration import REFINE_STEPS
 from ..core.segmentation import PRIOR_WEIGHT
 from ..core.volume import Volume
@@ -142,9 +144,10 @@ def segment(
             registration warps the atlas labels onto `volume` (`refine_steps` instance optimisation steps) and
             they are the `prior`; `.registration` then holds that `register` result.
         refine_steps: for `atlas`.
-        labelled: with `atlas`, further labelled volumes ((image, labels) pairs, `Case`s or a labelled set's
-            folder): all are registered onto `volume` and their warped labels fused (`register_atlases`, local
-            vote) into the prior; `.registration` then holds the `register_atlases` result.
+        labelled: with `atlas`, further labelled volumes ((image, labels) pairs, `Case`s, a labelled set's
+            folder or `propagate_atlases`' folder): all are registered onto `volume` and their warped labels fused
+            (`register_atlases`, local vote) into the prior; `.registration` then holds the `register_atlases`
+            result.
         auto_prompt: also the auto-prompt mask on the native grid (False: `.auto_prompt` is None; faster).
     """
     if isinstance(model, (str, Path)):
@@ -160,7 +163,11 @@ def segment(
         raise InputError("labelled volumes fuse into the registration prior with the atlas: give atlas= too.")
     volume = as_volume(volume)
     if atlas is not None and labelled:
-        registered = register_atlases(model, [atlas, *labelled_pairs(labelled)], volume, refine_steps=refine_steps)
+        with warnings.catch_warnings():
+            if is_propagated(labelled):  # a model's predictions lack what it never predicts (a tiny structure)
+                warnings.filterwarnings("ignore", message=".* lacks labels")
+            pairs = [atlas, *labelled_pairs(labelled)]
+            registered = register_atlases(model, pairs, volume, refine_steps=refine_steps)
         prior = registered.labels
     elif atlas is not None:
         registered = register(model, atlas, volume, refine_steps)
@@ -172,6 +179,43 @@ def segment(
     )
     result.registration = registered
     return result
+
+
+def propagate_atlases(model, volumes, out: str | Path, overwrite: bool = False) -> Iterator[tuple[str, bool]]:
+    """Propagated atlases: segment the unlabelled volumes with a co-trained model and keep each (image, labels) in
+    `out`, the labelled set's layout marked as predictions. `segment(model, scan, atlas=..., labelled=out)` then
+    registers the atlas AND these onto the scan and fuses them by local vote into its prior: a far better prior
+    than the atlas alone (docs/benchmarks.md), at one registration per volume in `out`. Training refuses the
+    folder as labelled volumes: its labels are the model's own. Yields (name, segmented now) per volume; a
+    stopped run resumes (volumes already in `out` are kept unless `overwrite`).
+
+    Args:
+        model: a co-trained model (`load_model`) or its file.
+        volumes: the unlabelled volumes (volumes, files or folders of them) or a task (its unlabelled volumes);
+            those the model was trained on are the natural choice.
+        out: the folder.
+        overwrite: segment again the volumes already in `out`.
+    """
+    from ..core.propagation import propagate
+    from ..core.task import OneShotTask
+
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    if not hasattr(model, "segment"):
+        raise InputError("propagated atlases are a co-trained model's segmentations: give one (api.cotrain).")
+    if isinstance(volumes, OneShotTask):
+        volumes = [case.image for case in volumes.unlabelled]
+    paths = [p for item in volumes for p in _volume_items(item)]
+    if not paths:
+        raise InputError("no volumes to propagate to: give the unlabelled volumes (files, folders or a task).")
+    yield from propagate(model, [as_volume(p) for p in paths], out, overwrite)
+
+
+def _volume_items(item) -> list:
+    """A folder's volume files, or the item itself (a volume or a file)."""
+    from ..core.io import volume_files
+
+    return volume_files(item) if isinstance(item, (str, Path)) and Path(item).is_dir() else [item]
 
 
 def segment_batch(
@@ -207,10 +251,10 @@ def segment_batch(
 
     from ..core.batch import process_share, read_ahead
     from ..core.device import process_device
-    from ..core.io import load_volume, plan_outputs, save_volume, volume_files
+    from ..core.io import load_volume, plan_outputs, save_volume
     from ..core.volume import volume_id
 
-    paths = [p for item in inputs for p in (volume_files(item) if Path(item).is_dir() else [Path(item)])]
+    paths = [Path(p) for item in inputs for p in _volume_items(item)]
     if not paths:
         raise InputError(f"no volume files (.nii.gz, .nii, .tif, .tiff) in {', '.join(map(str, inputs))}.")
     endings = ("_labels.nii.gz", "_auto_prompt.nii.gz") if auto_prompt else ("_labels.nii.gz",)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.io import load_volume
+from ..core.propagation import check_true_labels
 from ..core.task import Case, OneShotTask, check_labels, labelled_set, load_task
 from ..core.volume import Volume
 
@@ -62,6 +63,7 @@ def training_volumes(
         labelled: further labelled volumes: (image, labels) pairs or `Case`s, or a labelled set's folder
             (`add_labelled`).
     """
+    check_true_labels(labelled)
     more = labelled_pairs(labelled)
     if task is not None:
         if atlas is not None or unlabelled:

@@ -1,0 +1,102 @@
+"""Propagated atlases: a co-trained model's segmentations of the unlabelled volumes, kept as pseudo-labelled atlases
+for the registration prior.
+
+One labelled volume registers onto a new scan with one set of mistakes. The model's own labels of the unlabelled
+training volumes are atlases of other anatomies: registered onto the new scan as well and fused by the locally
+weighted vote (`core/fusion.py`), they give a far better prior than the atlas alone (label propagation through
+intermediate images, as in LEAP: Wolz et al., NeuroImage 2010). A folder of them has the labelled set's layout
+(`images/`, `labels/`; `task.add_labelled`), so every face that takes a labelled set for the prior takes it, plus
+a marker file: these labels are predictions, and training refuses them as a labelled set (`check_true_labels`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .errors import InputError
+from .volume import Volume, volume_id
+
+MARKER = "propagated.json"
+
+
+def is_propagated(folder) -> bool:
+    """Whether `folder` holds propagated atlases (its marker file), not a labelled set of true labels."""
+    return isinstance(folder, (str, Path)) and (Path(folder) / MARKER).is_file()
+
+
+def check_true_labels(labelled) -> None:
+    """Refuse a folder of propagated atlases where labels must be true (training, continuing a run).
+
+    Args:
+        labelled: what a training function was given as its labelled volumes.
+    """
+    if is_propagated(labelled):
+        raise InputError(
+            f"{labelled} holds propagated atlases (the model's own predictions, {MARKER}), not corrected labels: "
+            "use it for the registration prior (segment with labelled=...), and train with a labelled set of "
+            "corrected volumes."
+        )
+
+
+def volume_names(volumes: Sequence[Volume]) -> list[str]:
+    """Each volume's name in the folder: its file's name (`volume_id`), else `volume<i>`; duplicates refused."""
+    names = [volume_id(v.path) if v.path is not None else f"volume{i}" for i, v in enumerate(volumes)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"several volumes are named {', '.join(repeated)}: propagated atlases need distinct names.")
+    return names
+
+
+def _mark(folder: Path, classes: list[int], source: str) -> None:
+    """Write the marker (atomically), or check an existing one's label table against the model's."""
+    from .files import atomic_write
+
+    marker = folder / MARKER
+    if marker.is_file():
+        known = json.loads(marker.read_text()).get("classes")
+        if known != classes:
+            raise InputError(
+                f"{folder} holds propagated atlases of a model with labels {known}, not {classes}: choose a new folder."
+            )
+        return
+    if (folder / "labels").is_dir() and any((folder / "labels").iterdir()):
+        raise InputError(
+            f"{folder} is a labelled set of corrected volumes: propagated atlases go to a folder of their own."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"kind": "propagated atlases", "model": source, "classes": classes}, indent=1)
+    atomic_write(marker, lambda tmp: Path(tmp).write_text(text))
+
+
+def propagate(model, volumes: Sequence[Volume], folder, overwrite: bool = False) -> Iterator[tuple[str, bool]]:
+    """Segment each volume with `model` and keep (image, labels) in `folder` as a propagated atlas. Volumes already
+    there are left as they are (a stopped run resumes) unless `overwrite`. Yields (name, whether it was segmented
+    now) per volume, after its files are written (atomically).
+
+    Args:
+        model: a co-trained `SegmentationModel`.
+        volumes: the unlabelled volumes (those it was trained on; any scans of the same anatomy).
+        folder: the output folder (created; marked as propagated atlases).
+        overwrite: segment and replace volumes that are already there.
+    """
+    from .files import check_output
+    from .io import save_volume
+
+    folder = Path(folder)
+    names = volume_names(volumes)
+    paths = [(folder / "images" / f"{n}.nii.gz", folder / "labels" / f"{n}.nii.gz") for n in names]
+    _mark(folder, [int(c) for c in model.classes], model.source)
+    for pair in paths:  # every output checked before the first volume is segmented
+        for path in pair:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            check_output(path, overwrite=True)
+    for volume, name, (image_path, labels_path) in zip(volumes, names, paths):
+        if image_path.exists() and labels_path.exists() and not overwrite:
+            yield name, False
+            continue
+        labels = model.segment(volume, auto_prompt=False).labels
+        save_volume(volume, image_path, overwrite=True)
+        save_volume(labels, labels_path, overwrite=True)
+        yield name, True

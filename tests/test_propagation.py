@@ -1,0 +1,113 @@
+"""Propagated atlases: a co-trained model's segmentations of the unlabelled volumes kept in a marked folder, fused
+into the registration prior, resumable, never taken for true labels. Tiny volumes and models."""
+
+import warnings
+
+import numpy as np
+import pytest
+from test_cotrain import TINY, cfg
+from test_few_shot import volumes
+from test_registration import config as reg_config
+
+from napari_rrl_medsam import api
+from napari_rrl_medsam.api import InputError
+from napari_rrl_medsam.api.volumes import training_volumes
+from napari_rrl_medsam.core.engines.cotrain import cotrain_engine
+from napari_rrl_medsam.core.engines.register import registration_engine
+from napari_rrl_medsam.core.io import save_volume
+from napari_rrl_medsam.core.models.encoder import LightEncoder
+from napari_rrl_medsam.core.propagation import MARKER
+from napari_rrl_medsam.core.registration import RegistrationModel
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny co-trained model, its atlas and its two unlabelled volumes written as files."""
+    root = tmp_path_factory.mktemp("propagation")
+    (atlas, labels), _, targets = volumes()
+    list(registration_engine(atlas, labels, targets, root / "r.pt", config=reg_config(steps=2)))
+    registration = RegistrationModel.load(root / "r.pt", device="cpu")
+    list(cotrain_engine(atlas, labels, targets, registration, root / "m.pt", LightEncoder(TINY), cfg(steps=2)))
+    files = [save_volume(t, root / "unlabelled" / f"u{i}.nii.gz") for i, t in enumerate(targets)]
+    return api.load_model(root / "m.pt", "cpu"), (atlas, labels), files, root
+
+
+def test_propagated_atlases_are_the_models_labels_of_each_volume_in_a_marked_labelled_set(trained, tmp_path):
+    model, _, files, root = trained
+    out = tmp_path / "propagated"
+    assert list(api.propagate_atlases(model, [root / "unlabelled"], out)) == [("u0", True), ("u1", True)]
+    assert (out / MARKER).is_file()
+    for path in files:
+        image = api.load_volume(out / "images" / path.name)
+        labels = api.load_volume(out / "labels" / path.name, kind="labels")
+        source = api.load_volume(path)
+        assert np.allclose(image.affine, source.affine) and np.array_equal(image.array, source.array)
+        assert np.array_equal(labels.array, model.segment(source, auto_prompt=False).labels.array)
+    assert [case.id for case in api.labelled_set(out)] == ["u0", "u1"]
+
+
+def test_a_stopped_propagation_resumes_and_keeps_what_is_done(trained, tmp_path):
+    model, _, files, _ = trained
+    out = tmp_path / "propagated"
+    list(api.propagate_atlases(model, files, out))
+    kept = (out / "labels" / "u0.nii.gz").stat().st_mtime_ns
+    (out / "labels" / "u1.nii.gz").unlink()  # stopped after u1's image was written
+    assert list(api.propagate_atlases(model, files, out)) == [("u0", False), ("u1", True)]
+    assert (out / "labels" / "u0.nii.gz").stat().st_mtime_ns == kept
+    assert list(api.propagate_atlases(model, files, out, overwrite=True)) == [("u0", True), ("u1", True)]
+
+
+def test_training_refuses_propagated_atlases_as_labelled_volumes(trained, tmp_path):
+    model, (atlas, labels), files, _ = trained
+    out = tmp_path / "propagated"
+    list(api.propagate_atlases(model, files, out))
+    with pytest.raises(InputError, match="propagated atlases .* not corrected labels"):
+        training_volumes(None, (atlas, labels), files, labelled=out)
+
+
+def test_propagation_refuses_a_labelled_set_and_another_models_folder(trained, tmp_path):
+    model, (atlas, labels), files, _ = trained
+    corrected = tmp_path / "labelled"
+    api.add_labelled(corrected, atlas, labels, "atlas")
+    with pytest.raises(InputError, match="labelled set of corrected volumes"):
+        list(api.propagate_atlases(model, files, corrected))
+    out = tmp_path / "propagated"
+    list(api.propagate_atlases(model, files[:1], out))
+    (out / MARKER).write_text('{"classes": [0, 1, 2, 3]}')
+    with pytest.raises(InputError, match="labels \\[0, 1, 2, 3\\], not \\[0, 1, 2\\]"):
+        list(api.propagate_atlases(model, files, out))
+    with pytest.raises(InputError, match="co-trained model"):
+        list(api.propagate_atlases(model.registration, files, tmp_path / "other"))
+
+
+def test_segment_fuses_the_atlas_and_the_propagated_atlases_into_its_prior(trained, tmp_path):
+    model, (atlas, labels), files, _ = trained
+    out = tmp_path / "propagated"
+    list(api.propagate_atlases(model, files, out))
+    lacking = api.load_volume(out / "labels" / "u0.nii.gz", kind="labels")  # a model that never predicts 2 there
+    save_volume(lacking.with_array(np.where(lacking.array == 2, 1, lacking.array)), lacking.path, overwrite=True)
+    target = api.load_volume(files[1])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".* lacks labels")  # a prediction is not the user's to correct
+        result = api.segment(model, target, atlas=(atlas, labels), labelled=out, refine_steps=0)
+    assert len(result.registration.results) == 3  # the atlas and both propagated atlases
+    assert result.labels.array.shape == target.array.shape and np.allclose(result.labels.affine, target.affine)
+    (out / MARKER).unlink()  # the same folder as a labelled set of corrections: the missing structure is worth a word
+    with pytest.warns(UserWarning, match="u0 lacks labels \\[2\\]"):
+        api.segment(model, target, atlas=(atlas, labels), labelled=out, refine_steps=0)
+
+
+def test_the_cli_propagates_and_segments_with_the_propagated_prior(trained, tmp_path, capsys):
+    from napari_rrl_medsam.cli import main
+
+    model, (atlas, labels), files, root = trained
+    out = tmp_path / "propagated"
+    assert main(["propagate", str(root / "unlabelled"), "--model", str(root / "m.pt"), "--out", str(out)]) == 0
+    assert "u1: segmented" in capsys.readouterr().out
+    atlas_files = [save_volume(v, tmp_path / f"atlas_{k}.nii.gz") for k, v in (("image", atlas), ("labels", labels))]
+    args = ["segment", str(files[0]), "--model", str(root / "m.pt"), "--out", str(tmp_path / "seg")]
+    args += ["--atlas-image", str(atlas_files[0]), "--atlas-labels", str(atlas_files[1]), "--labelled", str(out)]
+    assert main([*args, "--refine-steps", "0", "--device", "cpu"]) == 0
+    assert (tmp_path / "seg" / "u0_labels.nii.gz").is_file()
+    assert main(["propagate", str(files[0]), "--task", str(root), "--model", str(root / "m.pt"), "--out", "x"]) == 2
+    assert "one of the two" in capsys.readouterr().err
