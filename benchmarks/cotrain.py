@@ -9,7 +9,10 @@ network from training/registration.json (with cotrain.json's `registration_setti
 if the runs folder has none. A row with "pseudo_model" (a checkpoint in the runs folder, trained first by its own
 row) is a self-training row: its pseudo labels fuse that model's predictions with the registration's.
 Training time is the co-training steps' own time, which each checkpoint accumulates over its runs; the pseudo
-labels (computed once, shared by all rows) are timed apart.
+labels (computed once, shared by all rows) are timed apart. Rows in --propagated-rows are also scored with the
+propagated atlases' prior: the model segments the task's unlabelled volumes into `<checkpoint>_propagated/`
+(`api.propagate_atlases`), and each validation volume is segmented with the atlas and those registered onto it and
+fused (local vote) as its prior; the fused registration alone is a row too.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_rrl_medsam.api import cotrain, evaluate, load_model, load_task, segment, train_registration
+from napari_rrl_medsam.api import (
+    cotrain,
+    evaluate,
+    load_model,
+    load_task,
+    propagate_atlases,
+    segment,
+    train_registration,
+)
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
 
 HERE = Path(__file__).parent
@@ -59,6 +70,12 @@ def main() -> None:
         nargs="*",
         default=["full"],
         help="rows also scored with the registration prior (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--propagated-rows",
+        nargs="*",
+        default=["full"],
+        help="rows also scored with the propagated atlases' prior (default: %(default)s)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,6 +113,29 @@ def main() -> None:
             + (f"{train_s:.0f}" if train_s else "-")
             + f" | {per:.1f} |"
         )
+
+    def propagated_rows(name: str, model, folder: Path, train_s) -> None:
+        """The model's propagated atlases (made once, kept in `folder`): their fused registration alone, and the
+        model with it as its prior."""
+        t = time.perf_counter()
+        for _ in propagate_atlases(model, task, folder):
+            pass
+        made = time.perf_counter() - t
+        print(f"propagated atlases of {len(task.unlabelled)} volumes: {made:.0f} s")
+        t = time.perf_counter()
+        segmented = [
+            segment(model, img, atlas=(atlas, atlas_labels), labelled=folder, prior_weight=args.prior_weight)
+            for img, _ in validation
+        ]
+        per = (time.perf_counter() - t) / len(validation)
+        alone = f"{name}: propagated atlases alone (the atlas + {len(task.unlabelled)}, local vote)"
+        prior = f"{name} + propagated atlases prior (weight {args.prior_weight})"
+        truths = [truth for _, truth in validation]
+        fused = [r.registration.labels for r in segmented]
+        for key, labels in ((alone, fused), (prior, [r.labels for r in segmented])):
+            reports = [evaluate(lab, truth, task.eval_labels, hd95=False) for lab, truth in zip(labels, truths)]
+            results[key] = (reports, train_s, per)
+            print(row(key), flush=True)
 
     t = time.perf_counter()
     warped = [registration.register(atlas, atlas_labels, img, refine).warped_labels for img, _ in validation]
@@ -152,6 +192,8 @@ def main() -> None:
             fused_name = f"{name} + registration prior (weight {args.prior_weight})"
             results[fused_name] = (fused, train_s, (time.perf_counter() - t) / len(validation) + per_reg)
             print(row(fused_name), flush=True)
+        if ablation in args.propagated_rows:
+            propagated_rows(name, model, out.with_name(f"{out.stem}_propagated"), train_s)
     print("\n| method | " + " | ".join(c.id for c in task.evaluation) + " | mean | training s | s per volume |")
     print("|---|" + "---|" * (len(validation) + 3))
     for name in results:

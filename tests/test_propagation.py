@@ -16,8 +16,8 @@ from napari_rrl_medsam.core.engines.cotrain import cotrain_engine
 from napari_rrl_medsam.core.engines.register import registration_engine
 from napari_rrl_medsam.core.io import save_volume
 from napari_rrl_medsam.core.models.encoder import LightEncoder
-from napari_rrl_medsam.core.propagation import MARKER
 from napari_rrl_medsam.core.registration import RegistrationModel
+from napari_rrl_medsam.core.task import PROPAGATED
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_propagated_atlases_are_the_models_labels_of_each_volume_in_a_marked_lab
     model, _, files, root = trained
     out = tmp_path / "propagated"
     assert list(api.propagate_atlases(model, [root / "unlabelled"], out)) == [("u0", True), ("u1", True)]
-    assert (out / MARKER).is_file()
+    assert (out / PROPAGATED).is_file()
     for path in files:
         image = api.load_volume(out / "images" / path.name)
         labels = api.load_volume(out / "labels" / path.name, kind="labels")
@@ -57,12 +57,14 @@ def test_a_stopped_propagation_resumes_and_keeps_what_is_done(trained, tmp_path)
     assert list(api.propagate_atlases(model, files, out, overwrite=True)) == [("u0", True), ("u1", True)]
 
 
-def test_training_refuses_propagated_atlases_as_labelled_volumes(trained, tmp_path):
+def test_training_and_corrections_refuse_a_folder_of_propagated_atlases(trained, tmp_path):
     model, (atlas, labels), files, _ = trained
     out = tmp_path / "propagated"
     list(api.propagate_atlases(model, files, out))
     with pytest.raises(InputError, match="propagated atlases .* not corrected labels"):
         training_volumes(None, (atlas, labels), files, labelled=out)
+    with pytest.raises(InputError, match="add corrected volumes to a labelled set of their own"):
+        api.add_labelled(out, atlas, labels, "atlas")  # the correction widget's 'Add to labelled set'
 
 
 def test_propagation_refuses_a_labelled_set_and_another_models_folder(trained, tmp_path):
@@ -73,7 +75,7 @@ def test_propagation_refuses_a_labelled_set_and_another_models_folder(trained, t
         list(api.propagate_atlases(model, files, corrected))
     out = tmp_path / "propagated"
     list(api.propagate_atlases(model, files[:1], out))
-    (out / MARKER).write_text('{"classes": [0, 1, 2, 3]}')
+    (out / PROPAGATED).write_text('{"classes": [0, 1, 2, 3]}')
     with pytest.raises(InputError, match="labels \\[0, 1, 2, 3\\], not \\[0, 1, 2\\]"):
         list(api.propagate_atlases(model, files, out))
     with pytest.raises(InputError, match="co-trained model"):
@@ -92,7 +94,7 @@ def test_segment_fuses_the_atlas_and_the_propagated_atlases_into_its_prior(train
         result = api.segment(model, target, atlas=(atlas, labels), labelled=out, refine_steps=0)
     assert len(result.registration.results) == 3  # the atlas and both propagated atlases
     assert result.labels.array.shape == target.array.shape and np.allclose(result.labels.affine, target.affine)
-    (out / MARKER).unlink()  # the same folder as a labelled set of corrections: the missing structure is worth a word
+    (out / PROPAGATED).unlink()  # the same folder as a labelled set of corrections: a missing structure is news
     with pytest.warns(UserWarning, match="u0 lacks labels \\[2\\]"):
         api.segment(model, target, atlas=(atlas, labels), labelled=out, refine_steps=0)
 

@@ -456,7 +456,7 @@ def test_register_with_a_labelled_set_fuses_every_labelled_volume(make_napari_vi
     assert agree(fused) > 0.9 and agree(fused) > agree(single) + 0.1
     f.prior.value = True  # Segment with the registration prior: the labelled set's labels fused into it too
     f.segment.changed.emit(True)
-    qtbot.waitUntil(lambda: widget.worker is None and "prior of 2 labelled" in widget.status.text(), timeout=LONG)
+    qtbot.waitUntil(lambda: widget.worker is None and "prior of 2 atlases" in widget.status.text(), timeout=LONG)
     assert agree(np.asarray(viewer.layers["target03 RRL-MedSAM + prior labels"].data)) > 0.8
 
 

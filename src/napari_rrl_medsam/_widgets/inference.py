@@ -87,7 +87,8 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
                     "optional: a folder of further labelled volumes (the correction widget's 'Add to "
                     "labelled set'): Register then registers each of them too and fuses all their labels, each "
                     "vote weighted by local image similarity (about 0.03 mean Dice per added volume, measured); "
-                    "Segment with the registration prior fuses those labels into its prior"
+                    "Segment with the registration prior fuses those labels into its prior. Propagated atlases "
+                    "('rrl-medsam propagate': the model's labels of its unlabelled volumes) work the same way"
                 ),
                 SpinBox(
                     name="refine_steps",
@@ -235,7 +236,7 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
         folder = self.form.labelled_set.value if prior else None
 
         def work():
-            from ..api import FREESURFER_LEFT_RIGHT, segment
+            from ..api import FREESURFER_LEFT_RIGHT, labelled_set, segment
 
             model = self._load_model()
             if not hasattr(model, "segment"):
@@ -244,9 +245,10 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
                     "Choose the co-trained model, rrl_medsam.pt in the training widget's output folder."
                 )
             pairs = FREESURFER_LEFT_RIGHT if mirror else None
-            more = labelled_volumes(folder)
-            result = segment(model, target, mirror=pairs, atlas=atlas, refine_steps=steps, labelled=more)
-            return result, len(more) + 1
+            more = len(labelled_set(folder)) if folder else 0  # a labelled set, or propagated atlases
+            labelled = folder if more else ()  # the folder itself: the api knows propagated atlases by their marker
+            result = segment(model, target, mirror=pairs, atlas=atlas, refine_steps=steps, labelled=labelled)
+            return result, more + 1
 
         def done(outputs) -> None:
             result, count = outputs
@@ -254,7 +256,7 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
             auto = like_layer(result.auto_prompt, like, f"{like.name} auto-prompt", "labels")
             upsert(self.viewer, *auto, "result", visible=False)
             self.show_result(like_layer(result.labels, like, f"{like.name} {what}", "labels"), like)
-            source = "the registration prior" if count == 1 else f"the registration prior of {count} labelled volumes"
+            source = "the registration prior" if count == 1 else f"the registration prior of {count} atlases"
             self.status.setText(f"segmented {like.name}" + (f" with {source}" if prior else ""))
 
         self._run("segment", work, done)

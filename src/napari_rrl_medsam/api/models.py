@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.propagation import is_propagated
 from ..core.registration import REFINE_STEPS
 from ..core.segmentation import PRIOR_WEIGHT
+from ..core.task import is_propagated
 from ..core.volume import Volume
 from .volumes import as_volume, atlas_pair, labelled_pairs
 

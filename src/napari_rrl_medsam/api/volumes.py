@@ -8,8 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.io import load_volume
-from ..core.propagation import check_true_labels
-from ..core.task import Case, OneShotTask, check_labels, labelled_set, load_task
+from ..core.task import Case, OneShotTask, check_labels, check_true_labels, labelled_set, load_task
 from ..core.volume import Volume
 
 

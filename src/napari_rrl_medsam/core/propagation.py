@@ -6,7 +6,8 @@ training volumes are atlases of other anatomies: registered onto the new scan as
 weighted vote (`core/fusion.py`), they give a far better prior than the atlas alone (label propagation through
 intermediate images, as in LEAP: Wolz et al., NeuroImage 2010). A folder of them has the labelled set's layout
 (`images/`, `labels/`; `task.add_labelled`), so every face that takes a labelled set for the prior takes it, plus
-a marker file: these labels are predictions, and training refuses them as a labelled set (`check_true_labels`).
+a marker file (`task.PROPAGATED`): these labels are predictions, and training refuses them as a labelled set
+(`task.check_true_labels`).
 """
 
 from __future__ import annotations
@@ -16,28 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import InputError
+from .task import PROPAGATED, labelled_set
 from .volume import Volume, volume_id
-
-MARKER = "propagated.json"
-
-
-def is_propagated(folder) -> bool:
-    """Whether `folder` holds propagated atlases (its marker file), not a labelled set of true labels."""
-    return isinstance(folder, (str, Path)) and (Path(folder) / MARKER).is_file()
-
-
-def check_true_labels(labelled) -> None:
-    """Refuse a folder of propagated atlases where labels must be true (training, continuing a run).
-
-    Args:
-        labelled: what a training function was given as its labelled volumes.
-    """
-    if is_propagated(labelled):
-        raise InputError(
-            f"{labelled} holds propagated atlases (the model's own predictions, {MARKER}), not corrected labels: "
-            "use it for the registration prior (segment with labelled=...), and train with a labelled set of "
-            "corrected volumes."
-        )
 
 
 def volume_names(volumes: Sequence[Volume]) -> list[str]:
@@ -53,7 +34,7 @@ def _mark(folder: Path, classes: list[int], source: str) -> None:
     """Write the marker (atomically), or check an existing one's label table against the model's."""
     from .files import atomic_write
 
-    marker = folder / MARKER
+    marker = folder / PROPAGATED
     if marker.is_file():
         known = json.loads(marker.read_text()).get("classes")
         if known != classes:
@@ -61,7 +42,7 @@ def _mark(folder: Path, classes: list[int], source: str) -> None:
                 f"{folder} holds propagated atlases of a model with labels {known}, not {classes}: choose a new folder."
             )
         return
-    if (folder / "labels").is_dir() and any((folder / "labels").iterdir()):
+    if labelled_set(folder):
         raise InputError(
             f"{folder} is a labelled set of corrected volumes: propagated atlases go to a folder of their own."
         )

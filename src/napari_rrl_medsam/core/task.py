@@ -384,6 +384,28 @@ def _from_folder(folder: Path, atlas: str | None, n_validation: int) -> OneShotT
     )
 
 
+PROPAGATED = "propagated.json"  # the marker of a folder of propagated atlases (`core/propagation.py`)
+
+
+def is_propagated(folder) -> bool:
+    """Whether `folder` holds propagated atlases (its marker file), not a labelled set of true labels."""
+    return isinstance(folder, (str, Path)) and (Path(folder) / PROPAGATED).is_file()
+
+
+def check_true_labels(labelled) -> None:
+    """Refuse a folder of propagated atlases where labels must be true (training, continuing a run).
+
+    Args:
+        labelled: what a training function was given as its labelled volumes.
+    """
+    if is_propagated(labelled):
+        raise InputError(
+            f"{labelled} holds propagated atlases (the model's own predictions, {PROPAGATED}), not corrected labels: "
+            "use it for the registration prior (segment with labelled=...), and train with a labelled set of "
+            "corrected volumes."
+        )
+
+
 def add_labelled(folder: PathLike, image: Volume, labels: Volume, name: str) -> tuple[Path, Path]:
     """Add a labelled volume (e.g. a corrected segmentation) to a labelled set: `folder/images/<name>.nii.gz` and
     `folder/labels/<name>.nii.gz`, the layout `load_task` reads. Both files are checked before either is written,
@@ -401,6 +423,11 @@ def add_labelled(folder: PathLike, image: Volume, labels: Volume, name: str) -> 
         raise InputError(f"{name!r} cannot name a volume file: use letters, digits, '-', '_' and '.' only.")
     labels = check_atlas(image, labels)
     folder = Path(folder)
+    if is_propagated(folder):
+        raise InputError(
+            f"{folder} holds propagated atlases (a model's predictions): add corrected volumes to a labelled set of "
+            "their own (another folder)."
+        )
     paths = folder / "images" / f"{name}.nii.gz", folder / "labels" / f"{name}.nii.gz"
     for path in paths:
         if path.exists():
