@@ -139,6 +139,16 @@ def test_encoder_features_path(tmp_path):
     assert state["teacher"] == {"name": "tiny"} and state["network"]
     model = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
     assert model.register(atlas, atlas_labels, atlas).warped_image.shape == atlas.shape
+    # several atlases onto several targets: each volume's features are computed once, not once per pair
+    computed, features = [], model.features
+    model.features = lambda x: computed.append(1) or features(x)
+    fresh = [phantom(shift=s) for s in (2.0, 3.0, 4.0)]
+    targets = [phantom(shift=s)[0] for s in (0.5, 1.5)]
+    first = [model.register_atlases(fresh, t, refine_steps=0).labels for t in targets]
+    assert len(computed) == 5  # three atlases and two targets, not 2 x 6
+    model._features.clear()
+    again = [model.register_atlases(fresh, t, refine_steps=0).labels for t in targets]
+    assert all(np.array_equal(a.array, b.array) for a, b in zip(first, again))  # the cache changes nothing
 
 
 def test_atlas_labels_that_do_not_match_the_image_are_refused(tmp_path):

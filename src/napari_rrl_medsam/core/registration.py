@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,9 @@ from .volume import Grid, Volume
 from .warp import Field, label_shares, resample_linear, source_coordinates, warp
 
 KIND = "registration"
+# encoder feature volumes a model keeps by content (28 MB each at the recipe's sizes): the atlas, the target at hand
+# and ten further atlases (a labelled set or propagated atlases) are each computed once
+FEATURE_CACHE = 12
 # MONAI notes on every Warp that it uses PyTorch's grid_sample (its C++ extension is optional): not news.
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
 # MONAI's DiffusionLoss indexes with a list; torch warns about a future change that has not come (torch 2.14).
@@ -115,7 +120,7 @@ class RegistrationModel:
         self.labels, self.grid, self.teacher, self.device = labels, grid, teacher, device
         self.state = state  # the checkpoint without optimiser: embedded in co-training checkpoints
         self.source = "a registration model"  # its checkpoint file, once loaded from one
-        self._atlas_features = (None, None)
+        self._features: OrderedDict[str, Any] = OrderedDict()  # feature volumes by input content (`_features_of`)
         self._fields: dict[tuple, Field] = {}  # pseudo-label fields already computed (co-training reruns, ablations)
 
     @classmethod
@@ -156,10 +161,20 @@ class RegistrationModel:
         further atlas, is resampled onto it in world space, as the target is."""
         grid = self.grid
         a, t = intensities(atlas, grid).to(self.device), intensities(target, grid).to(self.device)
-        key = hashlib.sha256(a.cpu().numpy().tobytes()).hexdigest()
-        if self._atlas_features[0] != key:  # the atlas is usually the same for every target
-            self._atlas_features = (key, self.features(a))
-        return grid, a, t, (a, t, self._atlas_features[1], self.features(t))
+        return grid, a, t, (a, t, self._features_of(a), self._features_of(t))
+
+    def _features_of(self, x):
+        """`features(x)`, remembered for the last `FEATURE_CACHE` inputs by content: the atlas's serve every target,
+        and with several atlases (`register_atlases`) the target's serve every atlas and each atlas's every target."""
+        if self.encoder is None:
+            return None
+        key = hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()
+        if key not in self._features:
+            self._features[key] = self.features(x)
+            if len(self._features) > FEATURE_CACHE:
+                self._features.popitem(last=False)
+        self._features.move_to_end(key)
+        return self._features[key]
 
     def field(self, atlas: Volume, target: Volume, refine_steps: int = REFINE_STEPS) -> Field:
         """The atlas-to-target displacement on the working grid (world mm)."""
