@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labelled",
         metavar="FOLDER",
-        help="a labelled set's folder (or 'propagate''s): its volumes are registered too and all warped labels "
-        "fused into the prior",
+        help="a labelled set's folder (or the folder 'propagate' writes): its volumes are registered too and all "
+        "warped labels fused into the prior",
     )
     p.add_argument(
         "--prior-weight", type=float, default=PRIOR_WEIGHT, help="weight of that prior (default: %(default)s)"
