@@ -144,11 +144,14 @@ def test_encoder_features_path(tmp_path):
     model.features = lambda x: computed.append(1) or features(x)
     fresh = [phantom(shift=s) for s in (2.0, 3.0, 4.0)]
     targets = [phantom(shift=s)[0] for s in (0.5, 1.5)]
-    first = [model.register_atlases(fresh, t, refine_steps=0).labels for t in targets]
+    cached = [model.register_atlases(fresh, t, refine_steps=0).results for t in targets]
     assert len(computed) == 5  # three atlases and two targets, not 2 x 6
-    model._features.clear()
-    again = [model.register_atlases(fresh, t, refine_steps=0).labels for t in targets]
-    assert all(np.array_equal(a.array, b.array) for a, b in zip(first, again))  # the cache changes nothing
+    for target, results in zip(targets, cached):  # each pair as if alone: both volumes' features computed afresh
+        for (image, labels), result in zip(fresh, results):
+            model._features.clear()
+            alone = model.register(image, labels, target, refine_steps=0)
+            assert np.array_equal(alone.warped_labels.array, result.warped_labels.array)
+            assert np.allclose(alone.warped_image.array, result.warped_image.array)
 
 
 def test_atlas_labels_that_do_not_match_the_image_are_refused(tmp_path):

@@ -184,7 +184,7 @@ def segment(
 def propagate_atlases(model, volumes, out: str | Path, overwrite: bool = False) -> Iterator[tuple[str, bool]]:
     """Propagated atlases: segment the unlabelled volumes with a co-trained model and keep each (image, labels) in
     `out`, the labelled set's layout marked as predictions. `segment(model, scan, atlas=..., labelled=out)` then
-    registers the atlas AND these onto the scan and fuses them by local vote into its prior: a far better prior
+    registers the atlas AND these onto the scan and fuses them by local vote into its prior: a better prior
     than the atlas alone (docs/benchmarks.md), at one registration per volume in `out`. Training refuses the
     folder as labelled volumes: its labels are the model's own. Yields (name, segmented now) per volume; a
     stopped run resumes (volumes already in `out` are kept unless `overwrite`).

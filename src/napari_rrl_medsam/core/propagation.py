@@ -3,7 +3,7 @@ for the registration prior.
 
 One labelled volume registers onto a new scan with one set of mistakes. The model's own labels of the unlabelled
 training volumes are atlases of other anatomies: registered onto the new scan as well and fused by the locally
-weighted vote (`core/fusion.py`), they give a far better prior than the atlas alone (label propagation through
+weighted vote (`core/fusion.py`), they give a better prior than the atlas alone (label propagation through
 intermediate images, as in LEAP: Wolz et al., NeuroImage 2010). A folder of them has the labelled set's layout
 (`images/`, `labels/`; `task.add_labelled`), so every face that takes a labelled set for the prior takes it, plus
 a marker file (`task.PROPAGATED`): these labels are predictions, and training refuses them as a labelled set
