@@ -113,3 +113,34 @@ def test_the_cli_propagates_and_segments_with_the_propagated_prior(trained, tmp_
     assert (tmp_path / "seg" / "u0_labels.nii.gz").is_file()
     assert main(["propagate", str(files[0]), "--task", str(root), "--model", str(root / "m.pt"), "--out", "x"]) == 2
     assert "one of the two" in capsys.readouterr().err
+
+
+def test_a_one_shot_run_ends_with_its_propagated_atlases_and_scores_their_prior(tmp_path):
+    (atlas, labels), second, targets = volumes()
+    run, encoder = tmp_path / "run", LightEncoder(TINY)
+    common = dict(atlas=(atlas, labels), unlabelled=targets, encoder=encoder, out=run, propagate=True, events=True)
+    train = dict(registration=reg_config(steps=2), cotrain=cfg(steps=2))
+    events = list(api.train_one_shot(**common, **train, validation=[second]))
+    assert [(e.stage, e.step, e.total) for e in events[-3:]] == [
+        ("propagation", 1, 2),
+        ("propagation", 2, 2),
+        ("evaluation", 1, 1),
+    ]  # after the last co-training step, before the comparison
+    model, folder = api.load_model(run / "rrl_medsam.pt", "cpu"), run / "propagated"
+    assert [case.id for case in api.labelled_set(folder)] == ["u0", "u1"] and (folder / PROPAGATED).is_file()
+    for target in targets:
+        saved = api.load_volume(folder / "labels" / f"{target.name}.nii.gz", kind="labels")
+        assert np.array_equal(saved.array, model.segment(target, auto_prompt=False).labels.array)
+    fused = api.segment(model, second[0], atlas=(atlas, labels), labelled=folder).labels
+    expected = api.evaluate(fused, second[1], hd95=False).mean_dice
+    assert events[-1].metrics["dice_propagated"] == pytest.approx(expected)
+    assert set(events[-1].metrics) == {"dice_registration", "dice_model", "dice_propagated"}
+    kept = [(folder / "labels" / f"{t.name}.nii.gz").stat().st_mtime_ns for t in targets]
+    again = list(api.train_one_shot(**common, **train, validation=[], resume=True))  # a finished run, resumed
+    trained_or_propagated = [e.stage for e in again if e.stage in ("registration", "co-training", "propagation")]
+    assert trained_or_propagated == ["propagation"] * 2  # nothing trained, nothing segmented again
+    assert [(folder / "labels" / f"{t.name}.nii.gz").stat().st_mtime_ns for t in targets] == kept
+    few = tmp_path / "few"  # with further labelled volumes propagated atlases lower the fusion: none made
+    api.train_one_shot(**{**common, "out": few, "events": False}, **train, labelled=[second], validation=[],
+                       progress=False)  # fmt: skip
+    assert (few / "rrl_medsam.pt").is_file() and not (few / "propagated").exists()

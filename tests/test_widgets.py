@@ -11,6 +11,7 @@ import torch
 from test_distill import TINY, CountingConv
 from test_registration import phantom
 
+from napari_rrl_medsam import api
 from napari_rrl_medsam._reader import layer_data
 from napari_rrl_medsam.core.checkpoint import load_checkpoint
 from napari_rrl_medsam.core.engines.distill import DistillConfig, distill_engine
@@ -245,6 +246,8 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     assert not widget.buttons["Resume"].isEnabled()  # a finished run has nothing to resume
     verdict = widget.verdict.text()  # which result to trust, the two validation Dice side by side
     assert verdict.startswith("Validation Dice on the native grid: registration 0.") and "RRL-MedSAM 0." in verdict
+    assert "RRL-MedSAM with the propagated atlases' prior 0." in verdict  # ticked by default: a one-shot run
+    assert [case.id for case in api.labelled_set(tmp_path / "run" / "propagated")] == ["volume0", "volume1"]
     assert [s for s, _ in seen][-1] == "evaluation" and "Warning: 4 co-training steps" not in verdict
     f.out.value = str(tmp_path / "run2")  # a new run starts with none of the last run's live layers or figures
     widget.start()
@@ -293,6 +296,7 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     quick = QUICK["cotrain"]["steps"]
     assert widget.verdict.text().startswith(f"Warning: 8 co-training steps are fewer than the quick budget's {quick}")
     assert "No validation volume was given" in widget.verdict.text()
+    assert f"The propagated atlases are in {tmp_path / 'run' / 'propagated'}" in widget.verdict.text()
 
 
 def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(

@@ -7,7 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Select, SpinBox
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
@@ -161,6 +161,15 @@ class CotrainWidget(TrainingPanel):
                 ComboBox(
                     name="device", label="device", choices=DEVICES, value=s.get("device", "auto"), tooltip=DEVICE_TIP
                 ),
+                CheckBox(
+                    name="propagate",
+                    label="propagated atlases",
+                    value=s.get("cotrain.propagate", True),
+                    tooltip="one-shot runs: at the end, the model segments the unlabelled volumes into "
+                    "<output folder>/propagated, a labelled set of its own labels. Segmenting with the registration "
+                    "prior and that folder as the labelled set gives the best result (OASIS-like benchmark: 0.795 "
+                    "against 0.782 with the atlas alone); about one segmentation per unlabelled volume",
+                ),
                 FileEdit(
                     name="out",
                     label="output folder",
@@ -176,6 +185,7 @@ class CotrainWidget(TrainingPanel):
         self.registration_settings: dict = {}
         self.cotrain_settings: dict = {}
         self.grid = None
+        self.propagated: Path | None = None  # the run's propagated atlases folder, when it makes one
         self.frame = "radiological"
         self.validated = False
         super().__init__(napari_viewer, form)
@@ -272,10 +282,12 @@ class CotrainWidget(TrainingPanel):
                 "cotrain.out": str(out),
                 "cotrain.folder": path_or_none(f.folder.value),
                 "labelled_set": path_or_none(f.labelled_set.value),
+                "cotrain.propagate": f.propagate.value,
             }
         )
+        self.propagated = out / "propagated" if f.propagate.value and folder is None and run is None else None
         args = (atlas, labels, unlabelled, validation, encoder_path, out, resume, reg, cot, folder, run)
-        return partial(one_shot_training, *args)
+        return partial(one_shot_training, *args, propagate=self.propagated is not None)
 
     def _inputs(self) -> tuple:
         """(atlas, atlas labels, unlabelled volumes, validation pair or None, the labelled set's folder or None when
@@ -320,18 +332,26 @@ class CotrainWidget(TrainingPanel):
         )
 
     def show_evaluation(self, event) -> None:
-        """Which result to trust: the registration's and the model's validation Dice side by side."""
+        """Which result to trust: the registration's and the model's validation Dice side by side (and the model's
+        with the propagated atlases' prior, when the run made them)."""
         reg, model = event.metrics["dice_registration"], event.metrics["dice_model"]
-        better = model > reg
-        self.verdict.setText(
-            f"Validation Dice on the native grid: registration {reg:.3f}, RRL-MedSAM {model:.3f}. "
-            + (
-                "The model is better: segment with rrl_medsam.pt (Register and segment)."
-                if better
-                else "The registration is better: use Register's pseudo labels, or Segment with the registration "
-                "prior ticked, or train longer (the recipe: 3,300 co-training steps at 128 px)."
+        propagated = event.metrics.get("dice_propagated")
+        text = f"Validation Dice on the native grid: registration {reg:.3f}, RRL-MedSAM {model:.3f}"
+        if propagated is not None:
+            text += f", RRL-MedSAM with the propagated atlases' prior {propagated:.3f}"
+        if propagated is not None and propagated > max(reg, model):
+            text += (
+                f". Best: Segment with rrl_medsam.pt, the registration prior ticked and the labelled set "
+                f"{self.propagated} (Register and segment)."
             )
-        )
+        elif model > reg:
+            text += ". The model is better: segment with rrl_medsam.pt (Register and segment)."
+        else:
+            text += (
+                ". The registration is better: use Register's pseudo labels, or Segment with the registration prior "
+                "ticked, or train longer (the recipe: 3,300 co-training steps at 128 px)."
+            )
+        self.verdict.setText(text)
 
     def on_finished(self) -> None:
         event = self.last_event
@@ -343,6 +363,12 @@ class CotrainWidget(TrainingPanel):
                 + "No validation volume was given, so nothing here measured this model. For reference, the quick "
                 "budget on the bundled sample gives RRL-MedSAM 0.800 against the registration's 0.709 (evaluation "
                 "target, README); give a labelled validation pair to see the two side by side."
+                + (
+                    f" The propagated atlases are in {self.propagated}: Segment with the registration prior and "
+                    "that folder as the labelled set for the best result."
+                    if self.propagated is not None
+                    else ""
+                )
             )
 
     def show_preview(self, event) -> None:

@@ -19,12 +19,13 @@ def one_shot_training(
     cotrain: dict,
     labelled: Path | None = None,
     run: Path | None = None,
+    propagate: bool = False,
 ) -> Iterator:
     """`api.train_one_shot`'s events: registration (skipped when its checkpoint in `out` is complete), co-training,
     then with `validation` the registration's and the model's Dice on it (stage "evaluation"); with `run`,
     `api.continue_training`'s: that finished run fine-tuned with the `labelled` set, into `out`.
     `validation`: an (image, labels) pair or None; `registration` / `cotrain`: config dicts; `labelled`: a labelled
-    set's folder or None."""
+    set's folder or None; `propagate`: a one-shot run's propagated atlases into `out/propagated`."""
     from ..api import continue_training, train_one_shot
 
     common = dict(
@@ -39,7 +40,7 @@ def one_shot_training(
         cotrain=cotrain,
         events=True,
     )
-    yield from train_one_shot(**common) if run is None else continue_training(run, **common)
+    yield from train_one_shot(**common, propagate=propagate) if run is None else continue_training(run, **common)
 
 
 def distillation(

@@ -28,9 +28,15 @@ def is_kind(layer, kind: str) -> bool:
 
 
 def to_volume(layer) -> Volume:
-    """The layer as a `Volume` on its source file's grid (what the plugin's writer would save)."""
+    """The layer as a `Volume` on its source file's grid (what the plugin's writer would save), named after that
+    file when the layer was read from one (checkpoints and propagated atlases name volumes so)."""
+    from dataclasses import replace
+    from pathlib import Path
+
     data, meta, _ = layer.as_layer_data_tuple()
-    return layer_volume(data, meta, layer_kind(layer))
+    volume = layer_volume(data, meta, layer_kind(layer))
+    source = getattr(getattr(layer, "source", None), "path", None)
+    return replace(volume, path=Path(source)) if source and volume.path is None else volume
 
 
 def like_layer(volume: Volume, like, name: str, kind: str) -> tuple[np.ndarray, dict, str]:

@@ -265,6 +265,7 @@ def train_one_shot(
     progress: bool = True,
     events: bool = False,
     labelled: Sequence | str | Path = (),
+    propagate: bool = False,
 ):
     """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels, then
     (with validation volumes) which of the two segments them better.
@@ -285,6 +286,10 @@ def train_one_shot(
         progress: progress bars.
         events: return the `Progress` event generator instead (for widgets; close it to stop).
         labelled: further labelled volumes (as for `train_registration`): a few-shot run.
+        propagate: one-shot runs: then segment the unlabelled volumes with the model into `out/propagated`
+            (`propagate_atlases`, events of stage "propagation"; resumable), the labelled set that makes the best
+            prior (`segment(model, scan, atlas=..., labelled=out / "propagated")`); the comparison then also scores
+            that ("dice_propagated"). Ignored with `labelled` volumes (there they lower the fusion: docs/benchmarks.md).
 
     Returns:
         The co-trained `SegmentationModel` (it holds the registration it was trained with; `.source` is
@@ -295,17 +300,19 @@ def train_one_shot(
     if not events:  # previews are for live layers; nothing shows them here (the stages run with events=True)
         reg_config.preview_every = cot_config.preview_every = 0
     stream = _one_shot_events(
-        as_task(task), atlas, unlabelled, labelled, encoder, out, resume, validation, reg_config, cot_config, compare
-    )
+        as_task(task), atlas, unlabelled, labelled, encoder, out, resume, validation, reg_config, cot_config, compare,
+        propagate=propagate,
+    )  # fmt: skip
     return _finish(stream, events, progress, lambda: load_model(out / "rrl_medsam.pt", cot_config.device))
 
 
 def _one_shot_events(
     task, atlas, unlabelled, labelled, encoder, out: Path, resume, validation, registration, cotrain_config, compare,
-    init: Path | None = None,
+    init: Path | None = None, propagate: bool = False,
 ):  # fmt: skip
-    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), co-training, comparison;
-    with `init` (a run's folder), both stages continue its models (`continue_training`)."""
+    """`train_one_shot`'s events: registration (skipped when its checkpoint is complete), co-training, with
+    `propagate` (one-shot runs) the propagated atlases, comparison; with `init` (a run's folder), both stages
+    continue its models (`continue_training`)."""
     image, labels, targets, more = training_volumes(task, atlas, unlabelled, labelled)
     inputs = {"atlas": (image, labels), "unlabelled": targets, "validation": validation_pairs(task, validation)}
     inputs["labelled"] = more
@@ -331,9 +338,24 @@ def _one_shot_events(
         init=init / "rrl_medsam.pt" if init is not None else None,
         proceed=proceed,
     )
-    if compare and inputs["validation"] and current().main:  # under torchrun: rank 0 compares
-        atlases = [inputs["atlas"], *more]
-        yield _comparison(load_model(model_path, cotrain_config.device), atlases, inputs["validation"])
+    propagated = out / "propagated" if propagate and not more else None
+    compare = compare and bool(inputs["validation"])
+    if not (propagated or compare) or not current().main:  # under torchrun: rank 0 propagates and compares
+        return
+    model = load_model(model_path, cotrain_config.device)
+    if propagated:
+        yield from _propagation(model, targets, propagated)
+    if compare:
+        yield _comparison(model, [inputs["atlas"], *more], inputs["validation"], propagated)
+
+
+def _propagation(model, volumes: list, folder: Path):
+    """`propagate_atlases`' progress as events of stage "propagation" (volumes already in `folder` are kept)."""
+    from ..core.engines.events import Progress
+    from .models import propagate_atlases
+
+    for i, (name, _) in enumerate(propagate_atlases(model, volumes, folder), 1):
+        yield Progress("propagation", i, len(volumes), message=f"propagated atlas {name}")
 
 
 def continue_training(
@@ -391,21 +413,30 @@ def continue_training(
     return _finish(stream, events, progress, lambda: load_model(out / "rrl_medsam.pt", cot_config.device))
 
 
-def _comparison(model, atlases: list, validation: list):
+def _comparison(model, atlases: list, validation: list, propagated: Path | None = None):
     """The mean Dice (native grid, each truth's structures) of the model's registration (several labelled volumes:
-    fused) and of the model itself."""
+    fused) and of the model itself; with a `propagated` atlases folder, also of the model with the prior of the
+    atlas and them ("dice_propagated")."""
     from ..core.engines.events import Progress
     from ..core.metrics import evaluate
     from ..core.resample import resample
-    from .models import register_atlases, segment
 
-    scores = {"dice_registration": [], "dice_model": []}
+    scores = {"dice_registration": [], "dice_model": []} | ({"dice_propagated": []} if propagated else {})
     for image, truth in validation:
-        for key, labels in (
-            ("dice_registration", register_atlases(model, atlases, image).labels),
-            ("dice_model", segment(model, image).labels),
-        ):
+        for key in scores:
+            labels = _compared(key, model, atlases, image, propagated)
             labels = labels if labels.grid.same_as(truth.grid) else resample(labels, truth.grid)
             scores[key].append(evaluate(labels, truth, hd95=False).mean_dice)
     metrics = {k: float(sum(v) / len(v)) for k, v in scores.items()}
     return Progress("evaluation", 1, 1, metrics=metrics, message="registration or model: validation Dice")
+
+
+def _compared(key: str, model, atlases: list, image, propagated: Path | None):
+    """The labels `_comparison` scores under `key`."""
+    from .models import register_atlases, segment
+
+    if key == "dice_registration":
+        return register_atlases(model, atlases, image).labels
+    if key == "dice_propagated":
+        return segment(model, image, atlas=atlases[0], labelled=propagated).labels
+    return segment(model, image).labels
