@@ -134,7 +134,9 @@ def test_a_one_shot_run_ends_with_its_propagated_atlases_and_scores_their_prior(
     fused = api.segment(model, second[0], atlas=(atlas, labels), labelled=folder).labels
     expected = api.evaluate(fused, second[1], hd95=False).mean_dice
     assert events[-1].metrics["dice_propagated"] == pytest.approx(expected)
-    assert set(events[-1].metrics) == {"dice_registration", "dice_model", "dice_propagated"}
+    assert set(events[-1].metrics) == {"dice_registration", "dice_model", "dice_prior", "dice_propagated"}
+    prior = api.segment(model, second[0], atlas=(atlas, labels)).labels
+    assert events[-1].metrics["dice_prior"] == pytest.approx(api.evaluate(prior, second[1], hd95=False).mean_dice)
     kept = [(folder / "labels" / f"{t.name}.nii.gz").stat().st_mtime_ns for t in targets]
     again = list(api.train_one_shot(**common, **train, validation=[], resume=True))  # a finished run, resumed
     trained_or_propagated = [e.stage for e in again if e.stage in ("registration", "co-training", "propagation")]

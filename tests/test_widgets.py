@@ -246,7 +246,9 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     assert not widget.buttons["Resume"].isEnabled()  # a finished run has nothing to resume
     verdict = widget.verdict.text()  # which result to trust, the two validation Dice side by side
     assert verdict.startswith("Validation Dice on the native grid: registration 0.") and "RRL-MedSAM 0." in verdict
-    assert "RRL-MedSAM with the propagated atlases' prior 0." in verdict  # ticked by default: a one-shot run
+    for result in ("with the registration prior 0.", "with the propagated atlases' prior 0."):  # propagated atlases:
+        assert result in verdict  # ticked by default, a one-shot run
+    assert "Best: " in verdict
     assert [case.id for case in api.labelled_set(tmp_path / "run" / "propagated")] == ["volume0", "volume1"]
     assert [s for s, _ in seen][-1] == "evaluation" and "Warning: 4 co-training steps" not in verdict
     f.out.value = str(tmp_path / "run2")  # a new run starts with none of the last run's live layers or figures
@@ -297,6 +299,17 @@ def test_cotrain_widget_pause_stop_and_resume(cotrain_widget, qtbot, tmp_path):
     assert widget.verdict.text().startswith(f"Warning: 8 co-training steps are fewer than the quick budget's {quick}")
     assert "No validation volume was given" in widget.verdict.text()
     assert f"The propagated atlases are in {tmp_path / 'run' / 'propagated'}" in widget.verdict.text()
+    from napari_rrl_medsam.core.engines.events import Progress
+
+    metrics = {"dice_registration": 0.731, "dice_model": 0.776, "dice_prior": 0.794, "dice_propagated": 0.779}
+    widget.show_evaluation(Progress("evaluation", 1, 1, metrics=metrics))  # the demo model's figures on target03
+    assert widget.verdict.text() == (
+        "Validation Dice on the native grid: registration 0.731, RRL-MedSAM 0.776, with the registration prior 0.794, "
+        "with the propagated atlases' prior 0.779. Best: with the registration prior: Segment with rrl_medsam.pt and "
+        "the registration prior ticked (Register and segment)."
+    )
+    widget.show_evaluation(Progress("evaluation", 1, 1, metrics={**metrics, "dice_propagated": 0.8}))
+    assert widget.verdict.text().endswith(f"the labelled set {tmp_path / 'run' / 'propagated'}.")
 
 
 def test_a_worker_error_is_a_notification_and_the_widget_stays_usable(
@@ -412,6 +425,7 @@ def test_inference_on_the_sample_keeps_the_source_geometry(make_napari_viewer, q
     f.model.value = sample_model
     out = tmp_path / "target02_labels.nii.gz"
     (truth,) = viewer.open(str(SAMPLE_DIR / "labels" / "target02.nii.gz"), plugin=PLUGIN)
+    assert to_volume(truth).name == "target02"  # a layer read from a file is named after it
     f.prediction.value, f.truth.value = viewer.layers["target02 pseudo labels"], truth
     f.evaluate.changed.emit(True)
     qtbot.waitUntil(lambda: widget.worker is None and widget.evaluation is not None, timeout=LONG)

@@ -97,8 +97,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         task,
         out=out,
         resume=args.overwrite,
-        registration={"steps": args.registration_steps, "device": args.device},
-        cotrain={**quick, "refine_steps": args.refine_steps, "device": args.device},
+        registration={"steps": args.registration_steps, "device": args.device, "seed": args.seed},
+        cotrain={**quick, "refine_steps": args.refine_steps, "device": args.device, "seed": args.seed},
         compare=False,  # the table below compares them on every target
     )
     print("[2/2] segmentation")
@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"encoder input per slice (default: %(default)s, {quick}; the phantom's 2 mm slices are 84 px across)",
     )
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--seed", type=int, default=0, help="both trainings' seed (default: %(default)s): others show the spread"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("distill", help="distil a SAM teacher into the lightweight general encoder (DSKD)")

@@ -281,15 +281,17 @@ def train_one_shot(
             `QUICK["registration"]` for a quick run).
         cotrain: the co-training stage's config (`CotrainConfig` or a dict; likewise `QUICK["cotrain"]`).
         compare: with validation volumes, a last event (stage "evaluation") whose metrics are the mean Dice on
-            their native grids of the registration ("dice_registration": the model's own, `REFINE_STEPS`) and of
-            the co-trained model ("dice_model"): which result to trust.
+            their native grids of the registration ("dice_registration": the model's own, `REFINE_STEPS`), of
+            the co-trained model ("dice_model") and of the model with the registration as its prior ("dice_prior"):
+            which result to trust.
         progress: progress bars.
         events: return the `Progress` event generator instead (for widgets; close it to stop).
         labelled: further labelled volumes (as for `train_registration`): a few-shot run.
         propagate: one-shot runs: then segment the unlabelled volumes with the model into `out/propagated`
             (`propagate_atlases`, events of stage "propagation"; resumable), the labelled set that makes the best
-            prior (`segment(model, scan, atlas=..., labelled=out / "propagated")`); the comparison then also scores
-            that ("dice_propagated"). Ignored with `labelled` volumes (there they lower the fusion: docs/benchmarks.md).
+            prior on the OASIS-like benchmark (`segment(model, scan, atlas=..., labelled=out / "propagated")`); the
+            comparison then also scores that ("dice_propagated"). Ignored with `labelled` volumes (there they lower
+            the fusion: docs/benchmarks.md).
 
     Returns:
         The co-trained `SegmentationModel` (it holds the registration it was trained with; `.source` is
@@ -415,13 +417,15 @@ def continue_training(
 
 def _comparison(model, atlases: list, validation: list, propagated: Path | None = None):
     """The mean Dice (native grid, each truth's structures) of the model's registration (several labelled volumes:
-    fused) and of the model itself; with a `propagated` atlases folder, also of the model with the prior of the
-    atlas and them ("dice_propagated")."""
+    fused: "dice_registration"), of the model itself ("dice_model"), of the model with that registration as its
+    prior ("dice_prior") and, with a `propagated` atlases folder, with the prior of the atlas and them
+    ("dice_propagated")."""
     from ..core.engines.events import Progress
     from ..core.metrics import evaluate
     from ..core.resample import resample
 
-    scores = {"dice_registration": [], "dice_model": []} | ({"dice_propagated": []} if propagated else {})
+    scores = {"dice_registration": [], "dice_model": [], "dice_prior": []}
+    scores |= {"dice_propagated": []} if propagated else {}
     for image, truth in validation:
         for key in scores:
             labels = _compared(key, model, atlases, image, propagated)
@@ -437,6 +441,8 @@ def _compared(key: str, model, atlases: list, image, propagated: Path | None):
 
     if key == "dice_registration":
         return register_atlases(model, atlases, image).labels
+    if key == "dice_prior":
+        return segment(model, image, atlas=atlases[0], labelled=atlases[1:]).labels
     if key == "dice_propagated":
         return segment(model, image, atlas=atlases[0], labelled=propagated).labels
     return segment(model, image).labels
