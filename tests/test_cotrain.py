@@ -468,3 +468,15 @@ def test_views_cut_slabs_across_each_axis_and_prediction_averages_them(setup, mo
     full, lean = model.segment(targets[0]), model.segment(targets[0], auto_prompt=False)
     assert lean.auto_prompt is None and np.array_equal(full.labels.array, lean.labels.array)
     assert np.array_equal(full.working_labels, lean.working_labels)
+
+
+def test_co_training_lets_go_of_the_registrations_feature_volumes_once_it_has_its_pseudo_labels(tmp_path):
+    atlas, labels = phantom()
+    targets = [phantom(shift=s)[0] for s in (1.0, 2.0)]
+    config = reg_config(steps=1, use_features=True)
+    list(registration_engine(atlas, labels, targets, tmp_path / "r.pt", LightEncoder(TINY), config))
+    registration = RegistrationModel.load(tmp_path / "r.pt", device="cpu")
+    held = {}
+    for event in cotrain_engine(atlas, labels, targets, registration, tmp_path / "m.pt", LightEncoder(TINY), cfg()):
+        held.setdefault(event.stage, len(registration._features))
+    assert held["pseudo labels"] >= 1 and held["co-training"] == 0

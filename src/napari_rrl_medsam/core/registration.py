@@ -176,6 +176,12 @@ class RegistrationModel:
         self._features.move_to_end(key)
         return self._features[key]
 
+    def forget_features(self) -> None:
+        """Let go of the remembered feature volumes (`_features_of`; up to `FEATURE_CACHE` x 28 MB at the recipe's
+        sizes, on the model's device), e.g. once co-training has its pseudo labels; they are computed again if
+        needed."""
+        self._features.clear()
+
     def field(self, atlas: Volume, target: Volume, refine_steps: int = REFINE_STEPS) -> Field:
         """The atlas-to-target displacement on the working grid (world mm)."""
         import torch

@@ -185,6 +185,7 @@ def cotrain_engine(
     pseudo_source = _check_pseudo_model(pseudo_model, start.state, checkpoint, grid, classes)
     data = yield from _training_data(atlases, unlabelled, registration, pseudo_model, config, classes, process)
     data.synthetic = yield from _synthetic_pairs(atlases, unlabelled, registration, data, config, device, process)
+    registration.forget_features()  # the training steps need none: free them (memory, GPU memory) while they run
     validation = [(intensities(image, grid)[0, 0], resample(labels, grid).array) for image, labels in validation]
     parts, encoder_config = _parts(config, start, encoder, len(classes), device)
     teacher = start.weights["teacher"] if start.weights is not None else getattr(encoder, "teacher", {}) or {}
