@@ -146,3 +146,30 @@ def test_a_one_shot_run_ends_with_its_propagated_atlases_and_scores_their_prior(
     api.train_one_shot(**{**common, "out": few, "events": False}, **train, labelled=[second], validation=[],
                        progress=False)  # fmt: skip
     assert (few / "rrl_medsam.pt").is_file() and not (few / "propagated").exists()
+
+
+def test_the_cli_trains_a_one_shot_run_with_its_propagated_atlases_and_compares(tmp_path, capsys):
+    from napari_rrl_medsam.cli import main
+    from napari_rrl_medsam.core.checkpoint import load_checkpoint
+
+    (atlas, labels), (image, truth), targets = volumes()
+    task = tmp_path / "task"
+    for name, volume in (("atlas", atlas), ("u0", targets[0]), ("u1", targets[1]), ("ev", image)):
+        save_volume(volume, task / "images" / f"{name}.nii.gz")
+    save_volume(labels, task / "labels" / "atlas.nii.gz")
+    save_volume(truth, task / "labels" / "ev.nii.gz")  # a labelled volume besides the atlas: the evaluation volume
+    run = tmp_path / "run"
+    args = ["train", str(task), "--atlas", "atlas", "--out", str(run), "--quick", "--device", "cpu"]
+    args += ["--registration-steps", "2", "--cotrain-steps", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"propagated atlases in {run / 'propagated'}/" in printed
+    for name in ("registration", "RRL-MedSAM", "RRL-MedSAM + registration prior", "RRL-MedSAM + propagated"):
+        assert f"\n  {name} " in printed
+    assert [case.id for case in api.labelled_set(run / "propagated")] == ["u0", "u1"]
+    assert load_checkpoint(run / "registration.pt")["step"] == 2 and load_checkpoint(run / "rrl_medsam.pt")["step"] == 2
+    assert main(args) == 2 and "already holds a run: pass --resume" in capsys.readouterr().err
+    kept = (run / "propagated" / "labels" / "u0.nii.gz").stat().st_mtime_ns
+    assert main([*args, "--resume", "--no-compare"]) == 0  # finished: nothing trained or segmented again
+    assert "validation Dice" not in capsys.readouterr().out and load_checkpoint(run / "rrl_medsam.pt")["step"] == 2
+    assert (run / "propagated" / "labels" / "u0.nii.gz").stat().st_mtime_ns == kept

@@ -183,6 +183,42 @@ def cmd_continue(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPARED = {
+    "dice_registration": "registration",
+    "dice_model": "RRL-MedSAM",
+    "dice_prior": "RRL-MedSAM + registration prior",
+    "dice_propagated": "RRL-MedSAM + propagated atlases' prior",
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import QUICK, drive, train_one_shot
+
+    task, labelled = _few_shot_task(args)
+    out = Path(args.out)
+    if not args.resume and any((out / name).exists() for name in ("registration.pt", "rrl_medsam.pt")):
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out.")
+    stages = {}
+    for stage, steps in (("registration", args.registration_steps), ("cotrain", args.cotrain_steps)):
+        stages[stage] = {**(QUICK[stage] if args.quick else {}), **({"device": args.device} if args.device else {})}
+        stages[stage].update({"steps": steps} if steps else {})
+    events = train_one_shot(
+        task, labelled=labelled, encoder=args.encoder, out=out, resume=args.resume, compare=not args.no_compare,
+        propagate=not args.no_propagate, events=True, **stages,
+    )  # fmt: skip
+    last = drive(events)
+    propagated = out / "propagated"
+    print(f"wrote {out / 'registration.pt'} and {out / 'rrl_medsam.pt'}")
+    if propagated.is_dir() and not labelled:
+        print(f"propagated atlases in {propagated}/ (segment --atlas-image ... --atlas-labels ... --labelled it)")
+    if last is not None and last.stage == "evaluation":
+        print(f"validation Dice on the native grid ({len(task.evaluation)} evaluation volume(s) of the task):")
+        for key, name in COMPARED.items():
+            if key in last.metrics:
+                print(f"  {name:<40} {last.metrics[key]:.3f}")
+    return 0
+
+
 def cmd_train_registration(args: argparse.Namespace) -> int:
     from .api import train_registration
 
@@ -463,6 +499,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help=AMP_HELP + " (default: on)")
     p.set_defaults(func=cmd_cotrain)
 
+    p = sub.add_parser(
+        "train", help="the one-shot pipeline's training: registration, co-training, propagated atlases, comparison"
+    )
+    p.add_argument("task", help="a dataset.json or task folder")
+    p.add_argument("--atlas", help="the atlas's id in a task folder where several images have labels")
+    p.add_argument("--labelled", nargs="+", metavar="ID|FOLDER", help=LABELLED_HELP)
+    p.add_argument("--out", required=True, help="the run's folder: registration.pt, rrl_medsam.pt, propagated/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quick", action="store_true", help="the quick budget (api.QUICK), not the recipe")
+    p.add_argument("--registration-steps", type=int, help="(default: the recipe's 1000, or the quick budget's)")
+    p.add_argument("--cotrain-steps", type=int, help="(default: the recipe's 3300, or the quick budget's)")
+    p.add_argument("--encoder", help="distilled general encoder (default: the shipped one)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument(
+        "--no-propagate",
+        action="store_true",
+        help="one-shot runs: do not segment the unlabelled volumes into propagated/",
+    )
+    p.add_argument(
+        "--no-compare", action="store_true", help="skip the closing comparison on the task's evaluation volumes"
+    )
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("continue", help="continue a trained run with more labelled volumes (fine-tuning both stages)")
     p.add_argument("run", help="the trained run's folder (registration.pt and rrl_medsam.pt)")
     p.add_argument("task", help="the dataset.json or task folder it was trained on")
@@ -590,6 +649,8 @@ def _resume_hint(args: argparse.Namespace) -> str:
     """Where an interrupted command left its checkpoint and how to go on, for the commands that train."""
     if args.command in ("distill", "train-registration", "cotrain", "continue") and Path(args.out).exists():
         return f" The checkpoint {args.out} was saved; run the same command with --resume to continue."
+    if args.command == "train" and Path(args.out).exists():
+        return f" Its checkpoints in {args.out} were saved; run the same command with --resume to continue."
     if args.command == "demo" and args.out:
         return f" Its models in {args.out} were saved; run the same command with --overwrite to continue."
     return ""

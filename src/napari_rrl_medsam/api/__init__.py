@@ -9,7 +9,8 @@
 
 One function per training stage (`distill`, `train_registration`, `cotrain`; `train_one_shot` runs the last two;
 `continue_training` fine-tunes both with more labelled volumes: `labelled=` a labelled set's folder), each
-returning the trained model, or with `events=True` the `Progress` events the napari widgets drive. The atlas is
+returning the trained model, or with `events=True` the `Progress` events the napari widgets drive (`drive` runs
+them with progress bars and returns the last, e.g. `train_one_shot`'s comparison). The atlas is
 passed the same way everywhere: `atlas=(image, labels)` (volumes or files) or a task `Case`. Settings are a
 config object (`api.CotrainConfig(...)`) or a dict of its fields (`api.QUICK["cotrain"]`).
 
@@ -55,7 +56,17 @@ from .models import (
     segment_batch,
 )
 from .prompts import prompt_segment, prompter
-from .training import CONTINUE, QUICK, continue_training, cotrain, defaults, distill, train_one_shot, train_registration
+from .training import (
+    CONTINUE,
+    QUICK,
+    continue_training,
+    cotrain,
+    defaults,
+    distill,
+    drive,
+    train_one_shot,
+    train_registration,
+)
 
 __all__ = [
     "CONTINUE",
@@ -79,6 +90,7 @@ __all__ = [
     "RegistrationTrainConfig",
     "SHIPPED_ENCODER",
     "continue_training",
+    "drive",
     "cotrain",
     "defaults",
     "distill",

@@ -83,6 +83,20 @@ def make_config(stage: str, given: Any = None) -> Any:
         raise InputError(f"{exc}; {config.__name__} fields are: {names}") from None
 
 
+def drive(events: Iterator, progress: bool = True):
+    """Run an event generator (a training function's with `events=True`) to its end, with a progress bar per stage,
+    and return its last event (e.g. `train_one_shot`'s comparison, stage "evaluation"); Ctrl-C stops it (the
+    checkpoint is saved) and is raised again.
+
+    Args:
+        events: the generator.
+        progress: progress bars.
+    """
+    from ..core.engines.events import run
+
+    return run(events, progress)
+
+
 def _finish(stream: Iterator, events: bool, progress: bool, load):
     """The event generator itself (`events`), or drive it to the end (progress bars) and return `load()`."""
     if events:
