@@ -250,6 +250,12 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
         assert result in verdict  # ticked by default, a one-shot run
     assert "Best: " in verdict
     assert [case.id for case in api.labelled_set(tmp_path / "run" / "propagated")] == ["volume0", "volume1"]
+    inference = open_widget(viewer, "Register and segment")  # it points at the run's propagated atlases
+    inference.form.model.value, inference.form.device.value = str(tmp_path / "run" / "rrl_medsam.pt"), "cpu"
+    inference.form.target.value, inference.form.prior.value = layers["val"], False
+    inference.form.segment.changed.emit(True)
+    qtbot.waitUntil(lambda: inference.worker is None and "val RRL-MedSAM labels" in viewer.layers, timeout=LONG)
+    assert f"This run's propagated atlases are in {tmp_path / 'run' / 'propagated'}" in inference.status.text()
     assert [s for s, _ in seen][-1] == "evaluation" and "Warning: 4 co-training steps" not in verdict
     f.out.value = str(tmp_path / "run2")  # a new run starts with none of the last run's live layers or figures
     widget.start()

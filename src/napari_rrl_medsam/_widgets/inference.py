@@ -234,6 +234,9 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
             return show_error(f"segment: {exc}")
         steps, model_file = self.form.refine_steps.value, Path(str(self.form.model.value)).name
         folder = self.form.labelled_set.value if prior else None
+        from ..api import run_propagated_atlases
+
+        beside = None if folder else run_propagated_atlases(str(self.form.model.value))  # a hint, when unused
 
         def work():
             from ..api import FREESURFER_LEFT_RIGHT, labelled_set, segment
@@ -257,7 +260,13 @@ class InferenceWidget(QWidget, FollowsLayers, RunsInWorker):
             upsert(self.viewer, *auto, "result", visible=False)
             self.show_result(like_layer(result.labels, like, f"{like.name} {what}", "labels"), like)
             source = "the registration prior" if count == 1 else f"the registration prior of {count} atlases"
-            self.status.setText(f"segmented {like.name}" + (f" with {source}" if prior else ""))
+            hint = (
+                f". This run's propagated atlases are in {beside}: choose that folder as the labelled set, with "
+                "registration prior ticked, for the prior they make with the atlas"
+                if beside
+                else ""
+            )
+            self.status.setText(f"segmented {like.name}" + (f" with {source}" if prior else "") + hint)
 
         self._run("segment", work, done)
 

@@ -52,6 +52,7 @@ from .models import (
     propagate_atlases,
     register,
     register_atlases,
+    run_propagated_atlases,
     segment,
     segment_batch,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "prompter",
     "register",
     "register_atlases",
+    "run_propagated_atlases",
     "reorient_canonical",
     "resample",
     "same_voxels",

@@ -211,6 +211,17 @@ def propagate_atlases(model, volumes, out: str | Path, overwrite: bool = False) 
     yield from propagate(model, [as_volume(p) for p in paths], out, overwrite)
 
 
+def run_propagated_atlases(model_file: str | Path) -> Path | None:
+    """The propagated atlases a training run made beside its model (`train_one_shot(propagate=True)`, the co-training
+    widget, `rrl-medsam train`: `<run>/propagated`), or None.
+
+    Args:
+        model_file: the run's rrl_medsam.pt (any file in the run's folder).
+    """
+    folder = Path(model_file).parent / "propagated"
+    return folder if is_propagated(folder) else None
+
+
 def _volume_items(item) -> list:
     """A folder's volume files, or the item itself (a volume or a file)."""
     from ..core.io import volume_files
