@@ -282,7 +282,7 @@ def train_one_shot(
     propagate: bool = False,
 ):
     """The one-shot pipeline's training: the registration network, then co-training on its pseudo labels, then
-    (with validation volumes) which of the two segments them better.
+    optionally the propagated atlases, then (with validation volumes) which result segments them best.
 
     Args:
         task, atlas, unlabelled: as for `train_registration`.
