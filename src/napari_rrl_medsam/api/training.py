@@ -370,8 +370,8 @@ def _propagation(model, volumes: list, folder: Path):
     from ..core.engines.events import Progress
     from .models import propagate_atlases
 
-    for i, (name, _) in enumerate(propagate_atlases(model, volumes, folder), 1):
-        yield Progress("propagation", i, len(volumes), message=f"propagated atlas {name}")
+    for i, _ in enumerate(propagate_atlases(model, volumes, folder), 1):
+        yield Progress("propagation", i, len(volumes), message="propagated atlases")
 
 
 def continue_training(
