@@ -244,10 +244,10 @@ def test_cotrain_widget_live_layers_change_in_place(cotrain_widget, qtbot, tmp_p
     assert state["step"] == 4 and state["complete"]
     assert "rrl_medsam.pt" in widget.checkpoint_label.text()
     assert not widget.buttons["Resume"].isEnabled()  # a finished run has nothing to resume
-    verdict = widget.verdict.text()  # which result to trust, the two validation Dice side by side
+    verdict = widget.verdict.text()  # which result to trust: the validation Dice side by side
     assert verdict.startswith("Validation Dice on the native grid: registration 0.") and "RRL-MedSAM 0." in verdict
-    for result in ("with the registration prior 0.", "with the propagated atlases' prior 0."):  # propagated atlases:
-        assert result in verdict  # ticked by default, a one-shot run
+    for result in ("with the registration prior 0.", "with the propagated atlases' prior 0."):  # propagated atlases
+        assert result in verdict  # are ticked by default for a one-shot run
     assert "Best: " in verdict
     assert [case.id for case in api.labelled_set(tmp_path / "run" / "propagated")] == ["volume0", "volume1"]
     inference = open_widget(viewer, "Register and segment")  # it points at the run's propagated atlases

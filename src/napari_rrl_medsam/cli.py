@@ -192,7 +192,7 @@ COMPARED = {
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import QUICK, drive, train_one_shot
+    from .api import QUICK, drive, run_propagated_atlases, train_one_shot
 
     task, labelled = _few_shot_task(args)
     out = Path(args.out)
@@ -207,9 +207,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         propagate=not args.no_propagate, events=True, **stages,
     )  # fmt: skip
     last = drive(events)
-    propagated = out / "propagated"
+    propagated = run_propagated_atlases(out / "rrl_medsam.pt")
     print(f"wrote {out / 'registration.pt'} and {out / 'rrl_medsam.pt'}")
-    if propagated.is_dir() and not labelled:
+    if propagated:
         print(f"propagated atlases in {propagated}/ (segment --atlas-image ... --atlas-labels ... --labelled it)")
     if last is not None and last.stage == "evaluation":
         print(f"validation Dice on the native grid ({len(task.evaluation)} evaluation volume(s) of the task):")

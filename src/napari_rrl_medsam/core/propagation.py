@@ -69,10 +69,10 @@ def propagate(model, volumes: Sequence[Volume], folder, overwrite: bool = False)
     names = volume_names(volumes)
     paths = [(folder / "images" / f"{n}.nii.gz", folder / "labels" / f"{n}.nii.gz") for n in names]
     _mark(folder, [int(c) for c in model.classes], model.source)
-    for pair in paths:  # every output checked before the first volume is segmented
-        for path in pair:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            check_output(path, overwrite=True)
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(exist_ok=True)
+    for path in (path for pair in paths for path in pair):  # every output checked before the first is segmented
+        check_output(path, overwrite=True)
     for volume, name, (image_path, labels_path) in zip(volumes, names, paths):
         if image_path.exists() and labels_path.exists() and not overwrite:
             yield name, False
